@@ -1,0 +1,397 @@
+"""The paper's preprocessing and data augmentation, run on the device (paper §2, §4.1).
+
+The host hands over uint8 batches of shape (B, S, S, 3): for ImageNet every image was rescaled
+so that its shorter side is S = 256 and centre-cropped to S x S (§2). Everything below is pure
+jax.numpy with static shapes, so it jits, runs on the accelerator inside the train/eval step,
+and works for any batch size without Python loops over the batch.
+
+Training (§4.1), in the paper's order:
+
+1. subtract the mean image of the training set (§2); subtracting before cropping is the same as
+   cropping the image and the mean at the same offset, crop(x - mean);
+2. take a random size x size patch (224 in the paper) and mirror it left-right with
+   probability 1/2;
+3. add PCA colour noise, one random RGB shift per image along the principal axes of the
+   training set's pixel colours.
+
+Test (§4.1): the centre patch, or the ten patches (four corners, centre, and their mirrors)
+whose softmax outputs the caller averages.
+
+The statistics these need (`DataStats`: mean image and RGB eigen-decomposition) are computed
+once on the host in one streaming NumPy pass (`compute_data_stats`) and cached as an .npz file.
+
+PCA noise scale. The paper writes the added vector as [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T with
+l_i the eigenvalues of the RGB covariance and a_i ~ N(0, 0.1). Read literally in 0..255 pixel
+units that shift is about 0.1 * 14000 = 1400 on ImageNet's first axis, many times the pixel
+range, and it changes with the pixel scale. Krizhevsky's own data provider (cuda-convnet2,
+`convdata.py`, run with `--color-noise 0.1`) multiplies the Gaussian by the per-axis standard
+deviations sqrt(l_i) instead, which gives a shift of about 12 pixel units whatever the units.
+`pca_color` follows that code: it adds eigvecs @ (alpha * sqrt(eigvals)), alpha ~ N(0, std).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+MEAN_MODES = ("image", "channel", "none")
+
+# Images are converted to float64 at most this many at a time in `compute_data_stats`, which
+# bounds host memory (64 x 256 x 256 x 3 x 8 bytes = 100 MB) whatever the caller's chunk size,
+# and keeps every partial sum an integer below 2**53, so the float64 sums are exact.
+_STATS_SUBCHUNK = 64
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: `==` on arrays has no single truth.
+class DataStats:
+    """Training-set statistics for mean subtraction (§2) and PCA colour noise (§4.1).
+
+    A JAX pytree of three arrays, so it can be passed into jitted functions. All values are
+    in 0..255 pixel units (eigenvalues in squared pixel units).
+
+    Attributes:
+      mean_image: float32 (S, S, 3), the per-pixel mean over the training images (§2).
+      pca_eigvals: float32 (3,), eigenvalues of the 3x3 RGB covariance over all training
+        pixels (population covariance), descending, clipped at 0.
+      pca_eigvecs: float32 (3, 3), column i is the unit eigenvector p_i belonging to
+        pca_eigvals[i]; each column's largest-magnitude entry is positive, so the signs are
+        reproducible.
+    """
+
+    mean_image: Any
+    pca_eigvals: Any
+    pca_eigvecs: Any
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the statistics to an .npz file at exactly `path` (atomically).
+
+        Args:
+          path: destination file; written through a temporary file and renamed, so a
+            reader never sees a half-written cache.
+        """
+        path = os.fspath(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                mean_image=np.asarray(self.mean_image, np.float32),
+                pca_eigvals=np.asarray(self.pca_eigvals, np.float32),
+                pca_eigvecs=np.asarray(self.pca_eigvecs, np.float32),
+            )
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> DataStats:
+        """Reads statistics written by `save`.
+
+        Args:
+          path: the .npz file.
+
+        Returns:
+          The DataStats, as float32 NumPy arrays.
+        """
+        with np.load(os.fspath(path)) as data:
+            return cls(
+                mean_image=data["mean_image"].astype(np.float32),
+                pca_eigvals=data["pca_eigvals"].astype(np.float32),
+                pca_eigvecs=data["pca_eigvecs"].astype(np.float32),
+            )
+
+
+def compute_data_stats(images: Iterable[np.ndarray]) -> DataStats:
+    """Computes the mean image and the RGB eigen-decomposition in one streaming pass (§2, §4.1).
+
+    Only running sums are kept: the per-pixel sum image (S, S, 3) and the 3x3 sum of RGB outer
+    products over all pixels, both float64. For uint8 input every sum is an integer below
+    2**53 even for all of ImageNet (1.5e10 pixels x 255**2 ~ 1e15), so both are exact; the
+    covariance is formed once at the end as (sum xx^T - s s^T / N) / N, the population
+    covariance over all training pixels (it differs from NumPy's default N - 1 by a factor
+    1 + 1/N, i.e. 7e-11 on ImageNet).
+
+    Args:
+      images: an iterable of uint8 arrays, each one image (S, S, 3) or a batch (n, S, S, 3),
+        in 0..255; all with the same S x S.
+
+    Returns:
+      The DataStats (float32 NumPy arrays).
+
+    Raises:
+      ValueError: if there are no images, or the shapes are not (.., H, W, 3) or disagree.
+    """
+    sum_image = None
+    sum_outer = np.zeros((3, 3), np.float64)
+    num_images = 0
+    for chunk in images:
+        chunk = np.asarray(chunk)
+        if chunk.ndim == 3:
+            chunk = chunk[None]
+        if chunk.ndim != 4 or chunk.shape[-1] != 3:
+            raise ValueError(f"expected images (H, W, 3) or (n, H, W, 3), got {chunk.shape}")
+        if sum_image is None:
+            sum_image = np.zeros(chunk.shape[1:], np.float64)
+        elif chunk.shape[1:] != sum_image.shape:
+            raise ValueError(f"image shape {chunk.shape[1:]} differs from {sum_image.shape}")
+        for start in range(0, chunk.shape[0], _STATS_SUBCHUNK):
+            x = chunk[start : start + _STATS_SUBCHUNK].astype(np.float64)
+            sum_image += x.sum(axis=0)
+            pixels = x.reshape(-1, 3)
+            sum_outer += pixels.T @ pixels
+        num_images += chunk.shape[0]
+    if sum_image is None or num_images == 0:
+        raise ValueError("compute_data_stats got no images")
+
+    num_pixels = num_images * sum_image.shape[0] * sum_image.shape[1]
+    sum_rgb = sum_image.sum(axis=(0, 1))
+    cov = (sum_outer - np.outer(sum_rgb, sum_rgb) / num_pixels) / num_pixels
+    eigvals, eigvecs = np.linalg.eigh((cov + cov.T) / 2)
+    # eigh returns ascending order; the paper's p1 is the leading axis.
+    eigvals, eigvecs = eigvals[::-1], eigvecs[:, ::-1]
+    # Rank-deficient data (e.g. grey images stored as RGB) can give eigenvalues of -1e-13;
+    # clip so that sqrt in `pca_color` stays real.
+    eigvals = np.maximum(eigvals, 0.0)
+    # Eigenvectors are defined up to sign; pin it so the cached file is reproducible.
+    signs = np.sign(eigvecs[np.argmax(np.abs(eigvecs), axis=0), np.arange(3)])
+    eigvecs = eigvecs * signs
+    return DataStats(
+        mean_image=(sum_image / num_images).astype(np.float32),
+        pca_eigvals=eigvals.astype(np.float32),
+        pca_eigvecs=eigvecs.astype(np.float32),
+    )
+
+
+def _check_images(images: jax.Array, size: int | None = None) -> None:
+    """Raises at trace time unless images is (B, H, W, C) with H, W >= size."""
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (B, H, W, C), got {images.shape}")
+    if size is not None:
+        height, width = images.shape[1:3]
+        if size > height or size > width:
+            raise ValueError(
+                f"crop size {size} is larger than the images ({height}x{width}); "
+                f"images must be at least {size}x{size}"
+            )
+
+
+def _require_stats(stats: DataStats | None, what: str) -> DataStats:
+    if stats is None:
+        raise ValueError(f"{what} needs DataStats, got None")
+    return stats
+
+
+def subtract_mean(images_u8: jax.Array, stats: DataStats | None, mode: str) -> jax.Array:
+    """Centres the raw pixel values (§2: "subtract the mean activity over the training set").
+
+    Args:
+      images_u8: (B, H, W, C) images, uint8 or float, in 0..255.
+      stats: the training-set statistics (may be None for mode 'none').
+      mode: 'image' subtracts the per-pixel mean image (the paper); 'channel' subtracts one
+        mean per RGB channel (the mean image averaged over H and W); 'none' only casts.
+
+    Returns:
+      float32 images of the same shape.
+
+    Raises:
+      ValueError: for an unknown mode, or a mean image whose shape differs from the images'.
+    """
+    _check_images(images_u8)
+    x = images_u8.astype(jnp.float32)
+    if mode == "none":
+        return x
+    if mode not in MEAN_MODES:
+        raise ValueError(f"unknown mean mode {mode!r}; expected one of {MEAN_MODES}")
+    mean_image = jnp.asarray(_require_stats(stats, f"mean mode {mode!r}").mean_image, jnp.float32)
+    if mode == "channel":
+        return x - mean_image.mean(axis=(0, 1))
+    if mean_image.shape != x.shape[1:]:
+        raise ValueError(
+            f"mean image has shape {mean_image.shape} but the images are {x.shape[1:]}; "
+            "compute the statistics at the size the host delivers"
+        )
+    return x - mean_image
+
+
+def random_crop(rng: jax.Array, images: jax.Array, size: int) -> jax.Array:
+    """Takes an independent, uniformly placed size x size patch of every image (§4.1).
+
+    Every offset in [0, H - size] x [0, W - size] has the same probability, so (for the
+    paper's 256 -> 224) each image yields one of 33 x 33 patches.
+
+    Args:
+      rng: a JAX PRNG key.
+      images: (B, H, W, C) array.
+      size: the patch side (static).
+
+    Returns:
+      (B, size, size, C) array of the images' dtype.
+    """
+    _check_images(images, size)
+    batch, height, width, channels = images.shape
+    # randint's maxval is exclusive: offsets 0..H-size inclusive.
+    offsets = jax.random.randint(
+        rng, (batch, 2), minval=0, maxval=jnp.array([height - size + 1, width - size + 1])
+    )
+
+    def crop_one(image: jax.Array, offset: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (size, size, channels))
+
+    return jax.vmap(crop_one)(images, offsets)
+
+
+def random_flip(rng: jax.Array, images: jax.Array) -> jax.Array:
+    """Mirrors each image left-right with probability 1/2, independently (§4.1).
+
+    Args:
+      rng: a JAX PRNG key.
+      images: (B, H, W, C) array.
+
+    Returns:
+      Array like `images`; image b is images[b, :, ::-1] or images[b], exactly.
+    """
+    _check_images(images)
+    flip = jax.random.bernoulli(rng, 0.5, (images.shape[0],))
+    return jnp.where(flip[:, None, None, None], images[:, :, ::-1, :], images)
+
+
+def pca_color(
+    rng: jax.Array, images: jax.Array, stats: DataStats | None, std: float = 0.1
+) -> jax.Array:
+    """Adds PCA colour noise: one RGB shift per image along the principal axes (§4.1).
+
+    Image b gets eigvecs @ (alpha_b * sqrt(eigvals)) added to every pixel, with three
+    alpha_b ~ N(0, std) "drawn once per image each time it is used". The sqrt follows
+    Krizhevsky's code rather than the paper's formula (see the module docstring): the shift
+    along p_i has standard deviation std * sqrt(l_i), about 12 pixel units along ImageNet's
+    first axis.
+
+    Args:
+      rng: a JAX PRNG key.
+      images: (B, H, W, 3) images in pixel units (usually already mean-subtracted).
+      stats: the training-set statistics (pca_eigvals, pca_eigvecs).
+      std: standard deviation of alpha (the paper's 0.1).
+
+    Returns:
+      float32 array like `images`.
+    """
+    _check_images(images)
+    stats = _require_stats(stats, "pca_color")
+    eigvals = jnp.asarray(stats.pca_eigvals, jnp.float32)
+    eigvecs = jnp.asarray(stats.pca_eigvecs, jnp.float32)
+    alpha = std * jax.random.normal(rng, (images.shape[0], 3), jnp.float32)
+    # Row b: sum_i alpha_bi * sqrt(l_i) * p_i, i.e. eigvecs @ (alpha_b * sqrt(l)).
+    shift = (alpha * jnp.sqrt(jnp.maximum(eigvals, 0.0))) @ eigvecs.T
+    return images.astype(jnp.float32) + shift[:, None, None, :]
+
+
+def center_crop(images: jax.Array, size: int) -> jax.Array:
+    """Takes the central size x size patch (§4.1, single-patch testing).
+
+    When H - size is odd the extra row/column is left at the bottom/right (offset rounds down,
+    e.g. 256 -> 227 starts at 14).
+
+    Args:
+      images: (B, H, W, C) array.
+      size: the patch side (static).
+
+    Returns:
+      (B, size, size, C) array.
+    """
+    _check_images(images, size)
+    top = (images.shape[1] - size) // 2
+    left = (images.shape[2] - size) // 2
+    return images[:, top : top + size, left : left + size]
+
+
+def ten_crops(images: jax.Array, size: int) -> jax.Array:
+    """The ten test patches of §4.1: four corners, centre, then the same five mirrored.
+
+    Order along axis 1: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre,
+    5..9 the patches 0..4 each mirrored left-right (patch[:, ::-1]).
+
+    Args:
+      images: (B, H, W, C) array.
+      size: the patch side (static).
+
+    Returns:
+      (B, 10, size, size, C) array.
+    """
+    _check_images(images, size)
+    bottom, right = images.shape[1] - size, images.shape[2] - size
+    corners = [(0, 0), (0, right), (bottom, 0), (bottom, right)]
+    patches = [images[:, y : y + size, x : x + size] for y, x in corners]
+    patches.append(center_crop(images, size))
+    patches += [p[:, :, ::-1] for p in patches]
+    return jnp.stack(patches, axis=1)
+
+
+def train_views(
+    rng: jax.Array, images_u8: jax.Array, stats: DataStats | None, cfg: Any, size: int
+) -> jax.Array:
+    """The training-time pipeline of §2 and §4.1: mean, crop, flip, colour noise.
+
+    Each step is switched by `cfg` so that the paper's ablations are one config change. The
+    key is split into the same three per-purpose keys whatever is switched on, so two runs
+    that differ in one switch still draw the same crops and flips.
+
+    Args:
+      rng: one JAX PRNG key for this step (e.g. fold_in(base_key, step)).
+      images_u8: (B, S, S, 3) uint8 images, S >= size.
+      stats: the training-set statistics (may be None if cfg uses neither mean nor PCA).
+      cfg: `default_augment_config()` or any object with the same attributes; a Python value,
+        so close over it (or mark it static) under jit.
+      size: the patch side, 224 or 227 (static).
+
+    Returns:
+      (B, size, size, 3) float32.
+    """
+    crop_key, flip_key, color_key = jax.random.split(rng, 3)
+    # Mean before crop == crop(x - mean) with the same offset for image and mean (§2).
+    x = subtract_mean(images_u8, stats, cfg.mean)
+    x = random_crop(crop_key, x, size) if cfg.random_crop else center_crop(x, size)
+    if cfg.flip:
+        x = random_flip(flip_key, x)
+    if cfg.pca_color:
+        x = pca_color(color_key, x, stats, cfg.pca_std)
+    return x
+
+
+def eval_views(
+    images_u8: jax.Array, stats: DataStats | None, cfg: Any, size: int, ten_crop: bool
+) -> jax.Array:
+    """The test-time views of §4.1: mean-subtracted centre patch or ten patches; no randomness.
+
+    Args:
+      images_u8: (B, S, S, 3) uint8 images, S >= size.
+      stats: the training-set statistics (may be None if cfg.mean is 'none').
+      cfg: the augment config; only cfg.mean is used.
+      size: the patch side (static).
+      ten_crop: True for the ten patches whose softmax the caller averages, False for the
+        centre patch only.
+
+    Returns:
+      float32 (B, 10, size, size, 3) if ten_crop else (B, size, size, 3).
+    """
+    x = subtract_mean(images_u8, stats, cfg.mean)
+    return ten_crops(x, size) if ten_crop else center_crop(x, size)
+
+
+def default_augment_config() -> ml_collections.ConfigDict:
+    """The paper's augmentation settings (§2, §4.1); ablation configs switch single fields.
+
+    Returns:
+      A ConfigDict with fields mean, random_crop, flip, pca_color, pca_std.
+    """
+    cfg = ml_collections.ConfigDict()
+    cfg.mean = "image"  # 'image' per-pixel mean image (§2) | 'channel' | 'none'.
+    cfg.random_crop = True  # Random patches of the S x S image (§4.1); False = centre patch.
+    cfg.flip = True  # Left-right mirror with probability 1/2 (§4.1).
+    cfg.pca_color = True  # PCA colour noise, one RGB shift per image (§4.1).
+    cfg.pca_std = 0.1  # Standard deviation of the alphas (§4.1).
+    return cfg
