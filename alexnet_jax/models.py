@@ -1,0 +1,512 @@
+"""AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) and the paper's CIFAR-10 nets, in Flax Linen.
+
+AlexNet (§3.5, Figure 2) is written once, as the computation of the towers a device holds:
+
+* every layer is split into `towers` towers ("GPUs", §3.2); each parameter carries a leading
+  tower axis, `kernel[t]` being tower t's half of the layer, so that under `jax.shard_map` a
+  device holds exactly its towers' parameters;
+* activations are kept as the channel-concatenation of the local towers' maps;
+* where the paper's GPUs communicated (the inputs of conv3, fc6, fc7 and fc8, and the logits)
+  the module calls `_all_towers`, which concatenates the local towers and, when `tower_axis`
+  names a mesh axis, all-gathers the other devices' towers. Everywhere else a tower sees only
+  its own maps.
+
+With `tower_axis=None` the same code runs both towers side by side on one device;
+`alexnet_jax.parallel` runs it under `jax.shard_map` with one tower per device.
+
+Sizes follow PAPER.md: 224x224 inputs use cuda-convnet2's rounding (output sizes rounded up, so
+conv1 sees 3 zero pixels past the bottom and right edges and gives 55x55); 227x227 inputs (Caffe)
+need no padding. Both give 55-27-27-13-13-13-13-6 and 9216 inputs to fc6.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from alexnet_jax.lrn import local_response_norm
+
+Array = jax.Array
+
+MODEL_NAMES = ("alexnet", "cifar_fig1", "cifar_lrn")
+INITS = ("paper", "caffe", "lecun")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One AlexNet layer as in the table of §3.5 (PAPER.md)."""
+
+    name: str
+    features: int  # kernels over all towers, the paper's count; 0 for fc8 (= num_classes)
+    kernel: int = 0  # spatial size; 0 for fully connected layers
+    stride: int = 1
+    padding: int = 0
+    sees: str = "both"  # 'both': the maps of every tower (conv1: the image); 'own': its tower's
+    bias: float = 0.0  # paper initialisation (§5): 1 in conv2, conv4, conv5, fc6, fc7
+    lrn: bool = False  # LRN after the activation (§3.3)
+    pool: bool = False  # max pooling after (LRN and) the activation (§3.4)
+    dropout: bool = False  # dropout on the layer's outputs (§4.2)
+
+    @property
+    def is_conv(self) -> bool:
+        return self.kernel > 0
+
+
+ALEXNET_LAYERS: tuple[Layer, ...] = (
+    Layer("conv1", 96, 11, 4, 0, "both", 0.0, lrn=True, pool=True),
+    Layer("conv2", 256, 5, 1, 2, "own", 1.0, lrn=True, pool=True),
+    Layer("conv3", 384, 3, 1, 1, "both", 0.0),
+    Layer("conv4", 384, 3, 1, 1, "own", 1.0),
+    Layer("conv5", 256, 3, 1, 1, "own", 1.0, pool=True),
+    Layer("fc6", 4096, sees="both", bias=1.0, dropout=True),
+    Layer("fc7", 4096, sees="both", bias=1.0, dropout=True),
+    Layer("fc8", 0, sees="both", bias=0.0),
+)
+
+# Caffe's bvlc_alexnet (PAPER.md §5): bias 0.1 where the paper uses 1, fc6/fc7 weights std 0.005.
+_CAFFE_BIAS = 0.1
+_CAFFE_FC_STD = {"fc6": 0.005, "fc7": 0.005}
+
+
+def tower_widths(
+    towers: int, num_classes: int, one_tower_kernels: str = "half"
+) -> dict[str, int]:
+    """Kernels per tower of every AlexNet layer.
+
+    Args:
+      towers: number of towers. 2 is the paper's net. 1 is a one-tower net whose widths
+        `one_tower_kernels` chooses.
+      num_classes: outputs of fc8. When it is not divisible by `towers`, each tower gets
+        ceil(num_classes / towers) outputs and the extra logits are dropped.
+      one_tower_kernels: for towers=1 only: 'half' is the paper's one-GPU comparison net (§3.2
+        footnote 2: half the kernels of conv1-conv4, conv5 and the fc layers unchanged);
+        'full' is the ungrouped net with the two-tower widths (62,378,344 parameters).
+
+    Returns:
+      Layer name -> kernels (output features) per tower.
+    """
+    if towers < 1:
+        raise ValueError(f"model.towers must be >= 1, got {towers}.")
+    if one_tower_kernels not in ("half", "full"):
+        raise ValueError(
+            f"model.one_tower_kernels must be 'half' or 'full', got {one_tower_kernels!r}."
+        )
+    widths = {}
+    for layer in ALEXNET_LAYERS:
+        total = layer.features or num_classes
+        if layer.name == "fc8":
+            widths[layer.name] = -(-num_classes // towers)
+        elif towers == 1:
+            halve = one_tower_kernels == "half" and layer.name in ("conv1", "conv2", "conv3", "conv4")
+            widths[layer.name] = total // 2 if halve else total
+        elif total % towers:
+            raise ValueError(
+                f"model.towers={towers} does not divide the {total} kernels of {layer.name}; "
+                "use a number of towers that divides 96, 256, 384 and 4096 (1, 2, 4, 8, 16, 32)."
+            )
+        else:
+            widths[layer.name] = total // towers
+    return widths
+
+
+def conv1_padding(image_size: int) -> int:
+    """Zero rows/columns past the bottom-right edge that give conv1 cuda-convnet2's rounded-up size.
+
+    cuda-convnet2 computes a conv layer's output size as ceil((in - kernel) / stride) + 1 and reads
+    zeros past the edge; for 224 inputs that is 55 outputs (VALID would give 54) and 3 pixels of
+    padding, for 227 inputs (Caffe) 55 outputs and no padding.
+    """
+    out = -(-(image_size - 11) // 4) + 1
+    return (out - 1) * 4 + 11 - image_size
+
+
+def spatial_sizes(image_size: int, pool_window: int = 3) -> dict[str, int]:
+    """Height (= width) of each AlexNet stage's output for a square input (paper rounding)."""
+    if image_size < 11:
+        raise ValueError(f"image_size={image_size} is smaller than conv1's 11x11 kernel.")
+    sizes = {"conv1": -(-(image_size - 11) // 4) + 1}
+
+    def pool(n: int) -> int:
+        return (n - pool_window) // 2 + 1
+
+    sizes["pool1"] = pool(sizes["conv1"])
+    sizes["conv2"] = sizes["pool1"]
+    sizes["pool2"] = pool(sizes["conv2"])
+    sizes["conv3"] = sizes["conv4"] = sizes["conv5"] = sizes["pool2"]
+    sizes["pool5"] = pool(sizes["conv5"])
+    return sizes
+
+
+def check_image_size(image_size: int, pool_window: int = 3) -> None:
+    """Raises ValueError unless `image_size` reaches the 6x6x256 = 9216 inputs of fc6 (§3.5)."""
+    if pool_window not in (2, 3):
+        raise ValueError(
+            f"model.pool_window must be 3 (overlapping, the paper) or 2 (non-overlapping), "
+            f"got {pool_window}."
+        )
+    ok = [s for s in range(63, 400) if spatial_sizes(s, pool_window)["pool5"] == 6]
+    if image_size < 11 or spatial_sizes(image_size, pool_window)["pool5"] != 6:
+        raise ValueError(
+            f"image_size={image_size} does not give the 6x6 maps fc6 expects (9216 inputs); "
+            f"with pool_window={pool_window} AlexNet takes image sizes {ok[0]}-{ok[-1]} "
+            "(the paper: 224, Caffe: 227)."
+        )
+
+
+def _activation(name: str) -> Callable[[Array], Array]:
+    fn = getattr(jax.nn, name, None)
+    if not callable(fn) or name.startswith("_"):
+        raise ValueError(
+            f"model.activation={name!r} is not a jax.nn activation; use 'relu' (the paper), "
+            "'tanh' (Figure 1) or another jax.nn function name such as 'gelu'."
+        )
+    return fn
+
+
+def _check_init(init: str) -> None:
+    if init not in INITS:
+        raise ValueError(f"model.init must be one of {INITS}, got {init!r}.")
+
+
+class AlexNet(nn.Module):
+    """The paper's network (§3.5), split into towers (§3.2). See the module docstring.
+
+    Attributes:
+      num_classes: outputs (1000 for ImageNet).
+      towers: 2 (the paper) or 1 (the one-GPU comparison net; see `tower_widths`).
+      one_tower_kernels: 'half' (paper, §3.2 footnote 2) or 'full' (ungrouped) when towers=1.
+      activation: name of a `jax.nn` function applied after every conv and fc6/fc7 (§3.1).
+      lrn: local response normalization after conv1 and conv2 (§3.3), within each tower.
+      lrn_size, lrn_alpha, lrn_beta, lrn_k: its constants n, alpha, beta, k (paper: 5, 1e-4,
+        0.75, 2; alpha not divided by n, see `alexnet_jax.lrn`).
+      pool_window: 3 (overlapping pooling, §3.4) or 2; the stride is 2 either way.
+      dropout_rate: dropout on the outputs of fc6 and fc7 in training (§4.2).
+      weight_init: `config.model.init`: 'paper' (N(0, 0.01) weights, bias 1 in conv2/4/5 and fc6/7, §5), 'caffe' (bias 0.1
+        there, fc6/fc7 std 0.005) or 'lecun' (LeCun-normal weights, zero biases).
+      grouped_conv: how a device computes the own-tower convolutions (conv2, conv4, conv5) of
+        the several towers it holds: one grouped convolution (`feature_group_count`) or one
+        ordinary convolution per tower. Same numbers; only speed differs.
+      tower_axis: mesh axis the towers are split over under `jax.shard_map`, None on one device.
+      data_axis: mesh axis the batch is split over under `jax.shard_map`, if any. Dropout masks
+        are drawn for the global batch and sliced, so they do not depend on the mesh.
+    """
+
+    num_classes: int = 1000
+    towers: int = 2
+    one_tower_kernels: str = "half"
+    activation: str = "relu"
+    lrn: bool = True
+    lrn_size: int = 5
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    lrn_k: float = 2.0
+    pool_window: int = 3
+    dropout_rate: float = 0.5
+    weight_init: str = "paper"
+    grouped_conv: bool = False
+    tower_axis: str | None = None
+    data_axis: str | None = None
+
+    def _local_towers(self) -> tuple[int, Array | int]:
+        """(towers held by this device, index of its first tower)."""
+        if self.tower_axis is None:
+            return self.towers, 0
+        devices = jax.lax.axis_size(self.tower_axis)
+        if self.towers % devices:
+            raise ValueError(
+                f"{self.towers} towers cannot be split over a '{self.tower_axis}' mesh axis "
+                f"of {devices} devices."
+            )
+        local = self.towers // devices
+        return local, jax.lax.axis_index(self.tower_axis) * local
+
+    def _all_towers(self, x: Array) -> Array:
+        """The maps of every tower, channel-concatenated: where the paper's GPUs talked (§3.2)."""
+        if self.tower_axis is None:
+            return x
+        return jax.lax.all_gather(x, self.tower_axis, axis=x.ndim - 1, tiled=True)
+
+    def _dropout(self, x: Array, local: int, tower0: Array | int, train: bool) -> Array:
+        """Dropout whose mask is drawn for the global batch and all towers, then sliced."""
+        if not train or self.dropout_rate == 0.0:
+            return x
+        batch, units = x.shape
+        rows, row0 = batch, 0
+        if self.data_axis is not None:
+            rows = batch * jax.lax.axis_size(self.data_axis)
+            row0 = jax.lax.axis_index(self.data_axis) * batch
+        per_tower = units // local
+        keep = jax.random.bernoulli(
+            self.make_rng("dropout"), 1.0 - self.dropout_rate, (rows, per_tower * self.towers)
+        )
+        keep = jax.lax.dynamic_slice(keep, (row0, tower0 * per_tower), (batch, units))
+        return jnp.where(keep, x / (1.0 - self.dropout_rate), 0.0)
+
+    @nn.compact
+    def __call__(self, images: Array, *, train: bool = False) -> Array:
+        """Logits for a batch of images.
+
+        Args:
+          images: (batch, H, W, 3), mean-subtracted, H = W in the range `check_image_size`
+            accepts (224 or 227 for the paper). Under `jax.shard_map`, this device's batch shard.
+          train: enables dropout (needs a 'dropout' RNG).
+
+        Returns:
+          (batch, num_classes) logits. Under `jax.shard_map` over `tower_axis`, the fc8 outputs
+          of this device's towers, (batch, local towers x ceil(num_classes / towers)), which
+          `parallel.sharded_apply` assembles: the logits are the last crossing point.
+        """
+        _check_init(self.weight_init)
+        check_image_size(images.shape[1], self.pool_window)
+        act = _activation(self.activation)
+        widths = tower_widths(self.towers, self.num_classes, self.one_tower_kernels)
+        local, tower0 = self._local_towers()
+
+        pad = conv1_padding(images.shape[1])
+        x = jnp.pad(images, ((0, 0), (0, pad), (0, pad), (0, 0))) if pad else images
+        for layer in ALEXNET_LAYERS:
+            width = widths[layer.name]
+            if layer.sees == "both" and layer.name != "conv1":
+                x = self._all_towers(x)
+            if not layer.is_conv:
+                x = x.reshape(x.shape[0], -1)
+            x = _TowerLayer(layer, width, local, self.weight_init, self.grouped_conv, name=layer.name)(x)
+            if layer.name == "fc8":
+                break
+            x = act(x)
+            if layer.lrn:
+                x = self._lrn_per_tower(x, local)
+            if layer.dropout:
+                x = self._dropout(x, local, tower0, train)
+            self.sow("intermediates", f"{layer.name}_out", x)
+            if layer.pool:
+                x = nn.max_pool(x, (self.pool_window,) * 2, strides=(2, 2), padding="VALID")
+                self.sow("intermediates", f"pool{layer.name[-1]}_out", x)
+        if self.tower_axis is not None:
+            # This device's towers' share of fc8; `parallel.sharded_apply` assembles the logits.
+            return x
+        logits = x[:, : self.num_classes]
+        self.sow("intermediates", "logits", logits)
+        return logits
+
+    def _lrn_per_tower(self, x: Array, local: int) -> Array:
+        """LRN across the maps of each tower separately: each GPU normalized its own maps."""
+        towers_x = x.reshape(*x.shape[:-1], local, x.shape[-1] // local)
+        y = local_response_norm(
+            towers_x, size=self.lrn_size, alpha=self.lrn_alpha, beta=self.lrn_beta, k=self.lrn_k
+        )
+        return y.reshape(x.shape)
+
+
+class _TowerLayer(nn.Module):
+    """One AlexNet layer for the towers a device holds; input and output channel-concatenated."""
+
+    layer: Layer
+    width: int  # kernels per tower
+    local: int  # towers held by this device
+    weight_init: str
+    grouped_conv: bool
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        layer, local = self.layer, self.local
+        own = layer.sees == "own"
+        fan_in = x.shape[-1] // local if own else x.shape[-1]
+        if layer.is_conv:
+            shape = (local, layer.kernel, layer.kernel, fan_in, self.width)
+        else:
+            shape = (local, fan_in, self.width)
+        kernel_init, bias_value = _initializers(self.weight_init, layer, math.prod(shape[1:-1]))
+        kernel = self.param("kernel", kernel_init, shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.constant(bias_value), (local, self.width))
+        bias = bias.reshape(-1)  # (local * width,), tower-major like the outputs
+        if not layer.is_conv:
+            # Every tower reads the same input: one matmul against the towers' kernels side by side.
+            return x @ jnp.moveaxis(kernel, 0, 1).reshape(fan_in, -1) + bias
+        conv = _conv(layer)
+        if not own:
+            # conv1 and conv3 read every tower's maps: one convolution with the kernels stacked.
+            return conv(x, jnp.moveaxis(kernel, 0, 3).reshape(*kernel.shape[1:4], -1)) + bias
+        if local == 1:
+            return conv(x, kernel[0]) + bias
+        if self.grouped_conv:
+            grouped = jnp.moveaxis(kernel, 0, 3).reshape(*kernel.shape[1:4], -1)
+            return conv(x, grouped, feature_group_count=local) + bias
+        parts = jnp.split(x, local, axis=-1)
+        return jnp.concatenate([conv(p, k) for p, k in zip(parts, kernel)], axis=-1) + bias
+
+
+def _initializers(init: str, layer: Layer, receptive_field: int) -> tuple[Callable, float]:
+    """(kernel initializer, bias value) of one layer (§5; PAPER.md for Caffe's variant)."""
+    if init == "lecun":
+        return nn.initializers.normal(1.0 / math.sqrt(receptive_field)), 0.0
+    if init == "caffe":
+        return nn.initializers.normal(_CAFFE_FC_STD.get(layer.name, 0.01)), (
+            _CAFFE_BIAS if layer.bias else 0.0
+        )
+    return nn.initializers.normal(0.01), layer.bias
+
+
+def _conv(layer: Layer) -> Callable[..., Array]:
+    def conv(x: Array, kernel: Array, feature_group_count: int = 1) -> Array:
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(layer.stride, layer.stride),
+            padding=[(layer.padding, layer.padding)] * 2,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=feature_group_count,
+        )
+
+    return conv
+
+
+# --- The CIFAR-10 nets of §3.1 (Figure 1) and §3.3 ---------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CifarLayer:
+    """One layer of a cuda-convnet CIFAR-10 layer file."""
+
+    name: str
+    kind: str  # 'conv', 'local' (locally connected: unshared weights) or 'fc'
+    features: int
+    init_std: float  # the layer file's initW
+    lrn: bool = False
+    pool: str = ""  # '' none, 'max' or 'avg' (window 3, stride 2, output size rounded up)
+    lrn_before_pool: bool = True
+
+
+# cuda-convnet's layers-18pct.cfg: three conv layers and fc10, the four-layer net of Figure 1.
+CIFAR_FIG1: tuple[CifarLayer, ...] = (
+    CifarLayer("conv1", "conv", 32, 1e-4, lrn=True, pool="max", lrn_before_pool=False),
+    CifarLayer("conv2", "conv", 32, 1e-2, lrn=True, pool="avg", lrn_before_pool=False),
+    CifarLayer("conv3", "conv", 64, 1e-2, pool="avg"),
+    CifarLayer("fc10", "fc", 0, 1e-2),
+)
+# cuda-convnet's layers-conv-local-11pct.cfg: conv-LRN-pool twice, two locally connected layers,
+# fc10 (the net of the §3.3 LRN experiment, 13% -> 11% test error with LRN).
+CIFAR_LRN: tuple[CifarLayer, ...] = (
+    CifarLayer("conv1", "conv", 64, 1e-4, lrn=True, pool="max"),
+    CifarLayer("conv2", "conv", 64, 1e-2, lrn=True, pool="max"),
+    CifarLayer("local3", "local", 32, 4e-2),
+    CifarLayer("local4", "local", 32, 4e-2),
+    CifarLayer("fc10", "fc", 0, 1e-2),
+)
+CIFAR_NETS = {"cifar_fig1": CIFAR_FIG1, "cifar_lrn": CIFAR_LRN}
+
+
+def _ceil_pool(x: Array, kind: str) -> Array:
+    """3x3 stride-2 pooling with cuda-convnet's rounded-up output size (32 -> 16 -> 8 -> 4)."""
+    pads = [(0, max(0, (-(-(n - 3) // 2)) * 2 + 3 - n)) for n in x.shape[1:3]]
+    if kind == "max":
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
+    return nn.avg_pool(x, (3, 3), strides=(2, 2), padding=pads, count_include_pad=False)
+
+
+class CifarNet(nn.Module):
+    """A cuda-convnet CIFAR-10 net of the paper (§3.1 Figure 1, §3.3), for 32x32 inputs.
+
+    Conv layers are 5x5 stride 1 pad 2, locally connected layers 3x3 stride 1 pad 1, as in the
+    layer files; there is no dropout. Weights are N(0, initW) of the layer file ('paper') or
+    LeCun-normal ('lecun'); biases are 0.
+
+    Attributes:
+      layers: the layer list (`CIFAR_FIG1` or `CIFAR_LRN`).
+      num_classes, activation, lrn, lrn_size, lrn_alpha, lrn_beta, lrn_k, weight_init: as in
+        AlexNet.
+    """
+
+    layers: Sequence[CifarLayer] = CIFAR_FIG1
+    num_classes: int = 10
+    activation: str = "relu"
+    lrn: bool = True
+    lrn_size: int = 5
+    lrn_alpha: float = 1e-4
+    lrn_beta: float = 0.75
+    lrn_k: float = 2.0
+    weight_init: str = "paper"
+
+    @nn.compact
+    def __call__(self, images: Array, *, train: bool = False) -> Array:
+        del train  # no dropout in these nets
+        if self.weight_init not in ("paper", "lecun"):
+            raise ValueError(f"model.init for the CIFAR nets is 'paper' or 'lecun', got {self.weight_init!r}.")
+        act = _activation(self.activation)
+        bias_init = nn.initializers.zeros
+        x = images
+        for spec in self.layers:
+            kernel_init = (
+                nn.initializers.normal(spec.init_std)
+                if self.weight_init == "paper"
+                else nn.initializers.lecun_normal()
+            )
+            if spec.kind == "fc":
+                x = x.reshape(x.shape[0], -1)
+                x = nn.Dense(self.num_classes, kernel_init=kernel_init, name=spec.name)(x)
+                break
+            if spec.kind == "conv":
+                layer = nn.Conv(spec.features, (5, 5), padding=2, kernel_init=kernel_init,
+                                bias_init=bias_init, name=spec.name)
+            else:
+                layer = nn.ConvLocal(spec.features, (3, 3), padding=1, kernel_init=kernel_init,
+                                     bias_init=bias_init, name=spec.name)
+            x = act(layer(x))
+            if spec.lrn and self.lrn and spec.lrn_before_pool:
+                x = self._lrn(x)
+            if spec.pool:
+                x = _ceil_pool(x, spec.pool)
+            if spec.lrn and self.lrn and not spec.lrn_before_pool:
+                x = self._lrn(x)
+            self.sow("intermediates", f"{spec.name}_out", x)
+        self.sow("intermediates", "logits", x)
+        return x
+
+    def _lrn(self, x: Array) -> Array:
+        return local_response_norm(
+            x, size=self.lrn_size, alpha=self.lrn_alpha, beta=self.lrn_beta, k=self.lrn_k
+        )
+
+
+def create_model(model_config, *, tower_axis: str | None = None,
+                 data_axis: str | None = None) -> nn.Module:
+    """Builds the network that `config.model` describes.
+
+    Args:
+      model_config: `config.model` (see configs/alexnet.py for every field).
+      tower_axis: mesh axis the towers are split over under `jax.shard_map` (AlexNet only).
+      data_axis: mesh axis the batch is split over under `jax.shard_map`, if any.
+
+    Returns:
+      An `AlexNet` or `CifarNet` module.
+    """
+    m = model_config
+    name = m.get("name", "alexnet")
+    _activation(m.activation)
+    _check_init(m.init)
+    common = dict(
+        num_classes=m.num_classes, activation=m.activation, lrn=m.lrn, lrn_size=m.lrn_size,
+        lrn_alpha=m.lrn_alpha, lrn_beta=m.lrn_beta, lrn_k=m.lrn_k, weight_init=m.init,
+    )
+    if name == "alexnet":
+        tower_widths(m.towers, m.num_classes, m.get("one_tower_kernels", "half"))
+        return AlexNet(
+            towers=m.towers, one_tower_kernels=m.get("one_tower_kernels", "half"),
+            pool_window=m.pool_window, dropout_rate=m.dropout_rate,
+            grouped_conv=m.get("grouped_conv", False), tower_axis=tower_axis,
+            data_axis=data_axis, **common,
+        )
+    if name in CIFAR_NETS:
+        if m.towers != 1 or m.dropout_rate:
+            raise ValueError(
+                f"model.name={name!r} is a one-tower net without dropout (cuda-convnet's layer "
+                f"file); set model.towers=1 and model.dropout_rate=0.0 (got {m.towers}, "
+                f"{m.dropout_rate})."
+            )
+        return CifarNet(layers=CIFAR_NETS[name], **common)
+    raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {name!r}.")

@@ -1,0 +1,148 @@
+"""The ('data', 'tower') device mesh and the tower split under `jax.shard_map` (paper §3.2).
+
+The paper spread its two towers over two GTX 580s, which exchanged activations only at the inputs
+of conv3, fc6, fc7 and fc8. Here the 'tower' mesh axis plays the GPUs: with `mesh.tower = 2` each
+device holds the parameters of one tower (every AlexNet parameter has a leading tower axis,
+sharded over 'tower') and computes that tower, and `AlexNet._all_towers` all-gathers activations
+at exactly those points (and the logits). The 'data' axis replicates that pair of devices and
+splits the batch, so the same step scales to many devices and, through JAX's multi-process
+runtime (`jax.distributed.initialize()`), to many hosts. With `mesh.tower = 1` each device holds
+both towers side by side and the same module code runs without any cross-device traffic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from alexnet_jax import models
+
+MESH_AXES = ("data", "tower")
+
+
+def mesh_shape(mesh_config: Any, model_config: Any, num_devices: int) -> tuple[int, int]:
+    """Resolves `config.mesh` to (data, tower) sizes for `num_devices` devices.
+
+    Args:
+      mesh_config: `config.mesh` with `data` (-1: every device the tower axis leaves) and `tower`
+        (devices a model replica's towers are spread over: 1 keeps the towers side by side on
+        each device; 0 picks `model.towers` when the device count allows it, else 1).
+      model_config: `config.model`.
+      num_devices: devices available (`jax.device_count()`).
+
+    Returns:
+      (data, tower).
+
+    Raises:
+      ValueError: the mesh does not fit the devices or the model, with the fix in the message.
+    """
+    towers = model_config.towers if model_config.get("name", "alexnet") == "alexnet" else 1
+    tower = mesh_config.tower
+    if tower == 0:
+        tower = towers if towers > 1 and num_devices % towers == 0 else 1
+    if tower < 1 or towers % tower:
+        raise ValueError(
+            f"mesh.tower={tower} cannot hold model.towers={towers}: a device holds a whole number "
+            f"of towers, so mesh.tower must divide {towers} (use 1, {towers} or 0 for automatic)."
+        )
+    if num_devices % tower:
+        raise ValueError(
+            f"mesh.tower={tower} does not divide the {num_devices} available devices; "
+            "use mesh.tower=1 (both towers on every device) or 0 (automatic)."
+        )
+    data = mesh_config.data
+    if data == -1:
+        data = num_devices // tower
+    if data < 1 or data * tower > num_devices:
+        raise ValueError(
+            f"mesh.data={data} x mesh.tower={tower} needs {max(data, 1) * tower} devices, "
+            f"but {num_devices} are available; set mesh.data=-1 to use all of them."
+        )
+    return data, tower
+
+
+def make_mesh(mesh_config: Any, model_config: Any, devices: list | None = None) -> Mesh:
+    """Builds the ('data', 'tower') mesh that `config.mesh` describes.
+
+    Args:
+      mesh_config: `config.mesh` (see `mesh_shape`).
+      model_config: `config.model`.
+      devices: devices to use; default all of `jax.devices()` (all processes).
+
+    Returns:
+      A mesh with Explicit axis types (jax.make_mesh's default), so arrays carry their sharding.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    data, tower = mesh_shape(mesh_config, model_config, len(devices))
+    return jax.make_mesh(
+        (data, tower),
+        MESH_AXES,
+        axis_types=(AxisType.Explicit, AxisType.Explicit),
+        devices=devices[: data * tower],
+    )
+
+
+def param_spec(model_config: Any) -> P:
+    """PartitionSpec of every parameter: AlexNet's leading tower axis over 'tower', else none."""
+    return P("tower") if model_config.get("name", "alexnet") == "alexnet" else P()
+
+
+def shard(tree: Any, mesh: Mesh, specs: Any) -> Any:
+    """Places a pytree on `mesh` with the given PartitionSpecs (one per leaf, or one for all)."""
+    if isinstance(specs, P):
+        specs = jax.tree.map(lambda _: specs, tree)
+    return jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, specs)
+
+
+def init_params(model_config: Any, image_shape: tuple[int, ...], rng: jax.Array) -> Any:
+    """Initialises the parameters of all towers on one device (the towers' values do not depend
+    on how they will be placed)."""
+    model = models.create_model(model_config)
+    images = np.zeros((1, *image_shape), np.float32)
+    return jax.jit(lambda r: model.init(r, images)["params"])(rng)
+
+
+def sharded_apply(
+    model_config: Any, mesh: Mesh, *, train: bool
+) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+    """The model applied under `jax.shard_map` over `mesh`.
+
+    Args:
+      model_config: `config.model`.
+      mesh: the ('data', 'tower') mesh.
+      train: enables dropout.
+
+    Returns:
+      `apply(params, images, rng) -> logits`: params sharded by `param_spec`, images and logits
+      sharded over 'data' (logits replicated over 'tower'), `rng` the dropout key (replicated).
+      Differentiate it from outside (`jax.grad` of a loss of its logits): the transposes of the
+      forward all-gathers are the only collectives of the backward pass besides the gradient sum
+      over 'data'.
+    """
+    model = models.create_model(model_config, tower_axis="tower", data_axis="data")
+
+    spec = param_spec(model_config)
+    tower_split = spec == P("tower")
+
+    def body(params, images, rng):
+        rngs = {"dropout": rng} if train else {}
+        return model.apply({"params": params}, images, train=train, rngs=rngs)
+
+    # Each tower device returns its towers' share of fc8; the out_specs concatenate the shares
+    # and the reshard gathers the logits (the paper's last exchange), which the loss then reads
+    # whole on every device.
+    out_spec = P("data", "tower") if tower_split else P("data")
+    body = jax.shard_map(body, mesh=mesh, in_specs=(spec, P("data"), P()), out_specs=out_spec)
+
+    def apply(params, images, rng):
+        logits = body(params, images, rng)
+        if tower_split:
+            logits = jax.sharding.reshard(logits, P("data"))[:, : model_config.num_classes]
+        return logits
+
+    return apply
