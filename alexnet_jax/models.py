@@ -73,9 +73,7 @@ _CAFFE_BIAS = 0.1
 _CAFFE_FC_STD = {"fc6": 0.005, "fc7": 0.005}
 
 
-def tower_widths(
-    towers: int, num_classes: int, one_tower_kernels: str = "half"
-) -> dict[str, int]:
+def tower_widths(towers: int, num_classes: int, one_tower_kernels: str = "half") -> dict[str, int]:
     """Kernels per tower of every AlexNet layer.
 
     Args:
@@ -102,7 +100,12 @@ def tower_widths(
         if layer.name == "fc8":
             widths[layer.name] = -(-num_classes // towers)
         elif towers == 1:
-            halve = one_tower_kernels == "half" and layer.name in ("conv1", "conv2", "conv3", "conv4")
+            halve = one_tower_kernels == "half" and layer.name in (
+                "conv1",
+                "conv2",
+                "conv3",
+                "conv4",
+            )
             widths[layer.name] = total // 2 if halve else total
         elif total % towers:
             raise ValueError(
@@ -186,8 +189,9 @@ class AlexNet(nn.Module):
         0.75, 2; alpha not divided by n, see `alexnet_jax.lrn`).
       pool_window: 3 (overlapping pooling, §3.4) or 2; the stride is 2 either way.
       dropout_rate: dropout on the outputs of fc6 and fc7 in training (§4.2).
-      weight_init: `config.model.init`: 'paper' (N(0, 0.01) weights, bias 1 in conv2/4/5 and fc6/7, §5), 'caffe' (bias 0.1
-        there, fc6/fc7 std 0.005) or 'lecun' (LeCun-normal weights, zero biases).
+      weight_init: `config.model.init`: 'paper' (N(0, 0.01) weights, bias 1 in conv2/4/5 and
+        fc6/7, §5), 'caffe' (bias 0.1 there, fc6/fc7 std 0.005) or 'lecun' (LeCun-normal
+        weights, zero biases).
       grouped_conv: how a device computes the own-tower convolutions (conv2, conv4, conv5) of
         the several towers it holds: one grouped convolution (`feature_group_count`) or one
         ordinary convolution per tower. Same numbers; only speed differs.
@@ -275,7 +279,9 @@ class AlexNet(nn.Module):
                 x = self._all_towers(x)
             if not layer.is_conv:
                 x = x.reshape(x.shape[0], -1)
-            x = _TowerLayer(layer, width, local, self.weight_init, self.grouped_conv, name=layer.name)(x)
+            x = _TowerLayer(
+                layer, width, local, self.weight_init, self.grouped_conv, name=layer.name
+            )(x)
             if layer.name == "fc8":
                 break
             x = act(x)
@@ -436,7 +442,9 @@ class CifarNet(nn.Module):
     def __call__(self, images: Array, *, train: bool = False) -> Array:
         del train  # no dropout in these nets
         if self.weight_init not in ("paper", "lecun"):
-            raise ValueError(f"model.init for the CIFAR nets is 'paper' or 'lecun', got {self.weight_init!r}.")
+            raise ValueError(
+                f"model.init for the CIFAR nets is 'paper' or 'lecun', got {self.weight_init!r}."
+            )
         act = _activation(self.activation)
         bias_init = nn.initializers.zeros
         x = images
@@ -451,19 +459,32 @@ class CifarNet(nn.Module):
                 x = nn.Dense(self.num_classes, kernel_init=kernel_init, name=spec.name)(x)
                 break
             if spec.kind == "conv":
-                layer = nn.Conv(spec.features, (5, 5), padding=2, kernel_init=kernel_init,
-                                bias_init=bias_init, name=spec.name)
+                layer = nn.Conv(
+                    spec.features,
+                    (5, 5),
+                    padding=2,
+                    kernel_init=kernel_init,
+                    bias_init=bias_init,
+                    name=spec.name,
+                )
             else:
-                layer = nn.ConvLocal(spec.features, (3, 3), padding=1, kernel_init=kernel_init,
-                                     bias_init=bias_init, name=spec.name)
+                layer = nn.ConvLocal(
+                    spec.features,
+                    (3, 3),
+                    padding=1,
+                    kernel_init=kernel_init,
+                    bias_init=bias_init,
+                    name=spec.name,
+                )
             x = act(layer(x))
             if spec.lrn and self.lrn and spec.lrn_before_pool:
                 x = self._lrn(x)
+            self.sow("intermediates", f"{spec.name}_out", x)
             if spec.pool:
                 x = _ceil_pool(x, spec.pool)
-            if spec.lrn and self.lrn and not spec.lrn_before_pool:
-                x = self._lrn(x)
-            self.sow("intermediates", f"{spec.name}_out", x)
+                if spec.lrn and self.lrn and not spec.lrn_before_pool:
+                    x = self._lrn(x)
+                self.sow("intermediates", f"pool{spec.name[-1]}_out", x)
         self.sow("intermediates", "logits", x)
         return x
 
@@ -473,8 +494,9 @@ class CifarNet(nn.Module):
         )
 
 
-def create_model(model_config, *, tower_axis: str | None = None,
-                 data_axis: str | None = None) -> nn.Module:
+def create_model(
+    model_config, *, tower_axis: str | None = None, data_axis: str | None = None
+) -> nn.Module:
     """Builds the network that `config.model` describes.
 
     Args:
@@ -490,16 +512,26 @@ def create_model(model_config, *, tower_axis: str | None = None,
     _activation(m.activation)
     _check_init(m.init)
     common = dict(
-        num_classes=m.num_classes, activation=m.activation, lrn=m.lrn, lrn_size=m.lrn_size,
-        lrn_alpha=m.lrn_alpha, lrn_beta=m.lrn_beta, lrn_k=m.lrn_k, weight_init=m.init,
+        num_classes=m.num_classes,
+        activation=m.activation,
+        lrn=m.lrn,
+        lrn_size=m.lrn_size,
+        lrn_alpha=m.lrn_alpha,
+        lrn_beta=m.lrn_beta,
+        lrn_k=m.lrn_k,
+        weight_init=m.init,
     )
     if name == "alexnet":
         tower_widths(m.towers, m.num_classes, m.get("one_tower_kernels", "half"))
         return AlexNet(
-            towers=m.towers, one_tower_kernels=m.get("one_tower_kernels", "half"),
-            pool_window=m.pool_window, dropout_rate=m.dropout_rate,
-            grouped_conv=m.get("grouped_conv", False), tower_axis=tower_axis,
-            data_axis=data_axis, **common,
+            towers=m.towers,
+            one_tower_kernels=m.get("one_tower_kernels", "half"),
+            pool_window=m.pool_window,
+            dropout_rate=m.dropout_rate,
+            grouped_conv=m.get("grouped_conv", False),
+            tower_axis=tower_axis,
+            data_axis=data_axis,
+            **common,
         )
     if name in CIFAR_NETS:
         if m.towers != 1 or m.dropout_rate:

@@ -1,0 +1,69 @@
+"""The paper's ImageNet run (Krizhevsky, Sutskever, Hinton, NIPS 2012, §5).
+
+Launch (ImageNet 2012 prepared by TFDS, see README):
+  python -m alexnet_jax.main --config=configs/alexnet.py --workdir=/tmp/alexnet \
+      --config.data_dir=$HOME/tensorflow_datasets
+
+Layer table and parameter count:
+  python -m alexnet_jax.summary --config=configs/alexnet.py
+"""
+
+import ml_collections
+
+from alexnet_jax.augment import default_augment_config
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+    """The network of §3.5 with every switch at the paper's setting."""
+    m = ml_collections.ConfigDict()
+    m.name = "alexnet"  # 'alexnet' | 'cifar_fig1' (§3.1 Figure 1) | 'cifar_lrn' (§3.3).
+    m.towers = 2  # 2: the two-GPU net (§3.2); 1: the one-GPU comparison net.
+    m.one_tower_kernels = "half"  # towers=1 only: 'half' (paper footnote 2) | 'full' (ungrouped).
+    m.activation = "relu"  # Any jax.nn activation by name; 'tanh' for Figure 1.
+    m.lrn = True  # Local response normalization after conv1 and conv2 (§3.3).
+    m.lrn_size = 5  # n: maps in the window (odd).
+    m.lrn_alpha = 1e-4  # alpha, not divided by n (PyTorch/Caffe alpha = this x n).
+    m.lrn_beta = 0.75  # beta.
+    m.lrn_k = 2.0  # k.
+    m.pool_window = 3  # 3: overlapping pooling (§3.4); 2: non-overlapping. Stride 2 either way.
+    m.dropout_rate = 0.5  # On the outputs of fc6 and fc7 (§4.2); 0 disables.
+    m.num_classes = 1000  # Outputs of fc8.
+    m.init = "paper"  # 'paper' (§5) | 'caffe' (bias 0.1, fc6/7 std 0.005) | 'lecun'.
+    m.grouped_conv = False  # Own-tower convs as one grouped conv (True) or one per tower.
+    return m
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """The paper's recipe; every other config starts from this one."""
+    config = ml_collections.ConfigDict()
+    config.dataset = (
+        "tfds:imagenet2012"  # 'tfds:<name>' | 'folder:<path>' | 'digits' | 'synthetic'.
+    )
+    config.data_dir = ""  # TFDS data directory ('' = TFDS default, ~/tensorflow_datasets).
+    config.train_split = "train"  # Split trained on.
+    config.eval_split = "validation"  # Split evaluated on (ILSVRC-2012 validation, Table 2).
+    config.image_size = 224  # Network input (§4.1); 227 = Caffe's size. Same 55x55 conv1 maps.
+    config.batch_size = 128  # Global batch over all devices (§5).
+    config.num_epochs = 90  # About 90 passes over the training set (§5).
+    config.num_train_steps = -1  # -1: from num_epochs.
+    config.seed = 0  # Parameters, data order and augmentation all derive from it.
+
+    config.model = get_model_config()
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = 0.01  # Initial rate, all layers (§5).
+    config.optimizer.momentum = 0.9  # §5.
+    config.optimizer.weight_decay = 5e-4  # §5.
+    config.optimizer.update_rule = "paper"  # 'paper': lr inside the momentum (§5) | 'optax'.
+    config.optimizer.schedule = "plateau"  # 'plateau' (§5) | 'step' | 'constant' | 'cosine'.
+
+    config.augment = default_augment_config()  # §2, §4.1; each field an ablation.
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # Data-parallel replicas; -1 = all devices the tower axis leaves.
+    config.mesh.tower = 0  # Devices per replica's towers: 0 = two when possible, 1 = side by side.
+
+    config.log_every_steps = 100  # Training metrics cadence.
+    config.eval_every_steps = 10_000  # Validation cadence (the plateau schedule reads it).
+    config.checkpoint_every_steps = 5_000  # Checkpoint cadence.
+    return config

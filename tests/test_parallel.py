@@ -1,0 +1,182 @@
+"""The tower split under shard_map (paper §3.2) and data parallelism, on simulated CPU devices.
+
+tests/conftest.py gives the process four CPU devices.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from alexnet_jax import models, parallel
+from tests.helpers import cross_entropy, digit_images, model_config, rel_err
+
+BATCH = 4
+
+
+def _mesh_config(data, tower):
+    return ml_collections.ConfigDict({"data": data, "tower": tower})
+
+
+@pytest.fixture(scope="module")
+def setup():
+    mc = model_config()  # the paper's net: two towers, LRN, dropout 0.5
+    params = parallel.init_params(mc, (227, 227, 3), jax.random.key(0))
+    images = 60.0 * jax.random.normal(jax.random.key(1), (BATCH, 227, 227, 3))
+    labels = jnp.array([3, 141, 592, 653])
+    return mc, params, images, labels
+
+
+def _one_device(mc, params, images, labels, rng):
+    model = models.create_model(mc)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
+        return cross_entropy(logits, labels), logits
+
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+
+
+def _sharded_step(mc, mesh):
+    apply = parallel.sharded_apply(mc, mesh, train=True)
+
+    def loss_fn(p, images, labels, rng):
+        logits = apply(p, images, rng)
+        return cross_entropy(logits, labels), logits
+
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+
+def _on_mesh(mc, mesh, params, images, labels, rng):
+    step = _sharded_step(mc, mesh)
+    with jax.set_mesh(mesh):
+        args = (
+            parallel.shard(params, mesh, parallel.param_spec(mc)),
+            parallel.shard(images, mesh, P("data")),
+            parallel.shard(labels, mesh, P("data")),
+            rng,
+        )
+        out = step(*args)
+        hlo = step.lower(*args).compile().as_text()
+    return out, hlo
+
+
+@pytest.mark.parametrize("data, tower", [(1, 2), (2, 2), (2, 1)])
+def test_mesh_gives_the_one_device_logits_and_gradients(setup, data, tower):
+    """Dropout on: masks are drawn for the global batch, so they match across meshes too."""
+    mc, params, images, labels = setup
+    rng = jax.random.key(7)
+    (loss1, logits1), grads1 = _one_device(mc, params, images, labels, rng)
+    mesh = parallel.make_mesh(_mesh_config(data, tower), mc)
+    assert dict(mesh.shape) == {"data": data, "tower": tower}
+    ((loss2, logits2), grads2), _ = _on_mesh(mc, mesh, params, images, labels, rng)
+    assert abs(float(loss2) - float(loss1)) <= 1e-5 * abs(float(loss1))
+    assert rel_err(logits2, logits1) <= 1e-5
+    for path, g1 in jax.tree_util.tree_leaves_with_path(grads1):
+        g2 = dict(jax.tree_util.tree_leaves_with_path(grads2))[path]
+        assert rel_err(g2, g1) <= 1e-5, (jax.tree_util.keystr(path), rel_err(g2, g1))
+    # Each device of a two-tower mesh holds one tower's parameters.
+    if tower == 2:
+        shard = grads2["conv1"]["kernel"].addressable_shards[0]
+        assert shard.data.shape == (1, 11, 11, 3, 48)
+
+
+def _shape(hlo_type: str) -> tuple[int, ...]:
+    return tuple(int(d) for d in re.match(r"f32\[([\d,]*)\]", hlo_type).group(1).split(","))
+
+
+def _collectives(hlo: str) -> dict[str, list[str]]:
+    found = {}
+    for op in (
+        "all-gather",
+        "reduce-scatter",
+        "all-reduce",
+        "collective-permute",
+        "all-to-all",
+        "collective-broadcast",
+    ):
+        found[op] = re.findall(rf"= (\S+) {op}(?:-start)?\(", hlo)
+    return found
+
+
+def test_towers_exchange_activations_only_where_the_paper_gpus_did(setup):
+    """Compiled forward-backward on 2 tower devices: the inputs of conv3, fc6, fc7, fc8 and the
+    logits are all-gathered; the backward pass has the transposes of the four in-network
+    gathers (reduce-scatters); there is no other collective."""
+    mc, params, images, labels = setup
+    mesh = parallel.make_mesh(_mesh_config(1, 2), mc)
+    _, hlo = _on_mesh(mc, mesh, params, images, labels, jax.random.key(7))
+    ops = _collectives(hlo)
+    gathered = sorted(_shape(s) for s in ops["all-gather"])
+    assert gathered == sorted(
+        [
+            (BATCH, 13, 13, 256),  # conv3 reads both towers' pool2 maps
+            (BATCH, 6, 6, 256),  # fc6 reads both towers' pool5 maps (9216)
+            (BATCH, 4096),  # fc7 reads both towers' fc6
+            (BATCH, 4096),  # fc8 reads both towers' fc7
+            (BATCH, 1000),  # the logits
+        ]
+    )
+    scattered = sorted(_shape(s) for s in ops["reduce-scatter"])
+    assert scattered == sorted(
+        [(BATCH, 13, 13, 128), (BATCH, 6, 6, 128), (BATCH, 2048), (BATCH, 2048)]
+    )
+    for op in ("all-reduce", "collective-permute", "all-to-all", "collective-broadcast"):
+        assert ops[op] == [], (op, ops[op])
+
+
+def test_cifar_net_runs_data_parallel():
+    mc = model_config(name="cifar_lrn", towers=1, dropout_rate=0.0, num_classes=10)
+    params = parallel.init_params(mc, (32, 32, 3), jax.random.key(0))
+    images, labels = digit_images(8)
+    mesh = parallel.make_mesh(_mesh_config(-1, 0), mc)
+    assert dict(mesh.shape) == {"data": 4, "tower": 1}
+    apply = parallel.sharded_apply(mc, mesh, train=False)
+    with jax.set_mesh(mesh):
+        logits = jax.jit(apply)(
+            parallel.shard(params, mesh, P()),
+            parallel.shard(images, mesh, P("data")),
+            jax.random.key(0),
+        )
+    expected = models.create_model(mc).apply({"params": params}, images)
+    assert rel_err(logits, expected) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "data, tower, devices, expected",
+    [
+        (-1, 0, 4, (2, 2)),
+        (-1, 0, 1, (1, 1)),
+        (-1, 0, 3, (3, 1)),
+        (-1, 1, 4, (4, 1)),
+        (1, 2, 4, (1, 2)),
+        (-1, 2, 2, (1, 2)),
+    ],
+)
+def test_mesh_shape_resolution(data, tower, devices, expected):
+    assert parallel.mesh_shape(_mesh_config(data, tower), model_config(), devices) == expected
+
+
+@pytest.mark.parametrize(
+    "data, tower, devices, overrides, match",
+    [
+        (-1, 3, 4, {}, "must divide 2"),
+        (-1, 2, 3, {}, "does not divide the 3"),
+        (4, 2, 4, {}, "needs 8 devices"),
+        (-1, 2, 4, {"name": "cifar_fig1", "towers": 1}, "must divide 1"),
+    ],
+)
+def test_mesh_that_cannot_hold_the_towers_is_refused(data, tower, devices, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        parallel.mesh_shape(_mesh_config(data, tower), model_config(**overrides), devices)
+
+
+def test_mesh_uses_the_explicit_axes_of_the_design():
+    mesh = parallel.make_mesh(_mesh_config(-1, 2), model_config())
+    assert mesh.axis_names == ("data", "tower")
+    assert all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+    np.testing.assert_array_equal(mesh.devices.shape, (2, 2))

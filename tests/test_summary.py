@@ -1,0 +1,88 @@
+"""`python -m alexnet_jax.summary`: the per-layer table and its totals."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alexnet_jax import summary
+from configs import alexnet as alexnet_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(**model):
+    config = alexnet_config.get_config()
+    config.model.update(model)
+    return config
+
+
+def test_summary_command_prints_the_paper_count():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.summary", "--config=configs/alexnet.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    assert "60,965,224 parameters" in out
+    assert "724,406,816" in out  # multiply-adds per image (PAPER.md: about 724M)
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    for layer, shape in [
+        ("conv1", "55x55x96"),
+        ("pool1", "27x27x96"),
+        ("conv2", "27x27x256"),
+        ("pool2", "13x13x256"),
+        ("conv3", "13x13x384"),
+        ("conv4", "13x13x384"),
+        ("conv5", "13x13x256"),
+        ("pool5", "6x6x256"),
+    ]:
+        assert shape in rows[layer], rows[layer]
+    assert "9216 -> 2048" in rows["fc6"]
+    assert "cuda-convnet2" in out  # 224 input: the rounding rule is named
+
+
+@pytest.mark.parametrize("size", [224, 227])
+def test_table_shapes_for_both_input_sizes(size):
+    config = _config()
+    config.image_size = size
+    rows = {r.layer: r for r in summary.layer_table(config)}
+    spatial = [
+        rows[k].output[0]
+        for k in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")
+    ]
+    assert spatial == [55, 27, 27, 13, 13, 13, 13, 6]
+    assert rows["fc6"].kernel == "9216 -> 2048"
+    # conv2 sees only its own tower: 5x5x48 per tower; conv3 sees both: 3x3x256.
+    assert rows["conv2"].kernel == "5x5x48 -> 128" and rows["conv2"].towers == "2 x own"
+    assert rows["conv3"].kernel == "3x3x256 -> 192" and rows["conv3"].towers == "2 x both"
+
+
+@pytest.mark.parametrize(
+    "model, params, macs",
+    [
+        ({}, 60_965_224, 724_406_816),
+        # One-GPU net (§3.2 fn. 2): conv1 55^2*363*48 = 52,707,600; conv2 27^2*1200*128 =
+        # 111,974,400; conv3 13^2*1152*192 = 37,380,096; conv4 13^2*1728*192 = 56,070,144;
+        # conv5 13^2*1728*256 = 74,760,192; fc 37,748,736 + 16,777,216 + 4,096,000.
+        ({"towers": 1}, 59_798_312, 391_514_384),
+        # Ungrouped: conv2 and conv4/conv5 read all maps, 36% more multiply-adds (PAPER.md).
+        ({"towers": 1, "one_tower_kernels": "full"}, 62_378_344, 1_135_256_096),
+    ],
+)
+def test_totals_of_each_variant(model, params, macs):
+    table = summary.format_table(summary.layer_table(_config(**model)))
+    assert f"{params:,} parameters" in table
+    assert f"{macs:,}" in table
+
+
+def test_grouping_saves_36_percent_of_the_multiply_adds():
+    grouped = sum(r.macs for r in summary.layer_table(_config()))
+    full = sum(r.macs for r in summary.layer_table(_config(towers=1, one_tower_kernels="full")))
+    assert round(1 - grouped / full, 2) == 0.36
