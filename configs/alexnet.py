@@ -48,6 +48,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # -1: from num_epochs.
     config.seed = 0  # Parameters, data order and augmentation all derive from it.
 
+    # Host-side input (alexnet_jax/input_pipeline.py).
+    config.resize_size = 256  # Shorter side resized to this, then centre-cropped square (§2).
+    config.num_workers = 2  # Grain worker processes decoding images (0 = in the main process).
+    config.prefetch_batches = 2  # Batches each worker prepares ahead.
+    config.strict_data = False  # True: stop at the first unreadable image instead of skipping.
+    config.cache_dir = ""  # Mean image / PCA statistics cache ('' = ~/.cache/alexnet_jax).
+    config.folder_val_fraction = 0.1  # folder: datasets: share of each class held out.
+    config.synthetic_examples = 1024  # synthetic: examples per split.
+    config.synthetic_classes = 1000  # synthetic: classes.
+
     config.model = get_model_config()
 
     config.optimizer = ml_collections.ConfigDict()
