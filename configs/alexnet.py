@@ -66,6 +66,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 5e-4  # §5.
     config.optimizer.update_rule = "paper"  # 'paper': lr inside the momentum (§5) | 'optax'.
     config.optimizer.schedule = "plateau"  # 'plateau' (§5) | 'step' | 'constant' | 'cosine'.
+    config.optimizer.weight_decay_on = "all"  # 'all' (§5) | 'weights': biases undecayed (Caffe).
+    config.optimizer.plateau_factor = 0.1  # Rate multiplied by this at each drop (§5: "by 10").
+    # Evaluations in a row without a new best before a drop. eval_every_steps is ~1 epoch at
+    # batch 128, so 2 is ~two epochs: one noisy evaluation alone does not cut the rate.
+    config.optimizer.plateau_patience = 2
+    config.optimizer.plateau_max_drops = 3  # §5: "divided three times prior to termination".
+    config.optimizer.plateau_min_delta = 0.0  # A new best must beat the old by more than this.
+    # 'step': drops at these epochs; three in ~90 epochs like §5 (the 30/60/80 ImageNet recipe).
+    config.optimizer.step_epochs = (30, 60, 80)
+    config.optimizer.step_factor = 0.1  # 'step': rate multiplied by this at each boundary.
 
     config.augment = default_augment_config()  # §2, §4.1; each field an ablation.
 
