@@ -71,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Evaluations in a row without a new best before a drop. eval_every_steps is ~1 epoch at
     # batch 128, so 2 is ~two epochs: one noisy evaluation alone does not cut the rate.
     config.optimizer.plateau_patience = 2
-    config.optimizer.plateau_max_drops = 3  # §5: "divided three times prior to termination".
+    config.optimizer.plateau_max_drops = 3  # §5: "reduced three times prior to termination".
     config.optimizer.plateau_min_delta = 0.0  # A new best must beat the old by more than this.
     # 'step': drops at these epochs; three in ~90 epochs like §5 (the 30/60/80 ImageNet recipe).
     config.optimizer.step_epochs = (30, 60, 80)
