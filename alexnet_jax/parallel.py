@@ -75,14 +75,16 @@ def make_mesh(mesh_config: Any, model_config: Any, devices: list | None = None) 
       devices: devices to use; default all of `jax.devices()` (all processes).
 
     Returns:
-      A mesh with Explicit axis types (jax.make_mesh's default), so arrays carry their sharding.
+      A mesh with Auto axis types: the shard_map states the model's layout exactly, and jit
+      propagates shardings through the code around it (augmentation, loss, metrics), which
+      Explicit axes would make spell out every per-example gather.
     """
     devices = list(jax.devices() if devices is None else devices)
     data, tower = mesh_shape(mesh_config, model_config, len(devices))
     return jax.make_mesh(
         (data, tower),
         MESH_AXES,
-        axis_types=(AxisType.Explicit, AxisType.Explicit),
+        axis_types=(AxisType.Auto, AxisType.Auto),
         devices=devices[: data * tower],
     )
 
@@ -142,7 +144,8 @@ def sharded_apply(
     def apply(params, images, rng):
         logits = body(params, images, rng)
         if tower_split:
-            logits = jax.sharding.reshard(logits, P("data"))[:, : model_config.num_classes]
+            logits = jax.lax.with_sharding_constraint(logits, NamedSharding(mesh, P("data")))
+            logits = logits[:, : model_config.num_classes]
         return logits
 
     return apply

@@ -175,8 +175,8 @@ def test_mesh_that_cannot_hold_the_towers_is_refused(data, tower, devices, overr
         parallel.mesh_shape(_mesh_config(data, tower), model_config(**overrides), devices)
 
 
-def test_mesh_uses_the_explicit_axes_of_the_design():
+def test_mesh_has_the_axes_of_the_design():
     mesh = parallel.make_mesh(_mesh_config(-1, 2), model_config())
     assert mesh.axis_names == ("data", "tower")
-    assert all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+    assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
     np.testing.assert_array_equal(mesh.devices.shape, (2, 2))
