@@ -83,6 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh.data = -1  # Data-parallel replicas; -1 = all devices the tower axis leaves.
     config.mesh.tower = 0  # Devices per replica's towers: 0 = two when possible, 1 = side by side.
 
+    config.eval_ten_crop = True  # Also evaluate the 10-patch softmax average (§4.1).
+    config.keep_checkpoints = 3  # Latest checkpoints kept in workdir/checkpoints.
+    config.progress_bar = True  # tqdm bar with ETA on the console (process 0).
     config.log_every_steps = 100  # Training metrics cadence.
     config.eval_every_steps = 10_000  # Validation cadence (the plateau schedule reads it).
     config.checkpoint_every_steps = 5_000  # Checkpoint cadence.
