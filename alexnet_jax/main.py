@@ -1,0 +1,43 @@
+"""Entry point: trains and evaluates the network a config file describes.
+
+  python -m alexnet_jax.main --config=configs/default.py --workdir=/tmp/digits
+  python -m alexnet_jax.main --config=configs/alexnet.py --workdir=/tmp/alexnet \
+      --config.data_dir=$HOME/tensorflow_datasets --config.optimizer.learning_rate=0.02
+
+Any config field can be overridden on the command line (`--config.model.lrn=False`); the config
+is locked, so a misspelt field is an error. Running the same command again resumes from the
+latest checkpoint in --workdir. All the logic is in importable modules (`alexnet_jax.train`).
+"""
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from alexnet_jax import train
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() first: one process per host (SLURM, Cloud TPU, or the "
+    "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).",
+)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    logging.info("JAX %s: process %d of %d, %d devices (%s)", jax.__version__,
+                 jax.process_index(), jax.process_count(), jax.device_count(),
+                 jax.devices()[0].platform)
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if result and jax.process_index() == 0:
+        print(f"final eval_top1_error {result['eval_top1_error']:.4f}, "
+              f"eval_top5_error {result['eval_top5_error']:.4f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
