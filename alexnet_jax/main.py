@@ -17,7 +17,8 @@ from alexnet_jax import train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False,
+    "distributed",
+    False,
     "Call jax.distributed.initialize() first: one process per host (SLURM, Cloud TPU, or the "
     "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).",
 )
@@ -28,15 +29,24 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
-    logging.info("JAX %s: process %d of %d, %d devices (%s)", jax.__version__,
-                 jax.process_index(), jax.process_count(), jax.device_count(),
-                 jax.devices()[0].platform)
+    logging.info(
+        "JAX %s: process %d of %d, %d devices (%s)",
+        jax.__version__,
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+        jax.devices()[0].platform,
+    )
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     if result and jax.process_index() == 0:
-        print(f"final eval_top1_error {result['eval_top1_error']:.4f}, "
-              f"eval_top5_error {result['eval_top5_error']:.4f}")
+        print(
+            f"final eval_top1_error {result['eval_top1_error']:.4f}, "
+            f"eval_top5_error {result['eval_top5_error']:.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_classes = 10
     config.model.init = "lecun"  # Scaled to the layer; the layer file's initW needs its lr.
 
-    config.augment.flip = False  # A mirrored digit is another symbol.
+    config.augment.flip = False  # A mirrored digit is another symbol ...
+    config.eval_ten_crop = False  # ... and half of the 10 test patches are mirrored.
     config.optimizer.schedule = "constant"
 
     config.log_every_steps = 20

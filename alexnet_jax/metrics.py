@@ -1,0 +1,96 @@
+"""Top-k error (the paper's tables report top-1 and top-5, §6) and the run's metric writers.
+
+Every event goes to `workdir/metrics.jsonl` (one JSON object per line, with its `step`) and to
+TensorBoard event files in `workdir/tensorboard`. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy (the multinomial logistic regression objective, §5).
+
+    Written with one-hot labels rather than a gather so that batch-sharded logits need no
+    resharding.
+    """
+    onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return -jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1)
+
+
+def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """Per example, whether the label is among the k highest scores (ties count against).
+
+    Counts the classes scoring strictly higher than the label, so it needs no sort and a
+    constant output (all ties) is never counted as correct.
+    """
+    onehot = jax.nn.one_hot(labels, scores.shape[-1], dtype=bool)
+    label_score = jnp.sum(jnp.where(onehot, scores, 0.0), axis=-1, keepdims=True)
+    higher = jnp.sum((scores > label_score) | ((scores == label_score) & ~onehot), axis=-1)
+    return higher < k
+
+
+class MetricWriter:
+    """Writes scalar events to metrics.jsonl and TensorBoard (process 0 only)."""
+
+    def __init__(self, workdir: str, *, resume_step: int | None = None):
+        """Opens the writers.
+
+        Args:
+          workdir: the run's directory.
+          resume_step: when resuming from a checkpoint of this step, events of later steps in
+            metrics.jsonl (written after the checkpoint by the interrupted run) are dropped,
+            so the file reads as one uninterrupted run.
+        """
+        self.active = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if not self.active:
+            return
+        if resume_step is not None and os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if json.loads(line)["step"] <= resume_step]
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        """Writes one event: `values` (floats, ints) at `step`."""
+        if not self.active:
+            return
+        clean = {k: _plain(v) for k, v in values.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(step), **clean}) + "\n")
+        for key, value in clean.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._tb.add_scalar(key, value, int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-serialisable Python scalar from a NumPy/JAX scalar."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All events of a run's metrics.jsonl, in order."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]

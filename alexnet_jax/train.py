@@ -1,0 +1,453 @@
+"""Training and evaluation: the paper's recipe (§5) over the ('data', 'tower') mesh.
+
+`train_and_evaluate(config, workdir)` reads top to bottom: check the config, build the mesh and
+the data, initialise or restore the state, then loop over jitted train steps with evaluation,
+logging and checkpoints at their cadences. Every random number of step s is derived from
+`fold_in(train key, s)`, so a run restored from a checkpoint computes exactly what the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from alexnet_jax import augment, checkpoint, input_pipeline, metrics, models, optim, parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: saved whole in every checkpoint."""
+
+    step: jax.Array  # int32 scalar: steps completed
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32 key data of the training key; step s uses fold_in(key, s)
+
+
+# --- Configuration checks ----------------------------------------------------------------------
+
+DATASET_KINDS = ("tfds", "folder", "prepared")  # 'kind:argument' datasets (alexnet_jax/sources.py)
+
+
+def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
+    """Raises one ValueError listing every problem of `config`, before anything is compiled."""
+    problems = []
+
+    def check(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except ValueError as e:
+            problems.append(str(e))
+            return None
+
+    check(lambda: models.create_model(config.model))
+    if config.model.get("name", "alexnet") == "alexnet":
+        check(lambda: models.check_image_size(config.image_size, config.model.pool_window))
+    if config.image_size > config.resize_size:
+        problems.append(
+            f"image_size={config.image_size} is larger than resize_size={config.resize_size}: "
+            "crops are taken from the resized image; raise resize_size or lower image_size."
+        )
+    kind, _, arg = config.dataset.partition(":")
+    if not (config.dataset in ("digits", "synthetic") or (kind in DATASET_KINDS and arg)):
+        problems.append(
+            f"dataset={config.dataset!r} is not a dataset name: use 'tfds:<name>' (e.g. "
+            "tfds:imagenet2012), 'folder:<path>', 'prepared:<dir>', 'digits' or 'synthetic'."
+        )
+    shape = check(lambda: parallel.mesh_shape(config.mesh, config.model, num_devices))
+    if shape is not None and config.batch_size % shape[0]:
+        problems.append(
+            f"batch_size={config.batch_size} is not divisible by the {shape[0]} data-parallel "
+            f"replicas of the mesh (mesh.data={config.mesh.data}); use a multiple of {shape[0]}."
+        )
+    if config.batch_size % num_processes:
+        problems.append(
+            f"batch_size={config.batch_size} is not divisible by the {num_processes} processes."
+        )
+    check(lambda: optim.create_optimizer(config.optimizer))
+    check(lambda: optim.create_schedule(config.optimizer, steps_per_epoch=1, total_steps=1))
+    for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "batch_size"):
+        if config[field] <= 0:
+            problems.append(f"{field} must be positive, got {config[field]}.")
+    if config.num_train_steps <= 0 and config.num_train_steps != -1 and config.num_epochs <= 0:
+        problems.append("set num_train_steps > 0, or num_train_steps=-1 and num_epochs > 0.")
+    if problems:
+        raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def num_steps(config: Any, train_examples: int) -> tuple[int, int]:
+    """(steps per epoch, total steps) for a training set of `train_examples` examples."""
+    steps_per_epoch = max(1, train_examples // config.batch_size)
+    if config.num_train_steps > 0:
+        return steps_per_epoch, config.num_train_steps
+    return steps_per_epoch, max(1, math.ceil(config.num_epochs * steps_per_epoch))
+
+
+# --- State and steps ---------------------------------------------------------------------------
+
+
+def create_train_state(
+    config: Any, mesh: jax.sharding.Mesh, tx: optax.GradientTransformation, rng: jax.Array
+) -> TrainState:
+    """Initialises the parameters (§5 initialisation) and places them on the mesh."""
+    init_rng, train_rng = jax.random.split(rng)
+    params = parallel.init_params(config.model, (config.image_size,) * 2 + (3,), init_rng)
+    params = parallel.shard(params, mesh, parallel.param_spec(config.model))
+    opt_state = jax.jit(tx.init)(params)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        rng=jax.random.key_data(train_rng),
+    )
+
+
+def make_train_step(config: Any, mesh: jax.sharding.Mesh, tx: optax.GradientTransformation):
+    """The jitted training step `(state, images_u8, labels, stats, lr) -> (state, metrics)`.
+
+    Augmentation (§4.1) runs on the device inside the step; `lr` is the rate this step uses
+    (a traced scalar, so schedule changes never recompile).
+    """
+    apply = parallel.sharded_apply(config.model, mesh, train=True)
+
+    def train_step(state, images, labels, stats, lr):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        aug_rng, dropout_rng = jax.random.split(rng)
+        x = augment.train_views(aug_rng, images, stats, config.augment, config.image_size)
+
+        def loss_fn(params):
+            logits = apply(params, x, dropout_rng)
+            return jnp.mean(metrics.cross_entropy(logits, labels)), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        opt_state = optim.set_learning_rate(state.opt_state, lr)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        out = {
+            "train_loss": loss,
+            "train_top1_error": 1.0 - jnp.mean(metrics.topk_correct(logits, labels, 1)),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
+        }
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
+
+    return jax.jit(train_step, donate_argnums=(0,))
+
+
+def make_eval_step(config: Any, mesh: jax.sharding.Mesh):
+    """The jitted evaluation step `(params, images_u8, labels, mask, stats) -> sums`.
+
+    Centre crop ('eval_*') and, when `config.eval_ten_crop`, the average of the softmaxes of
+    the ten patches of §4.1 ('eval10_*'). Returns sums over the real (mask) examples.
+    """
+    apply = parallel.sharded_apply(config.model, mesh, train=False)
+    no_rng = jax.random.key(0)  # no dropout in evaluation
+
+    def sums(probs_or_logits, labels, mask, losses):
+        mask = mask.astype(jnp.float32)
+        return {
+            "loss": jnp.sum(losses * mask),
+            "top1": jnp.sum(metrics.topk_correct(probs_or_logits, labels, 1) * mask),
+            "top5": jnp.sum(metrics.topk_correct(probs_or_logits, labels, 5) * mask),
+            "count": jnp.sum(mask),
+        }
+
+    def eval_step(params, images, labels, mask, stats):
+        x = augment.eval_views(images, stats, config.augment, config.image_size, ten_crop=False)
+        logits = apply(params, x, no_rng)
+        out = {"eval": sums(logits, labels, mask, metrics.cross_entropy(logits, labels))}
+        if config.eval_ten_crop:
+            views = augment.eval_views(
+                images, stats, config.augment, config.image_size, ten_crop=True
+            )
+            b, v = views.shape[:2]
+            logits10 = apply(params, views.reshape(b * v, *views.shape[2:]), no_rng)
+            probs = jnp.mean(jax.nn.softmax(logits10).reshape(b, v, -1), axis=1)
+            onehot = jax.nn.one_hot(labels, probs.shape[-1], dtype=probs.dtype)
+            losses = -jnp.log(jnp.maximum(jnp.sum(probs * onehot, axis=-1), 1e-30))
+            out["eval10"] = sums(probs, labels, mask, losses)
+        return out
+
+    return jax.jit(eval_step)
+
+
+def evaluate(eval_step, params, batches: Iterator[dict], stats, mesh) -> dict[str, float]:
+    """Runs `eval_step` over every batch of an evaluation pass; returns the metric values."""
+    totals = None
+    for batch in batches:
+        images, labels, mask = _global_batch(batch, mesh, ("image", "label", "mask"))
+        out = eval_step(params, images, labels, mask, stats)
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    if totals is None:
+        raise ValueError("the evaluation split is empty.")
+    totals = jax.device_get(totals)
+    result = {}
+    for prefix, t in totals.items():
+        n = float(t["count"])
+        result[f"{prefix}_loss"] = float(t["loss"]) / n
+        result[f"{prefix}_top1_error"] = 1.0 - float(t["top1"]) / n
+        result[f"{prefix}_top5_error"] = 1.0 - float(t["top5"]) / n
+    result["eval_examples"] = int(totals["eval"]["count"])
+    return result
+
+
+def _global_batch(batch: dict, mesh, keys) -> list[jax.Array]:
+    """This process's share of a batch, assembled into arrays sharded over 'data'."""
+    sharding = NamedSharding(mesh, P("data"))
+    return [jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in keys]
+
+
+# --- The run -----------------------------------------------------------------------------------
+
+
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves a checkpoint and stops at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: rely on Orbax's multi-process notice only
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def say(message: str) -> None:
+    """Prints a line on process 0 without breaking the progress bar."""
+    if jax.process_index() == 0:
+        tqdm.write(message)
+
+
+def _checked(step: int, values: Any, checkpointer: checkpoint.Checkpointer) -> dict[str, float]:
+    """Fetches a step's metrics; stops the run if its loss or its new parameters are NaN/inf.
+
+    The loss is that of the parameters before the step; the parameter norm is of those after
+    it, so checking both keeps a non-finite update out of the next checkpoint.
+    """
+    values = {k: float(v) for k, v in jax.device_get(values).items()}
+    bad = [k for k in ("train_loss", "param_norm") if not math.isfinite(values[k])]
+    if bad:
+        checkpointer.wait()
+        last = checkpointer.latest_step()
+        kept = (
+            f"the last good checkpoint (step {last}) in {checkpointer.directory} is kept"
+            if last is not None
+            else "no checkpoint had been written yet"
+        )
+        what = ", ".join(f"{k} = {values[k]}" for k in bad)
+        raise FloatingPointError(
+            f"{what} at step {step}: the run is stopped and {kept}. Lower "
+            "optimizer.learning_rate or check the input data."
+        )
+    return values
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+    """Trains `config`'s model, evaluating and checkpointing along the way.
+
+    Args:
+      config: the run's ConfigDict (configs/alexnet.py documents every field).
+      workdir: where checkpoints, metrics.jsonl, TensorBoard events and config.json go. A run
+        started again with the same workdir resumes from its latest complete checkpoint.
+
+    Returns:
+      The final evaluation's metrics (eval_top1_error, eval_top5_error, eval10_*, ...).
+    """
+    check_config(config, jax.device_count(), jax.process_count())
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+    mesh = parallel.make_mesh(config.mesh, config.model)
+    train_source = input_pipeline.create_source(config, config.train_split)
+    eval_source = input_pipeline.create_source(config, config.eval_split)
+    if train_source.num_classes != config.model.num_classes:
+        raise ValueError(
+            f"{config.dataset} has {train_source.num_classes} classes but model.num_classes="
+            f"{config.model.num_classes}; set --config.model.num_classes="
+            f"{train_source.num_classes}."
+        )
+    steps_per_epoch, total_steps = num_steps(config, len(train_source))
+    tx = optim.create_optimizer(config.optimizer)
+    schedule = optim.create_schedule(
+        config.optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+    )
+    say(
+        f"{config.dataset}: {len(train_source):,} training and {len(eval_source):,} evaluation "
+        f"examples; {total_steps:,} steps of {config.batch_size} ({steps_per_epoch:,} per "
+        f"epoch) on a {dict(mesh.shape)} mesh of {jax.devices()[0].platform} devices"
+    )
+
+    with jax.set_mesh(mesh):
+        stats = input_pipeline.load_data_stats(config, train_source)
+        stats = jax.device_put(stats, NamedSharding(mesh, P()))
+        state = create_train_state(config, mesh, tx, jax.random.key(config.seed))
+        checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+        train_iter = input_pipeline.create_train_iterator(config, train_source)
+        start = checkpointer.latest_step()
+        if start is not None:
+            state, schedule_state, data_state = checkpointer.restore(
+                start, checkpoint.abstract_like(state)
+            )
+            schedule.load_state_dict(schedule_state)
+            train_iter.set_state(data_state)
+            say(f"resumed from the checkpoint of step {start} in {checkpointer.directory}")
+        run = _Run(
+            config=config,
+            mesh=mesh,
+            stats=stats,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            schedule=schedule,
+            checkpointer=checkpointer,
+            writer=metrics.MetricWriter(workdir, resume_step=start),
+            train_step=make_train_step(config, mesh, tx),
+            eval_step=make_eval_step(config, mesh),
+            eval_source=eval_source,
+        )
+        try:
+            result = run.loop(state, train_iter)
+        finally:
+            checkpointer.wait()
+            checkpointer.close()
+            run.writer.close()
+            train_iter.close()
+    skipped = getattr(train_iter, "skipped", None)
+    if skipped and any(skipped.values()):
+        say(f"skipped unreadable training examples: {skipped}")
+    return result
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the training loop needs, built once by `train_and_evaluate`."""
+
+    config: Any
+    mesh: jax.sharding.Mesh
+    stats: augment.DataStats
+    steps_per_epoch: int
+    total_steps: int
+    schedule: optim.LearningRateSchedule
+    checkpointer: checkpoint.Checkpointer
+    writer: metrics.MetricWriter
+    train_step: Callable
+    eval_step: Callable
+    eval_source: Any
+
+    def evaluate(self, step: int, params: Any) -> dict[str, float]:
+        """One evaluation pass, logged, fed to the plateau schedule, printed."""
+        with input_pipeline.create_eval_iterator(self.config, self.eval_source) as batches:
+            result = evaluate(self.eval_step, params, batches, self.stats, self.mesh)
+        self.writer.write(step, result)
+        say(_format_eval(step, result))
+        if self.schedule.on_eval(step, result["eval_top1_error"]):
+            say(
+                f"step {step}: validation error stopped improving; learning rate now "
+                f"{self.schedule.learning_rate(step):g}"
+            )
+        return result
+
+    def loop(self, state: TrainState, train_iter: Any) -> dict[str, float]:
+        """Trains to `total_steps`. Metrics are fetched one step late so that dispatch stays
+        asynchronous, and always before a checkpoint is written, so a NaN is never saved."""
+        config, step = self.config, int(state.step)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=jax.process_index() != 0 or not config.progress_bar,
+        )
+        window: list[dict[str, float]] = []
+        pending = None
+        result: dict[str, float] = {}
+        tick, tick_step = time.perf_counter(), step
+        with _Preemption() as preemption:
+            while step < self.total_steps:
+                batch = next(train_iter)
+                images, labels = _global_batch(batch, self.mesh, ("image", "label"))
+                lr = self.schedule.learning_rate(step)
+                state, out = self.train_step(state, images, labels, self.stats, lr)
+                step += 1
+                if pending is not None:
+                    window.append(_checked(*pending, self.checkpointer))
+                pending = (step, out)
+                bar.update(1)
+                stop = preemption.requested or self.checkpointer.reached_preemption(step)
+                last = step == self.total_steps
+                log_now = step % config.log_every_steps == 0 or last
+                eval_now = step % config.eval_every_steps == 0 or last
+                save_now = step % config.checkpoint_every_steps == 0 or last or stop
+                if not (log_now or eval_now or save_now):
+                    continue
+                window.append(_checked(*pending, self.checkpointer))
+                pending = None
+                if log_now:
+                    now = time.perf_counter()
+                    summary = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                    summary["learning_rate"] = lr
+                    summary["images_per_sec"] = (
+                        (step - tick_step) * config.batch_size / (now - tick)
+                    )
+                    summary["epoch"] = step / self.steps_per_epoch
+                    self.writer.write(step, summary)
+                    bar.set_postfix(
+                        loss=f"{summary['train_loss']:.3f}",
+                        lr=f"{lr:.2g}",
+                        img_s=f"{summary['images_per_sec']:.0f}",
+                    )
+                    window, tick, tick_step = [], now, step
+                if eval_now:
+                    result = self.evaluate(step, state.params)
+                if save_now:
+                    data_state = train_iter.get_state()
+                    self.checkpointer.save(step, state, self.schedule.state_dict(), data_state)
+                if stop:
+                    say(f"SIGTERM: saved the checkpoint of step {step} and stopped.")
+                    break
+        bar.close()
+        if step >= self.total_steps and not result:  # a finished run started again
+            result = self.evaluate(step, state.params)
+        return result
+
+
+def _format_eval(step: int, result: dict[str, float]) -> str:
+    text = (
+        f"step {step}: eval top-1 error {100 * result['eval_top1_error']:.2f}%, "
+        f"top-5 {100 * result['eval_top5_error']:.2f}% (centre crop"
+    )
+    if "eval10_top1_error" in result:
+        text += (
+            f"); 10 crops: top-1 {100 * result['eval10_top1_error']:.2f}%, "
+            f"top-5 {100 * result['eval10_top5_error']:.2f}%"
+        )
+    else:
+        text += ")"
+    return text + f" on {result['eval_examples']} examples"

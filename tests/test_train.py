@@ -1,0 +1,239 @@
+"""The training system end to end: steps, guard rails, checkpoints and exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from alexnet_jax import metrics, train
+from configs import alexnet as alexnet_config
+from configs import default as default_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _digits_config(**overrides):
+    """The offline default, shortened."""
+    config = default_config.get_config()
+    config.progress_bar = False
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def _synthetic_alexnet(**overrides):
+    """The paper's AlexNet on a few synthetic 230x230 images (227 crops), tiny budget."""
+    config = alexnet_config.get_config()
+    config.update_from_flattened_dict(
+        {
+            "dataset": "synthetic",
+            "synthetic_examples": 16,
+            "synthetic_classes": 10,
+            "model.num_classes": 10,
+            "resize_size": 230,
+            "image_size": 227,
+            "batch_size": 4,
+            "num_train_steps": 2,
+            "num_workers": 0,
+            "log_every_steps": 1,
+            "eval_every_steps": 2,
+            "checkpoint_every_steps": 2,
+            "eval_ten_crop": False,
+            "progress_bar": False,
+            "mesh.tower": 1,
+            "mesh.data": 1,
+            "optimizer.schedule": "constant",
+            **overrides,
+        }
+    )
+    return config
+
+
+def _restored_params(workdir):
+    """The parameters of a run's latest checkpoint, as NumPy arrays."""
+    path = Path(workdir) / "checkpoints"
+    step = max(int(p.name) for p in path.iterdir() if p.name.isdigit())
+    with ocp.StandardCheckpointer() as ckptr:
+        state = ckptr.restore(path / str(step) / "state")
+    return step, jax.tree.map(np.asarray, state["params"])
+
+
+def test_one_step_of_full_size_alexnet(tmp_path):
+    result = train.train_and_evaluate(_synthetic_alexnet(), str(tmp_path))
+    events = metrics.read_metrics(str(tmp_path))
+    train_events = [e for e in events if "train_loss" in e]
+    assert [e["step"] for e in train_events] == [1, 2]
+    for key in ("train_loss", "train_top1_error", "learning_rate", "images_per_sec"):
+        assert np.isfinite(train_events[0][key]), key
+    assert train_events[0]["learning_rate"] == pytest.approx(0.01)
+    assert 0.0 <= result["eval_top1_error"] <= 1.0
+    assert (tmp_path / "config.json").exists()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_two_towers_on_two_devices_follow_the_one_device_trajectory(tmp_path):
+    one = _synthetic_alexnet(num_train_steps=3)
+    two = _synthetic_alexnet(num_train_steps=3, **{"mesh.tower": 2})
+    train.train_and_evaluate(one, str(tmp_path / "one"))
+    train.train_and_evaluate(two, str(tmp_path / "two"))
+    loss = {
+        name: [
+            e["train_loss"] for e in metrics.read_metrics(str(tmp_path / name)) if "train_loss" in e
+        ]
+        for name in ("one", "two")
+    }
+    assert len(loss["one"]) == 3
+    np.testing.assert_allclose(loss["two"], loss["one"], rtol=1e-5)
+    assert loss["one"][0] != loss["one"][-1]
+
+
+def test_cifar_net_loss_falls_on_digits(tmp_path):
+    config = _digits_config(
+        num_train_steps=60, eval_every_steps=60, checkpoint_every_steps=60, log_every_steps=10
+    )
+    train.train_and_evaluate(config, str(tmp_path))
+    losses = [e["train_loss"] for e in metrics.read_metrics(str(tmp_path)) if "train_loss" in e]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = _digits_config(
+        num_train_steps=10, checkpoint_every_steps=5, eval_every_steps=10, log_every_steps=1
+    )
+    train.train_and_evaluate(config, str(tmp_path))
+    _, good = _restored_params(tmp_path)
+    # Continue the run with a NaN injected through the learning rate: step 11 makes NaNs.
+    config.num_train_steps = 20
+    config.optimizer.learning_rate = float("nan")
+    with pytest.raises(
+        FloatingPointError,
+        match="at step 11: .* last good checkpoint "
+        r"\(step 10\)",
+    ):
+        train.train_and_evaluate(config, str(tmp_path))
+    step, params = _restored_params(tmp_path)
+    assert step == 10
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(good)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"image_size": 200}, "6x6"),
+        ({"batch_size": 6, "mesh.tower": 1, "mesh.data": 4}, "not divisible by the 4"),
+        ({"dataset": "imagenet"}, "dataset"),
+        ({"model.activation": "relu6x"}, "jax.nn"),
+        ({"mesh.tower": 3}, "mesh.tower"),
+        ({"optimizer.schedule": "exponential"}, "schedule"),
+    ],
+)
+def test_invalid_config_fails_before_anything_is_compiled(tmp_path, overrides, match):
+    config = _synthetic_alexnet(**overrides)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+    assert time.perf_counter() - start < 30
+
+
+def _main(workdir, *overrides, **popen):
+    cmd = [
+        sys.executable,
+        "-m",
+        "alexnet_jax.main",
+        "--config=configs/default.py",
+        f"--workdir={workdir}",
+        "--config.progress_bar=False",
+        *overrides,
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen
+    )
+
+
+RESUME = (
+    "--config.num_train_steps=120",
+    "--config.checkpoint_every_steps=30",
+    "--config.eval_every_steps=120",
+    "--config.log_every_steps=5",
+    "--config.num_workers=1",
+)
+
+
+def _wait_for_step(workdir, step, proc, timeout=300):
+    """Blocks until metrics.jsonl has an event past `step` (the run is between checkpoints)."""
+    deadline = time.time() + timeout
+    path = Path(workdir) / "metrics.jsonl"
+    while time.time() < deadline:
+        if path.exists():
+            steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if line]
+            if steps and max(steps) > step:
+                return
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.02)
+    raise TimeoutError(f"no event past step {step}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    proc = _main(workdir, *RESUME)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    return workdir, out
+
+
+def test_sigkill_between_checkpoints_then_rerun_is_bit_identical(tmp_path, uninterrupted):
+    reference, out = uninterrupted
+    assert "final eval_top1_error" in out
+    proc = _main(tmp_path, *RESUME)
+    _wait_for_step(tmp_path, 35, proc)  # checkpoint 30 written, step 40 not yet
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    proc = _main(tmp_path, *RESUME)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    step_a, a = _restored_params(reference)
+    step_b, b = _restored_params(tmp_path)
+    assert step_a == step_b == 120
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+    # metrics.jsonl reads as one run: every logged step once.
+    steps = [e["step"] for e in metrics.read_metrics(str(tmp_path)) if "train_loss" in e]
+    assert steps == list(range(5, 121, 5))
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(tmp_path, uninterrupted):
+    reference, _ = uninterrupted
+    proc = _main(tmp_path, *RESUME)
+    _wait_for_step(tmp_path, 45, proc)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    assert "SIGTERM" in out
+    stopped_at, _ = _restored_params(tmp_path)
+    assert 45 < stopped_at < 120
+    proc = _main(tmp_path, *RESUME)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    _, a = _restored_params(reference)
+    _, b = _restored_params(tmp_path)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_misspelt_config_field_is_refused(tmp_path):
+    proc = _main(tmp_path, "--config.modle.lrn=False")
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0
+    assert "modle" in out
