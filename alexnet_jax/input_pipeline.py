@@ -1,0 +1,517 @@
+"""Host-side input with Grain: order, sharding, decoding workers, batches (paper §2, §5).
+
+The host delivers uint8 batches of S x S images (S = 256 for ImageNet, §2); everything the
+paper does after that (mean subtraction, random 224 crops, flips, PCA colour, 10-crop testing,
+§4.1) runs on the device in `alexnet_jax/augment.py`.
+
+Order. The training stream is one infinite sequence: epoch e is a permutation of the split
+drawn from `config.seed` and e (Grain's index shuffle), so every epoch is reshuffled and the
+whole order is a pure function of the seed. The stream is cut into blocks of b = batch_size /
+process_count examples and process p takes blocks p, p + P, p + 2P, ...: the P blocks of
+global step k are exactly the examples a single process would put in its global batch k, so
+the data seen at every step is the same on any number of hosts (in a different order inside
+the step). Batches are formed before they are handed to worker processes, so the batches do
+not depend on `config.num_workers` either.
+
+Bad examples (`sources.BadExample`: unreadable, undecodable, truncated) never stop an epoch
+unless `config.strict_data` is set. In a training batch the slot of a bad example is filled
+with a copy of the next good example of the same batch (batches stay full, no step is
+skipped, and every host still takes the same number of steps); in an evaluation batch it is
+masked out like padding. Every skip is counted by reason and the counts travel with the
+batches from the worker processes to `iterator.skipped`, and into the iterator state.
+
+Iterator state. Batch k is a pure function of (config, source, process, k), so the state is the
+index of the next batch plus the skip counts, `{'next_batch': int, 'skipped': {reason: int}}`:
+JSON-serialisable, independent of Grain's internals and of `num_workers`. `set_state(state)`
+resumes at exactly that batch. Orbax can save it as JSON (`ocp.args.JsonSave(state)`), or the
+iterator itself with `grain.checkpoint.CheckpointSave(it)` (it is a `grain.DatasetIterator`).
+
+Commands:
+  python -m alexnet_jax.input_pipeline --config=configs/alexnet.py            # describe data
+  python -m alexnet_jax.input_pipeline --config=configs/alexnet.py --prepare --out=DIR
+  python -m alexnet_jax.input_pipeline --config=configs/alexnet.py --bench
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from absl import logging
+
+from alexnet_jax import sources
+from alexnet_jax.sources import SKIP_REASONS, BadExample, Source, create_source
+
+__all__ = [
+    "SKIP_REASONS",
+    "BadExample",
+    "Source",
+    "BatchIterator",
+    "create_source",
+    "create_train_iterator",
+    "create_eval_iterator",
+    "load_data_stats",
+    "stats_cache_path",
+    "per_process_batch_size",
+    "prepare",
+]
+
+
+def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax  # Only here: worker processes unpickle this module and need no JAX.
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return process_index, process_count
+
+
+def per_process_batch_size(config: Any, process_count: int) -> int:
+    """b = config.batch_size / process_count; raises unless it divides evenly."""
+    if config.batch_size % process_count:
+        raise ValueError(
+            f"config.batch_size={config.batch_size} does not divide evenly over "
+            f"{process_count} processes; use a multiple of {process_count}"
+        )
+    return config.batch_size // process_count
+
+
+class _Guarded:
+    """The data source Grain reads: a `Source` whose bad examples become their reason.
+
+    Index i returns the example dict, the skip reason (str) of a bad example, or None for
+    padding positions (i >= len(source), evaluation only).
+    """
+
+    def __init__(self, source: Source, strict: bool, length: int | None = None):
+        self._source, self._strict = source, strict
+        self._length = len(source) if length is None else length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict[str, Any] | str | None:
+        if index >= len(self._source):
+            return None
+        try:
+            return self._source[index]
+        except BadExample as e:
+            if self._strict:
+                raise
+            sources.log_bad_example(e)
+            return e.reason
+
+
+class _Batcher:
+    """Grain batch_fn: stacks examples, fills or masks bad slots, counts skips per reason.
+
+    Args:
+      size: S, for the zero images of masked slots.
+      fill_bad: True (training): a bad slot gets a copy of the next good example of the batch
+        (mask True); False (evaluation): a zero image with mask False.
+    """
+
+    def __init__(self, size: int, fill_bad: bool):
+        self._size, self._fill_bad = size, fill_bad
+
+    def __call__(self, values: Sequence[dict[str, Any] | str | None]) -> dict[str, np.ndarray]:
+        n = len(values)
+        good = [i for i, v in enumerate(values) if isinstance(v, dict)]
+        skipped = np.zeros(len(SKIP_REASONS), np.int64)
+        for v in values:
+            if isinstance(v, str):
+                skipped[SKIP_REASONS.index(v)] += 1
+        source_of = list(range(n))
+        if self._fill_bad and good:
+            for i in range(n):
+                if i not in good:  # The next good slot after i, wrapping around.
+                    source_of[i] = min(good, key=lambda g, i=i: (g - i) % n)
+        images = np.zeros((n, self._size, self._size, 3), np.uint8)
+        labels = np.zeros((n,), np.int32)
+        mask = np.zeros((n,), bool)
+        for i, j in enumerate(source_of):
+            if isinstance(values[j], dict):
+                images[i] = values[j]["image"]
+                labels[i] = values[j]["label"]
+                mask[i] = True
+        return {"image": images, "label": labels, "mask": mask, "_skipped": skipped}
+
+
+class BatchIterator(grain.DatasetIterator):
+    """The iterator the pipeline returns: batches of a Grain pipeline, counted and resumable.
+
+    Batch k of a stream is a pure function of (config, source, k, process), whatever the
+    number of worker processes, so the state is just the index of the next batch (plus the
+    skip counts): `{'next_batch': int, 'skipped': {reason: int}}`, JSON-serialisable, and it
+    can be restored with a different `num_workers`. Restoring starts the pipeline again at
+    that batch.
+
+    Attributes:
+      skipped: dict reason -> number of examples skipped so far (SKIP_REASONS), counted in
+        whichever process decoded them, restored with the state.
+    """
+
+    def __init__(self, batches: grain.MapDataset, config: Any):
+        self._batches, self._config = batches, config
+        self._next_batch = 0
+        self.skipped = dict.fromkeys(SKIP_REASONS, 0)
+        super().__init__(_start(batches, config))
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        self._assert_not_closed()
+        try:
+            element = next(self._parent)
+        except StopIteration:
+            self.close()  # An evaluation pass is over: stop its workers now.
+            raise
+        # Arrays from worker processes arrive in shared memory (a np.ndarray subclass). Copy
+        # them out (~5 ms for 128 x 256 x 256 x 3) so the shared block is freed now: a batch
+        # the caller still holds at interpreter exit would otherwise be reported as leaked.
+        batch = {k: v if type(v) is np.ndarray else np.array(v) for k, v in element.items()}
+        for reason, count in zip(SKIP_REASONS, batch.pop("_skipped").tolist()):
+            self.skipped[reason] += count
+        self._next_batch += 1
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return {"next_batch": self._next_batch, "skipped": dict(self.skipped)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._assert_not_closed()
+        self._parent.close()
+        self._next_batch = int(state["next_batch"])
+        self.skipped = {r: int(state["skipped"].get(r, 0)) for r in SKIP_REASONS}
+        parent = _start(self._batches[self._next_batch :], self._config)
+        self._parents, self._ctx = (parent,), parent._ctx
+
+    def close(self) -> None:
+        """Stops the worker processes and frees the shared memory of prefetched batches."""
+        if self._closed:
+            return
+        super().close()
+        # Grain's interleave keeps its prefetched batches referenced until the iterator object
+        # is deleted; let go of the pipeline now so that their shared memory is unlinked now,
+        # not left to the resource tracker's warnings at interpreter exit.
+        self._parents = ()
+
+    def __enter__(self) -> BatchIterator:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        return f"BatchIterator(next_batch={self._next_batch})"
+
+
+def _mark_flags_parsed() -> None:
+    """Grain's worker processes read absl flags, which outside an absl app are unparsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _start(ds: grain.MapDataset, config: Any) -> grain.DatasetIterator:
+    """Decodes on `config.num_workers` processes (0: threads of this process), prefetching."""
+    prefetch = max(1, int(config.prefetch_batches))
+    # Pillow releases the GIL while it decodes and resizes, so without workers `prefetch`
+    # threads build batches in parallel (1.7x with 2 threads on 2 cores); a worker process
+    # gets one thread, as more would compete with the other workers for the same cores.
+    threads = 1 if config.num_workers else max(1, min(prefetch, os.cpu_count() or 1))
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)
+    it_ds = ds.to_iter_dataset(read)
+    if config.num_workers > 0:
+        # Only the image arrays are worth a shared-memory block; labels and masks are pickled.
+        it_ds = grain.experimental.WithOptionsIterDataset(
+            it_ds, grain.experimental.DatasetOptions(min_shm_size=1 << 16)
+        )
+        _mark_flags_parsed()
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=config.num_workers, per_worker_buffer_size=prefetch
+            )
+        )
+    return iter(it_ds)
+
+
+def _order_seed(seed: int) -> int:
+    """A 32-bit shuffle seed from config.seed (Grain wants 0 <= seed < 2**32)."""
+    return zlib.crc32(f"alexnet_jax/train-order/{seed}".encode())
+
+
+def create_train_iterator(
+    config: Any,
+    source: Source,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> BatchIterator:
+    """The endless, reshuffled-every-epoch training stream of this process (§5: batch 128).
+
+    Args:
+      config: uses batch_size (global), seed, num_workers, prefetch_batches, strict_data.
+      source: the training `Source`.
+      process_index: this host's index (default `jax.process_index()`).
+      process_count: number of hosts (default `jax.process_count()`).
+
+    Returns:
+      An iterator of `{'image': uint8 (b, S, S, 3), 'label': int32 (b,), 'mask': bool (b,)}`
+      with b = batch_size / process_count; mask is True except in the degenerate case of a
+      batch whose every example was unreadable. Close it (or use `with`) when done.
+    """
+    process_index, process_count = _process_info(process_index, process_count)
+    b = per_process_batch_size(config, process_count)
+    ds = grain.MapDataset.source(_Guarded(source, config.strict_data))
+    ds = ds.shuffle(seed=_order_seed(config.seed)).repeat()  # A new permutation every epoch.
+    ds = ds.batch(b, batch_fn=_Batcher(source.size, fill_bad=True))
+    ds = ds[process_index::process_count]
+    return BatchIterator(ds, config)
+
+
+def num_eval_batches(config: Any, source: Source, process_count: int) -> int:
+    """Batches per process in one evaluation pass (the same on every process)."""
+    global_batch = per_process_batch_size(config, process_count) * process_count
+    return math.ceil(len(source) / global_batch)
+
+
+def create_eval_iterator(
+    config: Any,
+    source: Source,
+    *,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> BatchIterator:
+    """One ordered pass over the split, padded so every process yields the same batch count.
+
+    Global batch k holds examples [k B, (k + 1) B) (B = batch_size) in source order, process p
+    the p-th block of b of them. The split is padded to a whole number of global batches.
+
+    Args:
+      config: uses batch_size, num_workers, prefetch_batches, strict_data.
+      source: the evaluation `Source`.
+      process_index: this host's index (default `jax.process_index()`).
+      process_count: number of hosts (default `jax.process_count()`).
+
+    Returns:
+      An iterator of `{'image': uint8 (b, S, S, 3), 'label': int32 (b,), 'mask': bool (b,)}`
+      that stops after `num_eval_batches` batches; mask is False for padding and skipped
+      examples (their image is zeros, label 0). Summing metrics over mask counts every
+      readable example exactly once.
+    """
+    process_index, process_count = _process_info(process_index, process_count)
+    b = per_process_batch_size(config, process_count)
+    padded = num_eval_batches(config, source, process_count) * b * process_count
+    ds = grain.MapDataset.source(_Guarded(source, config.strict_data, length=padded))
+    ds = ds.batch(b, batch_fn=_Batcher(source.size, fill_bad=False))
+    ds = ds[process_index::process_count]
+    return BatchIterator(ds, config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mean image and PCA (§2, §4.1), computed once per training set.
+
+
+def _default_cache_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "alexnet_jax")
+
+
+def stats_cache_path(config: Any, source: Source) -> str:
+    """Where the statistics of `source` are cached: keyed by dataset, split, S and length."""
+    key = f"{sources.split_file_stem(source.split)}-{source.size}px-{len(source)}.npz"
+    if source.stats_dir:
+        return os.path.join(source.stats_dir, f"stats-{key}")
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name).strip("_")
+    return os.path.join(config.cache_dir or _default_cache_dir(), "stats", f"{name}-{key}")
+
+
+def load_data_stats(config: Any, source: Source) -> Any:
+    """The mean image and RGB PCA of the training source, computed once and cached (§2, §4.1).
+
+    The first call reads the whole split once (in order, with `config.num_workers` decoding
+    processes and a progress bar) and saves an .npz next to prepared data, else under
+    `config.cache_dir`; later calls load it. Skipped examples are left out.
+
+    Args:
+      config: uses cache_dir, batch_size, num_workers, prefetch_batches, strict_data.
+      source: the training `Source` (the statistics are those of the images it delivers).
+
+    Returns:
+      `augment.DataStats`.
+    """
+    from tqdm import tqdm
+
+    from alexnet_jax import augment
+
+    path = stats_cache_path(config, source)
+    if os.path.exists(path):
+        return augment.DataStats.load(path)
+    logging.info("Computing the mean image and PCA of %r into %s", source, path)
+
+    def real_images() -> Iterator[np.ndarray]:
+        with create_eval_iterator(config, source, process_index=0, process_count=1) as it:
+            total = num_eval_batches(config, source, 1)
+            for batch in tqdm(it, total=total, desc=f"stats {source.name} {source.split}"):
+                yield batch["image"][batch["mask"]]
+            if any(it.skipped.values()):
+                logging.warning("Statistics skipped %s", it.skipped)
+
+    stats = augment.compute_data_stats(real_images())
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    stats.save(path)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Prepare: the one-time S x S copy (§2), so training decodes small JPEGs.
+
+
+_PREPARE_CHUNK = 64
+
+
+class _EncodeRecord:
+    """Grain map: example -> prepared record bytes; a skip reason passes through."""
+
+    def __init__(self, quality: int):
+        self._quality = quality
+
+    def __call__(self, example: dict[str, Any] | str) -> bytes | str:
+        if isinstance(example, str):
+            return example
+        jpeg = sources.encode_jpeg(example["image"], self._quality)
+        return sources.prepared_record(jpeg, example["label"])
+
+
+def prepare(
+    config: Any,
+    out_dir: str,
+    splits: Sequence[str] | None = None,
+    *,
+    quality: int = 95,
+    examples_per_shard: int = 10_000,
+) -> dict[str, Any]:
+    """Writes the S x S copy of `config.dataset` as a `prepared:<out_dir>` dataset.
+
+    Each image is decoded, converted, resized and cropped once (§2) and stored as a JPEG
+    (4:4:4, `quality`) in ArrayRecord shards; unreadable images are skipped and counted. Then
+    the training split's mean image and PCA are computed from the copy and stored with it.
+    Train afterwards with `--config.dataset=prepared:<out_dir>`.
+
+    Args:
+      config: the config whose dataset, resize_size, num_workers... are used.
+      out_dir: destination directory (splits already there are kept unless rewritten).
+      splits: splits to write (default config.train_split and config.eval_split).
+      quality: JPEG quality.
+      examples_per_shard: ArrayRecord file size in examples.
+
+    Returns:
+      The metadata written to out_dir/metadata.json.
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+    from tqdm import tqdm
+
+    splits = list(dict.fromkeys(splits or [config.train_split, config.eval_split]))
+    os.makedirs(out_dir, exist_ok=True)
+    meta_path = os.path.join(out_dir, sources.PREPARED_METADATA)
+    meta: dict[str, Any] = {"splits": {}}
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+    for split in splits:
+        source = create_source(config, split)
+        num_shards = max(1, math.ceil(len(source) / examples_per_shard))
+        stem = sources.split_file_stem(split)
+        files = [f"{stem}.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
+        skipped = dict.fromkeys(SKIP_REASONS, 0)
+        written = 0
+        ds = grain.MapDataset.source(_Guarded(source, config.strict_data))
+        # Chunks of 64 records cross from the workers at once (one record at a time, the
+        # hand-over cost more than decoding a 640x427 JPEG).
+        ds = ds.map(_EncodeRecord(quality)).batch(_PREPARE_CHUNK, batch_fn=list)
+        it = _start(ds, config)
+        writer = None
+        try:
+            with tqdm(total=len(source), desc=f"prepare {split}") as progress:
+                for chunk_index, chunk in enumerate(it):
+                    for offset, record in enumerate(chunk):
+                        index = chunk_index * _PREPARE_CHUNK + offset
+                        if index % examples_per_shard == 0:
+                            if writer is not None:
+                                writer.close()
+                            shard = os.path.join(out_dir, files[index // examples_per_shard])
+                            writer = ArrayRecordWriter(shard, "group_size:1")
+                        if isinstance(record, str):
+                            skipped[record] += 1
+                        else:
+                            writer.write(record)
+                            written += 1
+                    progress.update(len(chunk))
+        finally:
+            if writer is not None:
+                writer.close()
+            it.close()
+        meta["splits"][split] = {"files": files, "num_examples": written, "skipped": skipped}
+        meta.update(
+            format="alexnet_jax prepared v1: ArrayRecord, record = int64 LE label + JPEG",
+            source=config.dataset,
+            size=int(config.resize_size),
+            num_classes=source.num_classes,
+            class_names=list(source.class_names) if source.class_names else None,
+        )
+        with open(meta_path + ".tmp", "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(meta_path + ".tmp", meta_path)
+        logging.info("Wrote %d examples of %s to %s (skipped %s)", written, split, out_dir, skipped)
+    if config.train_split in splits:
+        prepared = sources.PreparedSource(out_dir, config.train_split, int(config.resize_size))
+        load_data_stats(config, prepared)
+    return meta
+
+
+def _describe(config: Any) -> None:
+    """Prints each split's size and classes and the shapes of a first training batch."""
+    for split in dict.fromkeys([config.train_split, config.eval_split]):
+        print(create_source(config, split))
+    source = create_source(config, config.train_split)
+    with create_train_iterator(config, source, process_index=0, process_count=1) as it:
+        batch = next(it)
+        shapes = {k: (v.shape, v.dtype.name) for k, v in batch.items()}
+        print(f"first training batch: {shapes}; skipped so far: {it.skipped}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+    _PREPARE = flags.DEFINE_bool("prepare", False, "Write the S x S copy of the dataset to --out.")
+    _OUT = flags.DEFINE_string("out", None, "--prepare: destination directory.")
+    _SPLITS = flags.DEFINE_list("splits", None, "--prepare: splits (default train and eval).")
+    _QUALITY = flags.DEFINE_integer("quality", 95, "--prepare: JPEG quality.")
+    _BENCH = flags.DEFINE_bool("bench", False, "Print the host and device throughput report.")
+
+    def main(argv: Sequence[str]) -> None:
+        del argv
+        config = _CONFIG.value
+        if _PREPARE.value:
+            if not _OUT.value:
+                raise app.UsageError("--prepare needs --out=<dir>")
+            prepare(config, _OUT.value, _SPLITS.value, quality=_QUALITY.value)
+            print(f"Prepared. Train with --config.dataset=prepared:{_OUT.value}")
+        elif _BENCH.value:
+            from experiments import input_pipeline_benchmark
+
+            input_pipeline_benchmark.run(config)
+        else:
+            _describe(config)
+
+    flags.mark_flag_as_required("config")
+    app.run(main)
