@@ -37,6 +37,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -220,6 +222,23 @@ def _mark_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Grain worker init: exit when the process that started this worker is gone.
+
+    A run killed with SIGKILL (preemption, OOM killer) cannot stop its workers, and Grain's
+    workers would otherwise wait forever, each holding its memory.
+    """
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
+
+
 def _start(ds: grain.MapDataset, config: Any) -> grain.DatasetIterator:
     """Decodes on `config.num_workers` processes (0: threads of this process), prefetching."""
     prefetch = max(1, int(config.prefetch_batches))
@@ -238,7 +257,8 @@ def _start(ds: grain.MapDataset, config: Any) -> grain.DatasetIterator:
         it_ds = it_ds.mp_prefetch(
             grain.MultiprocessingOptions(
                 num_workers=config.num_workers, per_worker_buffer_size=prefetch
-            )
+            ),
+            worker_init_fn=_exit_with_parent,
         )
     return iter(it_ds)
 

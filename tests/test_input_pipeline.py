@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -437,6 +438,61 @@ print("ok")
         [sys.executable, "-c", code], cwd=REPO_DIR, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_training_process_is_killed():
+    """SIGKILL (preemption, OOM killer) leaves the Grain workers no chance to be stopped; they
+    notice that their parent is gone and exit instead of waiting forever."""
+    code = """
+import time
+from configs.alexnet import get_config
+from alexnet_jax import input_pipeline
+if __name__ == "__main__":
+    config = get_config()
+    config.dataset, config.resize_size, config.batch_size, config.num_workers = "digits", 8, 4, 2
+    source = input_pipeline.create_source(config, "train")
+    it = input_pipeline.create_train_iterator(config, source, process_index=0, process_count=1)
+    next(it)
+    print("ready", flush=True)
+    time.sleep(120)
+"""
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO_DIR, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        workers = [p for p in _children(child.pid) if "spawn_main" in _cmdline(p)]
+        assert len(workers) == 2
+    finally:
+        child.kill()
+        child.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in workers):
+        time.sleep(0.2)
+    assert not [p for p in workers if os.path.exists(f"/proc/{p}")]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 # ----------------------------------------------------------------------------------------------
