@@ -386,9 +386,23 @@ def _tfds_data_dir(data_dir: str) -> str:
     )
 
 
+def _tfds_build_command(name: str, data_dir: str, manual_dir: str | None) -> str:
+    """The one command that builds a TFDS dataset as ArrayRecord.
+
+    The Python API rather than the `tfds build` CLI: in tensorflow-datasets 4.9.10 the CLI
+    does not start without apache-beam installed, the builders themselves need no Beam.
+    """
+    config = f"download_config=tfds.download.DownloadConfig(manual_dir={manual_dir!r})"
+    return (
+        'python -c "import tensorflow_datasets as tfds; '
+        f"tfds.builder({name!r}, data_dir={data_dir!r}, file_format='array_record')"
+        f'.download_and_prepare({config if manual_dir else ""})"'
+    )
+
+
 def _tfds_prepare_help(name: str, data_dir: str, builder: Any) -> str:
     manual = os.path.join(data_dir, "downloads", "manual")
-    command = f"tfds build {name} --data_dir={data_dir} --file_format=array_record"
+    manual_dir = None
     steps = []
     if name.split("/")[0].split(":")[0] == "imagenet2012":
         steps.append(
@@ -396,15 +410,15 @@ def _tfds_prepare_help(name: str, data_dir: str, builder: Any) -> str:
             "ILSVRC2012_img_train.tar (138 GB) and ILSVRC2012_img_val.tar (6.3 GB)."
         )
         steps.append(f"Put both tar files, unopened, in {manual}/")
-        command += f" --manual_dir={manual}"
+        manual_dir = manual
     elif builder is not None and getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
         steps.append(
             f"This dataset needs a manual download into {manual}/:\n      "
             + " ".join(str(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).split())
         )
-        command += f" --manual_dir={manual}"
+        manual_dir = manual
     steps.append("pip install tensorflow-cpu  (TensorFlow is needed to build, not to train)")
-    steps.append(command)
+    steps.append(_tfds_build_command(name, data_dir, manual_dir))
     return "\n".join(f"  {i}. {s}" for i, s in enumerate(steps, 1))
 
 
@@ -438,9 +452,12 @@ class TfdsSource(Source):
         if "array_record" not in {f.value for f in info.available_file_formats()}:
             raise DatasetNotPreparedError(
                 f"TFDS dataset {name!r} in {builder.data_dir} is stored as "
-                f"{info.file_format.value}; random access needs ArrayRecord. Convert it once "
-                f"(TensorFlow needed):\n  tfds convert_format "
-                f"--dataset_version_dir={builder.data_dir} --out_file_format=array_record"
+                f"{info.file_format.value}; random access needs ArrayRecord. Either move that "
+                f"directory away and build again:\n  {_tfds_build_command(name, root, None)}\n"
+                "(add download_config=tfds.download.DownloadConfig(manual_dir=...) for "
+                "manually downloaded data), or convert it in place (needs tensorflow-cpu and "
+                f"apache-beam):\n  tfds convert_format --dataset_version_dir={builder.data_dir} "
+                "--out_file_format=array_record"
             )
         split_name = split.split("[")[0]
         if split_name not in info.splits:

@@ -251,8 +251,12 @@ def test_unknown_or_missing_datasets_say_what_to_do(tmp_path):
     message = str(e.value)
     assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
     assert f"{tmp_path}/downloads/manual" in message
-    assert f"tfds build imagenet2012 --data_dir={tmp_path}" in message
-    assert "--file_format=array_record" in message
+    build = (
+        f"tfds.builder('imagenet2012', data_dir='{tmp_path}', file_format='array_record')"
+        f".download_and_prepare(download_config=tfds.download.DownloadConfig("
+        f"manual_dir='{tmp_path}/downloads/manual'))"
+    )
+    assert build in message
 
 
 @pytest.fixture(scope="module")
