@@ -40,21 +40,21 @@ def topk_correct(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 class MetricWriter:
     """Writes scalar events to metrics.jsonl and TensorBoard (process 0 only)."""
 
-    def __init__(self, workdir: str, *, resume_step: int | None = None):
+    def __init__(self, workdir: str, *, resume_step: int = 0):
         """Opens the writers.
 
         Args:
           workdir: the run's directory.
-          resume_step: when resuming from a checkpoint of this step, events of later steps in
-            metrics.jsonl (written after the checkpoint by the interrupted run) are dropped,
-            so the file reads as one uninterrupted run.
+          resume_step: the step the run starts from (that of the checkpoint it resumed, or 0).
+            Events of later steps already in metrics.jsonl (written by an interrupted run after
+            its last checkpoint) are dropped, so the file reads as one uninterrupted run.
         """
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if not self.active:
             return
-        if resume_step is not None and os.path.exists(self.path):
+        if os.path.exists(self.path):
             with open(self.path) as f:
                 kept = [line for line in f if json.loads(line)["step"] <= resume_step]
             with open(self.path + ".tmp", "w") as f:

@@ -327,7 +327,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
             total_steps=total_steps,
             schedule=schedule,
             checkpointer=checkpointer,
-            writer=metrics.MetricWriter(workdir, resume_step=start),
+            writer=metrics.MetricWriter(workdir, resume_step=start or 0),
             train_step=make_train_step(config, mesh, tx),
             eval_step=make_eval_step(config, mesh),
             eval_source=eval_source,
