@@ -458,24 +458,16 @@ class CifarNet(nn.Module):
                 x = x.reshape(x.shape[0], -1)
                 x = nn.Dense(self.num_classes, kernel_init=kernel_init, name=spec.name)(x)
                 break
-            if spec.kind == "conv":
-                layer = nn.Conv(
-                    spec.features,
-                    (5, 5),
-                    padding=2,
-                    kernel_init=kernel_init,
-                    bias_init=bias_init,
-                    name=spec.name,
-                )
-            else:
-                layer = nn.ConvLocal(
-                    spec.features,
-                    (3, 3),
-                    padding=1,
-                    kernel_init=kernel_init,
-                    bias_init=bias_init,
-                    name=spec.name,
-                )
+            # Conv layers are 5x5 pad 2, locally connected ones 3x3 pad 1 (the layer files).
+            conv = spec.kind == "conv"
+            layer = (nn.Conv if conv else nn.ConvLocal)(
+                spec.features,
+                (5, 5) if conv else (3, 3),
+                padding=2 if conv else 1,
+                kernel_init=kernel_init,
+                bias_init=bias_init,
+                name=spec.name,
+            )
             x = act(layer(x))
             if spec.lrn and self.lrn and spec.lrn_before_pool:
                 x = self._lrn(x)

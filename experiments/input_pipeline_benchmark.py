@@ -28,16 +28,15 @@ from __future__ import annotations
 import copy
 import os
 import platform
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from alexnet_jax import input_pipeline
+from experiments.timing import median_seconds
 
 PHOTO_SIZE = (640, 427)  # (width, height) of the bundled photos.
 
@@ -116,18 +115,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    import jax
-
-    jax.block_until_ready(fn())  # Compile and warm up.
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def augment_seconds(config: Any, batch: int, repeats: int) -> float:
     """Median seconds of jitted `augment.train_views` on a (batch, S, S, 3) uint8 batch."""
     import jax
@@ -147,7 +134,7 @@ def augment_seconds(config: Any, batch: int, repeats: int) -> float:
         lambda key, x, st: augment.train_views(key, x, st, config.augment, config.image_size)
     )
     key = jax.random.key(0)
-    return _median_seconds(lambda: views(key, images, stats), repeats)
+    return median_seconds(lambda: views(key, images, stats), repeats)
 
 
 def train_step_seconds(config: Any, batch: int, repeats: int) -> float:
@@ -174,7 +161,7 @@ def train_step_seconds(config: Any, batch: int, repeats: int) -> float:
         return jax.tree.map(lambda p, g: p - 0.01 * g, params, grads)
 
     key = jax.random.key(1)
-    return _median_seconds(lambda: step(params, images, labels, key), repeats)
+    return median_seconds(lambda: step(params, images, labels, key), repeats)
 
 
 def run(

@@ -13,8 +13,6 @@ The default `config.model.grouped_conv` is the faster of the two on the machine 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -22,16 +20,7 @@ import optax
 
 from alexnet_jax import models, parallel
 from configs import alexnet as alexnet_config
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from experiments.timing import median_seconds
 
 
 def measure(grouped: bool, batch: int, size: int, repeats: int) -> dict[str, float]:
@@ -57,8 +46,8 @@ def measure(grouped: bool, batch: int, size: int, repeats: int) -> dict[str, flo
         return optax.apply_updates(params, updates), opt_state
 
     infer = jax.jit(lambda p: model.apply({"params": p}, images))
-    train_s = _median_seconds(lambda: train_step(params, opt_state), repeats)
-    infer_s = _median_seconds(lambda: infer(params), repeats)
+    train_s = median_seconds(lambda: train_step(params, opt_state), repeats)
+    infer_s = median_seconds(lambda: infer(params), repeats)
     return {"train_images_per_sec": batch / train_s, "infer_images_per_sec": batch / infer_s}
 
 
