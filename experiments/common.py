@@ -1,0 +1,153 @@
+"""What the paper-reproduction scripts share: fresh runs of the training system, their curves,
+result folders and tables. No training loop lives here: every run is
+`alexnet_jax.train.train_and_evaluate(config, workdir)`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from alexnet_jax import input_pipeline, metrics, sources, train
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results"
+
+
+def results_dir(name: str, out: str | None = None) -> Path:
+    """experiments/results/<name>/ (or `out`), created."""
+    path = Path(out) if out else RESULTS / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def dataset_prepared(config: Any) -> bool:
+    """Whether `config.dataset`'s training split can be read here (TFDS data prepared)."""
+    try:
+        input_pipeline.create_source(config, config.train_split)
+    except sources.DatasetNotPreparedError:
+        return False
+    return True
+
+
+def fresh_run(config: Any, workdir: str | Path) -> dict[str, float]:
+    """Trains `config` from scratch in `workdir` (an old run there is deleted, not resumed)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    return train.train_and_evaluate(config, str(workdir))
+
+
+def steps_per_epoch(config: Any) -> int:
+    """Training steps in one epoch of `config`'s training split (what train.py computes)."""
+    source = input_pipeline.create_source(config, config.train_split)
+    return train.num_steps(config, len(source))[0]
+
+
+def train_curve(workdir: str | Path) -> list[dict[str, float]]:
+    """The logged training events of a run: epoch, train_top1_error, train_loss, seconds (the
+    training time of the logging window, from its images/s, so the sum up to an event is the
+    wall time of the training loop until then, the first step's compilation included)."""
+    curve, previous = [], 0
+    for event in metrics.read_metrics(str(workdir)):
+        if "train_loss" not in event:
+            continue
+        images = (event["step"] - previous) * _batch_size(workdir)
+        curve.append(
+            {
+                "step": event["step"],
+                "epoch": event["epoch"],
+                "train_top1_error": event["train_top1_error"],
+                "train_loss": event["train_loss"],
+                "seconds": images / event["images_per_sec"],
+            }
+        )
+        previous = event["step"]
+    return curve
+
+
+def _batch_size(workdir: str | Path) -> int:
+    with open(Path(workdir) / "config.json") as f:
+        return json.load(f)["batch_size"]
+
+
+def restore_params(workdir_or_checkpoint: str | Path) -> tuple[int, Any]:
+    """(step, params as NumPy) of a run's latest checkpoint, or of a checkpoint folder."""
+    path = Path(workdir_or_checkpoint)
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if path.name == "checkpoints":
+        step = max(int(p.name) for p in path.iterdir() if p.name.isdigit())
+        path = path / str(step)
+    if (path / "state").is_dir():
+        path = path / "state"
+    step = int(path.parent.name) if path.parent.name.isdigit() else -1
+    with ocp.StandardCheckpointer() as ckptr:
+        state = ckptr.restore(path.resolve())
+    return step, jax.tree.map(np.asarray, state["params"])
+
+
+def run_config(workdir: str | Path) -> Any:
+    """The ConfigDict a run was trained with (its workdir/config.json)."""
+    import ml_collections
+
+    with open(Path(workdir) / "config.json") as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """Where the numbers were measured."""
+    return (
+        f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, "
+        f"{jax.devices()[0].platform} (JAX {jax.__version__}), "
+        f"{datetime.date.today().isoformat()}"
+    ).replace("  ", " ")
+
+
+def _finite(data: Any) -> Any:
+    """`data` with inf/nan floats as None, so the file is strict JSON."""
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    if isinstance(data, float) and not np.isfinite(data):
+        return None
+    return data
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Writes `data` as indented strict JSON (inf/nan become null)."""
+    with open(path, "w") as f:
+        json.dump(_finite(data), f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def plt():
+    """matplotlib.pyplot with the file-only Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
