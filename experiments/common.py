@@ -151,3 +151,30 @@ def plt():
     import matplotlib.pyplot as pyplot
 
     return pyplot
+
+
+def load_run(workdir: str | None, checkpoint: str | None = None, **overrides: Any):
+    """(config, step, params) of a trained run: its config.json, changed by `overrides`
+    (flattened keys, e.g. dataset='digits'), and its latest checkpoint (or `checkpoint`)."""
+    config = run_config(workdir or Path(checkpoint).parents[1])
+    config.update_from_flattened_dict({k: v for k, v in overrides.items() if v is not None})
+    step, params = restore_params(checkpoint or workdir)
+    return config, step, params
+
+
+def eval_batches(config: Any, split: str):
+    """(training-set statistics, batches of `split` without padding) for an evaluation pass:
+    each batch a dict of uint8 'image' and int 'label' NumPy arrays."""
+    train_source = input_pipeline.create_source(config, config.train_split)
+    source = input_pipeline.create_source(config, split)
+    stats = input_pipeline.load_data_stats(config, train_source)
+
+    def batches():
+        with input_pipeline.create_eval_iterator(
+            config, source, process_index=0, process_count=1
+        ) as it:
+            for batch in it:
+                mask = np.asarray(batch["mask"], bool)
+                yield {"image": np.asarray(batch["image"])[mask], "label": batch["label"][mask]}
+
+    return stats, source, batches

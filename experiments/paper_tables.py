@@ -1,0 +1,104 @@
+"""Tables 1 and 2 (§6): a trained checkpoint's error with one centre patch and with the 10
+patches of §4.1 (four corners, centre, and their reflections; softmaxes averaged), printed
+beside the paper's rows.
+
+The evaluation is the training system's own (`train.make_eval_step` and `train.evaluate`, the
+code that logs eval_* and eval10_* during training), run on the run's config.json.
+
+  python -m experiments.paper_tables --workdir=/tmp/alexnet            # the run's eval split
+  python -m experiments.paper_tables --workdir=/tmp/alexnet --split=validation \
+      --data_dir=$HOME/tensorflow_datasets                           # ILSVRC-2012 val (Table 2)
+  python -m experiments.paper_tables --checkpoint=/tmp/alexnet/checkpoints/450000
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from alexnet_jax import input_pipeline, parallel, train
+from experiments import common
+
+# (table, set, model, top-1 error %, top-5 error %), PAPER.md.
+PAPER_ROWS = (
+    ("Table 1", "ILSVRC-2010 test", "1 CNN, 10 patches", 37.5, 17.0),
+    ("Table 1", "ILSVRC-2010 test", "1 CNN, single patch (§4.1)", 39.0, 18.3),
+    ("Table 2", "ILSVRC-2012 val", "1 CNN", 40.7, 18.2),
+    ("Table 2", "ILSVRC-2012 val", "5 CNNs averaged", 38.1, 16.4),
+    ("Table 2", "ILSVRC-2012 val", "1 CNN* (6th conv, pre-trained on Fall 2011)", 39.0, 16.6),
+    ("Table 2", "ILSVRC-2012 val", "7 CNNs*", 36.7, 15.4),
+    ("reference", "ILSVRC-2012 val", "Caffe bvlc_alexnet, centre crop", 42.9, 19.8),
+    ("reference", "ILSVRC-2012 val", "torchvision alexnet", 43.5, 20.9),
+)
+
+
+def evaluate(config, params, split: str) -> dict[str, float]:
+    """Centre-crop and 10-patch error of `params` on `split`, with `config`'s model."""
+    config.eval_ten_crop = True
+    config.mesh.data, config.mesh.tower = 1, 1  # one device holds both towers: any machine
+    mesh = parallel.make_mesh(config.mesh, config.model)
+    train_source = input_pipeline.create_source(config, config.train_split)
+    source = input_pipeline.create_source(config, split)
+    with jax.set_mesh(mesh):
+        stats = input_pipeline.load_data_stats(config, train_source)
+        stats = jax.device_put(stats, NamedSharding(mesh, P()))
+        params = parallel.shard(params, mesh, parallel.param_spec(config.model))
+        eval_step = train.make_eval_step(config, mesh)
+        with input_pipeline.create_eval_iterator(config, source) as batches:
+            return train.evaluate(eval_step, params, batches, stats, mesh)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default=None, help="a training run's workdir")
+    parser.add_argument("--checkpoint", default=None, help="or one checkpoint folder")
+    parser.add_argument("--split", default=None, help="default: the run's eval_split")
+    parser.add_argument("--dataset", default=None, help="default: the run's dataset")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    if not (args.workdir or args.checkpoint):
+        parser.error("give --workdir or --checkpoint")
+
+    config, step, params = common.load_run(
+        args.workdir,
+        args.checkpoint,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        num_workers=0 if args.dataset in (None, "digits", "synthetic") else None,
+        progress_bar=False,
+    )
+    split = args.split or config.eval_split
+    result = evaluate(config, params, split)
+    ours = f"ours: {config.model.name} step {step}, {config.dataset} '{split}'"
+    rows = [[t, s, m, f"{e1:.1f}", f"{e5:.1f}"] for t, s, m, e1, e5 in PAPER_ROWS]
+    for prefix, what in (("eval", "centre patch"), ("eval10", "10 patches")):
+        rows.append(
+            [
+                "ours",
+                f"{config.dataset} {split} ({result['eval_examples']} images)",
+                f"{config.model.name} step {step}, {what}",
+                f"{100 * result[f'{prefix}_top1_error']:.2f}",
+                f"{100 * result[f'{prefix}_top5_error']:.2f}",
+            ]
+        )
+    text = common.markdown_table(["table", "set", "model", "top-1 err %", "top-5 err %"], rows)
+    measured = f"{ours}; machine: {common.machine()}."
+    out = common.results_dir("paper_tables", args.out)
+    (out / "results.md").write_text(f"# Tables 1 and 2\n\n{measured}\n\n{text}\n")
+    common.write_json(
+        out / "results.json",
+        {"run": args.workdir or args.checkpoint, "step": step, "dataset": config.dataset,
+         "split": split, "result": result, "machine": common.machine()},
+    )  # fmt: skip
+    print(measured + "\n\n" + text + f"\n\nwritten to {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
