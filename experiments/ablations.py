@@ -162,6 +162,8 @@ def main(argv=None) -> dict:
     if args.quick:
         variants, seeds, steps = ["no_lrn", "one_tower"], 1, 4
     base_cfg = base_config(args.base, args.dataset, args.data_dir)
+    if args.quick:
+        base_cfg.mesh.data = 1  # one device: no sharded compile for a smoke run
     budget = {"num_epochs": args.epochs, "num_train_steps": steps}
     budget["log_every_steps"] = max(1, min(base_cfg.log_every_steps, steps if steps > 0 else 10**9))
     out = common.results_dir("ablations", args.out)

@@ -56,6 +56,7 @@ def make_config(dataset: str, activation: str, lr: float, seed: int, epochs: int
     config.log_every_steps = per_epoch
     if steps > 0:
         config.num_train_steps, config.log_every_steps = steps, max(1, steps // 4)
+        config.mesh.data = 1  # one device: no sharded compile for a smoke run
     config.eval_every_steps = 10**9  # the last step evaluates
     config.checkpoint_every_steps = 10**9  # the last step saves
     config.keep_checkpoints = 1

@@ -1,0 +1,126 @@
+"""Each paper-reproduction script of experiments/ end to end in its quick mode (tiny budgets),
+so that they keep working as the training system changes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from alexnet_jax import train
+from configs import alexnet as alexnet_config
+from configs import default as default_config
+from experiments import ablations, filters, neighbors, paper_tables, relu_vs_tanh
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """The offline default config (CIFAR net on digits) trained for 5 steps."""
+    workdir = tmp_path_factory.mktemp("digits_run")
+    config = default_config.get_config()
+    config.update_from_flattened_dict(
+        {"num_train_steps": 5, "log_every_steps": 5, "eval_every_steps": 5,
+         "checkpoint_every_steps": 5, "progress_bar": False, "mesh.data": 1}
+    )  # fmt: skip
+    train.train_and_evaluate(config, str(workdir))
+    return workdir
+
+
+def test_relu_vs_tanh_quick(tmp_path):
+    summary = relu_vs_tanh.main(["--quick", "--dataset=digits", f"--out={tmp_path}"])
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["threshold"] == 0.05 and set(data["runs"]) == {"relu", "tanh"}
+    for activation in ("relu", "tanh"):
+        (run,) = data["runs"][activation]
+        assert [p["step"] for p in run["curve"]] == [2, 4, 6, 8]
+        assert all(p["seconds"] > 0 for p in run["curve"])
+    assert summary["relu"]["lr"] == 0.01
+    assert (tmp_path / "figure1.png").stat().st_size > 10_000
+    assert "| relu |" in (tmp_path / "results.md").read_text()
+
+
+def test_time_to_threshold_counts_the_first_epoch_at_or_below_it():
+    curve = [
+        {"epoch": 1.0, "train_top1_error": 0.5, "seconds": 3.0},
+        {"epoch": 2.0, "train_top1_error": 0.25, "seconds": 2.0},
+        {"epoch": 3.0, "train_top1_error": 0.1, "seconds": 2.0},
+    ]
+    assert relu_vs_tanh.time_to_threshold(curve, 0.25) == {
+        "reached": True, "epochs": 2.0, "seconds": 5.0
+    }  # fmt: skip
+    assert not relu_vs_tanh.time_to_threshold(curve, 0.05)["reached"]
+
+
+def test_ablation_switches_come_from_the_ablation_configs():
+    assert ablations.switch("no_lrn") == {"model.lrn": False}
+    assert ablations.switch("no_overlap") == {"model.pool_window": 2}
+    assert ablations.switch("one_tower") == {"model.towers": 1}
+    assert ablations.switch("no_pca") == {"augment.pca_color": False}
+    assert ablations.switch("no_dropout") == {"model.dropout_rate": 0.0}
+    assert ablations.switch("tanh") == {"model.activation": "tanh"}
+
+
+def test_ablations_quick(tmp_path):
+    results = ablations.main(["--quick", f"--out={tmp_path}", f"--workdir={tmp_path / 'runs'}"])
+    assert len(results["paper"]["runs"]) == 1 and len(results["no_lrn"]["runs"]) == 1
+    assert results["one_tower"]["runs"] is None  # AlexNet structure: not in the CIFAR net
+    table = (tmp_path / "results.md").read_text()
+    assert "| no_lrn | `model.lrn=False` |" in table and "not run (AlexNet only)" in table
+
+
+def test_paper_tables(digits_run, tmp_path):
+    result = paper_tables.main([f"--workdir={digits_run}", f"--out={tmp_path}"])
+    assert result["eval_examples"] == 360
+    for key in ("eval_top1_error", "eval10_top1_error", "eval10_top5_error"):
+        assert 0.0 <= result[key] <= 1.0
+    # The centre crop equals what training logged for the same checkpoint.
+    logged = [e for e in train.metrics.read_metrics(str(digits_run)) if "eval_loss" in e][-1]
+    assert result["eval_top1_error"] == pytest.approx(logged["eval_top1_error"])
+    assert (
+        "| Table 2 | ILSVRC-2012 val | 1 CNN | 40.7 | 18.2 |"
+        in (tmp_path / "results.md").read_text()
+    )
+
+
+def test_neighbors(digits_run, tmp_path):
+    summary = neighbors.main([f"--workdir={digits_run}", f"--out={tmp_path}", "--queries=2"])
+    assert summary["layer"] == "local4_out"
+    assert np.array(summary["neighbours"]).shape == (2, 6)
+    assert 0.0 <= summary["label_agreement"] <= 1.0
+    assert (tmp_path / "neighbors.png").exists()
+
+
+def test_nearest_is_euclidean():
+    keys = np.array([[0.0, 0.0], [10.0, 0.0], [1.0, 1.0]])
+    np.testing.assert_array_equal(neighbors.nearest(np.array([[9.0, 0.0]]), keys, 2), [[1, 2]])
+
+
+def test_filters_of_a_two_tower_alexnet(tmp_path):
+    """A freshly initialised two-tower AlexNet saved as a run: config.json and a checkpoint."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from alexnet_jax import parallel
+
+    config = alexnet_config.get_config()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(config.to_json_best_effort())
+    params = parallel.init_params(config.model, (227, 227, 3), jax.random.key(0))
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(run / "checkpoints" / "0" / "state", {"params": params})
+    summary = filters.main([f"--workdir={run}", f"--out={tmp_path / 'out'}"])
+    colour = np.array(summary["colourfulness"])
+    assert summary["step"] == 0
+    assert colour.shape == (2, 48)  # two towers of 48 11x11x3 kernels
+    # N(0, 0.01) random kernels: colour noise, about 2/3 of the energy off the grey axis.
+    assert 0.6 < colour.mean() < 0.72
+    assert (tmp_path / "out" / "conv1_filters.png").exists()
+
+
+def test_colourfulness_is_zero_for_grey_and_two_thirds_for_one_channel():
+    grey = np.random.default_rng(0).normal(size=(11, 11, 1)).repeat(3, axis=-1)
+    assert filters.colourfulness(grey) == pytest.approx(0.0, abs=1e-12)
+    red = np.zeros((11, 11, 3))
+    red[..., 0] = np.random.default_rng(1).normal(size=(11, 11))
+    # Energy in one channel: grey holds 1/3 of it, so 2/3 is off the grey axis (about the mean).
+    assert filters.colourfulness(red) == pytest.approx(2 / 3, rel=0.05)
