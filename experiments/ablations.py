@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=-1, help="> 0: overrides --epochs")
     parser.add_argument("--out", default=None)
     parser.add_argument("--workdir", default=None)
