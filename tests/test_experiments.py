@@ -8,21 +8,21 @@ import pytest
 
 from alexnet_jax import train
 from configs import alexnet as alexnet_config
-from configs import default as default_config
 from experiments import ablations, filters, neighbors, paper_tables, relu_vs_tanh
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """The offline default config (CIFAR net on digits) trained for 5 steps."""
-    workdir = tmp_path_factory.mktemp("digits_run")
-    config = default_config.get_config()
-    config.update_from_flattened_dict(
-        {"num_train_steps": 5, "log_every_steps": 5, "eval_every_steps": 5,
-         "checkpoint_every_steps": 5, "progress_bar": False, "mesh.data": 1}
-    )  # fmt: skip
-    train.train_and_evaluate(config, str(workdir))
-    return workdir
+def ablation_quick(tmp_path_factory):
+    """experiments/ablations.py --quick: (results, results folder, folder of the runs). Its
+    'paper' run (the offline default config, 4 steps) is the trained run the other scripts read."""
+    out = tmp_path_factory.mktemp("ablations")
+    results = ablations.main(["--quick", f"--out={out}", f"--workdir={out / 'runs'}"])
+    return results, out, out / "runs"
+
+
+@pytest.fixture(scope="module")
+def digits_run(ablation_quick):
+    return ablation_quick[2] / "paper_seed0"
 
 
 def test_relu_vs_tanh_quick(tmp_path):
@@ -59,12 +59,16 @@ def test_ablation_switches_come_from_the_ablation_configs():
     assert ablations.switch("tanh") == {"model.activation": "tanh"}
 
 
-def test_ablations_quick(tmp_path):
-    results = ablations.main(["--quick", f"--out={tmp_path}", f"--workdir={tmp_path / 'runs'}"])
+def test_ablations_quick(ablation_quick):
+    results, out, _ = ablation_quick
     assert len(results["paper"]["runs"]) == 1 and len(results["no_lrn"]["runs"]) == 1
     assert results["one_tower"]["runs"] is None  # AlexNet structure: not in the CIFAR net
-    table = (tmp_path / "results.md").read_text()
+    table = (out / "results.md").read_text()
     assert "| no_lrn | `model.lrn=False` |" in table and "not run (AlexNet only)" in table
+    data = json.loads((out / "results.json").read_text())
+    paper, no_lrn = data["results"]["paper"]["runs"][0], data["results"]["no_lrn"]["runs"][0]
+    change = 100 * (no_lrn["eval_top1_error"] - paper["eval_top1_error"])
+    assert f"| {change:+.2f} ± 0.00" in table
 
 
 def test_paper_tables(digits_run, tmp_path):
