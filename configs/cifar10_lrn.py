@@ -7,35 +7,24 @@ test error without LRN, 11% with it.
   python -m alexnet_jax.main --config=configs/cifar10_lrn.py --workdir=/tmp/lrn_off \
       --config.model.lrn=False
 
-Needs CIFAR-10 prepared by TFDS (see README).
+Needs CIFAR-10 prepared by TFDS (see README). Data, splits and cadences are those of
+configs/cifar10_fig1.py.
 """
 
 import ml_collections
 
-from configs import alexnet
+from configs import cifar10_fig1
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = alexnet.get_config()
-    config.dataset = "tfds:cifar10"
-    config.train_split = "train"
-    config.eval_split = "test"
-    config.resize_size = 32
+    config = cifar10_fig1.get_config()
     config.image_size = 24  # cuda-convnet's --crop-border=4.
-    config.batch_size = 128
     config.num_epochs = 100
-
     config.model.name = "cifar_lrn"
-    config.model.towers = 1
-    config.model.dropout_rate = 0.0
-    config.model.num_classes = 10
-    config.model.init = "paper"
 
-    config.augment.pca_color = False  # Crops and flips only, as in the layer file's run.
-    config.optimizer.learning_rate = 0.01
+    config.augment.random_crop = True  # Crops and flips only, as in the layer file's run.
+    config.augment.flip = True
+    config.eval_ten_crop = True
     config.optimizer.weight_decay = 0.004  # The layer-params file's wc on local3/4 and fc10.
-
-    config.log_every_steps = 50
-    config.eval_every_steps = 390
-    config.checkpoint_every_steps = 390
+    config.optimizer.schedule = "plateau"
     return config
