@@ -168,6 +168,40 @@ def test_grouped_and_split_convolutions_agree(paper_params, towers):
     assert rel_err(b, a) < 1e-6
 
 
+@pytest.mark.parametrize("size", [224, 227])
+def test_conv1_as_matmul_agrees_with_the_convolution(paper_params, size):
+    # 224 goes through cuda-convnet2's 3 zero pixels, 227 through none: both reach 55x55.
+    mc = model_config()
+    images = _images(size=size)
+
+    def grads(conv1_matmul):
+        mc.conv1_matmul = conv1_matmul
+        model = models.create_model(mc)
+
+        def loss(p):
+            return jnp.sum(model.apply({"params": p}, images) ** 2)
+
+        return jax.value_and_grad(loss)(paper_params)
+
+    (la, ga), (lb, gb) = grads(True), grads(False)
+    assert rel_err(la, lb) < 1e-5
+    assert rel_err(ga["conv1"]["kernel"], gb["conv1"]["kernel"]) < 1e-5
+
+
+def test_bfloat16_compute_stays_close_to_float32_and_is_checked(paper_params):
+    mc = model_config()
+    images = _images()
+    f32 = models.create_model(mc).apply({"params": paper_params}, images)
+    mc.compute_dtype = "bfloat16"
+    bf16 = models.create_model(mc).apply({"params": paper_params}, images)
+    assert bf16.dtype == jnp.float32  # products in bfloat16, sums and outputs in float32
+    err = rel_err(bf16, f32)
+    assert 1e-6 < err < 3e-2, err  # rounded (so not the float32 path), but only by bfloat16's 2^-8
+    mc.compute_dtype = "float16"
+    with pytest.raises(ValueError, match="compute_dtype"):
+        models.create_model(mc).apply({"params": paper_params}, images)
+
+
 def test_dropout_masks_differ_between_towers_and_are_off_in_eval(paper_params):
     model = models.create_model(model_config())
     images = _images(batch=4)
