@@ -319,6 +319,7 @@ def jax_alexnet(config: Any, images: np.ndarray, labels: np.ndarray) -> dict[str
         "train": run_train,
         "infer": lambda: jax.block_until_ready(infer_c(params, x)),
         "train_flops": xla_flops(train_c),
+        "train_hlo": train_c.as_text(),  # for experiments/profile_train_step.py
         "infer_flops": xla_flops(infer_c),
         "train_compile_s": train_compile_s,
         "infer_compile_s": infer_compile_s,

@@ -403,6 +403,8 @@ def _accumulator(x: Array) -> jnp.dtype:
 
 def _conv(layer: Layer) -> Callable[..., Array]:
     def conv(x: Array, kernel: Array, feature_group_count: int = 1) -> Array:
+        if layer.stride == 1 and feature_group_count == 1:
+            return ops.conv2d(x, kernel, layer.padding)
         return jax.lax.conv_general_dilated(
             x,
             kernel,

@@ -91,3 +91,22 @@ def test_max_pool_after_relu_zero_ties():
     want = jax.grad(loss(lambda a: _pool_plain(a, 3, 2)))(z)
     got = jax.grad(loss(lambda a: ops.max_pool(a, 3, 2)))(z)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,padding", [(3, 1), (5, 2), (3, 0)])
+def test_conv2d_values_and_gradients_match_xla(size, padding):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 9, 9, 4)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(size, size, 4, 6)), jnp.float32)
+
+    def plain(a, b):
+        return jax.lax.conv_general_dilated(
+            a, b, (1, 1), [(padding, padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    want, vjp_want = jax.vjp(plain, x, kernel)
+    got, vjp_got = jax.vjp(lambda a, b: ops.conv2d(a, b, padding), x, kernel)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+    g = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    for w, o in zip(vjp_want(g), vjp_got(g)):
+        np.testing.assert_allclose(o, w, rtol=1e-5, atol=1e-4)

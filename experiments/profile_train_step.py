@@ -1,0 +1,92 @@
+"""Where the time of one AlexNet training step goes, op by op, on the current JAX device.
+
+Runs the paper network's training step (the same step as `python -m alexnet_jax.benchmark`:
+forward, backward, the paper's SGD update) under `jax.profiler`, sums the time of every XLA
+operation over a few steps and prints the largest ones with what they compute (the shape and
+kind of each fused operation, read from the compiled HLO).
+
+  python -m experiments.profile_train_step [--batch 128] [--steps 3] [--top 30]
+
+Preload tcmalloc as the benchmark does (LD_PRELOAD=.../libtcmalloc_minimal.so.4), or every
+step re-faults its buffers. Profiling slows the step by roughly a third: read the shares, not
+the absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
+
+import jax
+import numpy as np
+
+from alexnet_jax import benchmark
+from configs import alexnet as alexnet_config
+
+
+def op_times(trace_dir: str, steps: int) -> collections.Counter:
+    """Milliseconds per step of every complete event in the Perfetto trace under `trace_dir`."""
+    (path,) = glob.glob(f"{trace_dir}/**/*.json.gz", recursive=True)[-1:]
+    with gzip.open(path) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    times = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X":
+            times[e["name"]] += e["dur"] / 1e3 / steps
+    return times
+
+
+def describe(hlo: str, name: str) -> str:
+    """'shape <- operation' of the HLO instruction `name`, or '' if it is not one."""
+    m = re.search(r"\n\s+(?:ROOT )?%?" + re.escape(name) + r" = (\S+) (\w[\w-]*)\(", hlo)
+    if not m:
+        return ""
+    m_meta = re.search(
+        r"\n\s+(?:ROOT )?%?" + re.escape(name) + r" = .*?op_name=\"([^\"]+)\"", hlo
+    )
+    where = m_meta.group(1).split("/")[-2:] if m_meta else []
+    return f"{m.group(1)} {m.group(2)} {'/'.join(where)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=227)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    config = alexnet_config.get_config()
+    rng = np.random.default_rng(0)
+    images = (60 * rng.standard_normal((args.batch, args.image_size, args.image_size, 3))).astype(
+        np.float32
+    )
+    labels = rng.integers(0, 1000, args.batch)
+    net = benchmark.jax_alexnet(config, images, labels)
+    for _ in range(2):
+        net["train"]()
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for _ in range(args.steps):
+                net["train"]()
+        times = op_times(trace_dir, args.steps)
+    hlo = net["train_hlo"]
+    ops = {n: t for n, t in times.items() if describe(hlo, n)}
+    total = sum(ops.values())
+    print(
+        f"AlexNet training step, batch {args.batch}, {args.image_size}x{args.image_size}, "
+        f"{jax.devices()[0].platform}, allocator {benchmark.allocator_in_use()}: "
+        f"{total:.0f} ms/step in XLA operations (profiled)"
+    )
+    print(f"{'ms/step':>8} {'share':>6}  operation")
+    for name, t in sorted(ops.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"{t:8.1f} {t / total:6.1%}  {name}: {describe(hlo, name)}")
+
+
+if __name__ == "__main__":
+    main()
