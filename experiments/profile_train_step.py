@@ -47,9 +47,7 @@ def describe(hlo: str, name: str) -> str:
     m = re.search(r"\n\s+(?:ROOT )?%?" + re.escape(name) + r" = (\S+) (\w[\w-]*)\(", hlo)
     if not m:
         return ""
-    m_meta = re.search(
-        r"\n\s+(?:ROOT )?%?" + re.escape(name) + r" = .*?op_name=\"([^\"]+)\"", hlo
-    )
+    m_meta = re.search(r"\n\s+(?:ROOT )?%?" + re.escape(name) + r" = .*?op_name=\"([^\"]+)\"", hlo)
     where = m_meta.group(1).split("/")[-2:] if m_meta else []
     return f"{m.group(1)} {m.group(2)} {'/'.join(where)}"
 
