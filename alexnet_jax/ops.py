@@ -150,7 +150,23 @@ def conv2d(x: Array, kernel: Array, padding: int) -> Array:
     """
     if kernel.shape[0] != kernel.shape[1]:
         raise ValueError(f"conv2d needs a square kernel, got {kernel.shape}.")
+    x, kernel = _same_varying_axes(x, kernel)
     return _conv(x, kernel, padding)
+
+
+def _same_varying_axes(*arrays: Array) -> tuple[Array, ...]:
+    """Marks every array as varying over the union of their `jax.shard_map` manual axes.
+
+    Inside a shard_map the kernel is the same on every 'data' shard while the activations
+    differ; a custom_vjp must return a kernel gradient of the kernel's type, so the kernel is
+    marked as varying first and autodiff sums its gradient over 'data' outside the custom rule,
+    exactly where it would for XLA's own convolution.
+    """
+    axes = frozenset().union(*(jax.typeof(a).mat.varying for a in arrays))
+    return tuple(
+        jax.lax.pcast(a, tuple(sorted(axes - jax.typeof(a).mat.varying)), to="varying")
+        for a in arrays
+    )
 
 
 def _max_pool_plain(x: Array, window: int, stride: int) -> Array:
