@@ -7,13 +7,19 @@
 Any config field can be overridden on the command line (`--config.model.lrn=False`); the config
 is locked, so a misspelt field is an error. Running the same command again resumes from the
 latest checkpoint in --workdir. All the logic is in importable modules (`alexnet_jax.train`).
+
+On Linux the run restarts itself once with tcmalloc preloaded when the machine has it
+(`--allocator=auto`): with glibc's malloc every XLA execution page-faults its large buffers
+again, which made AlexNet's CPU training step about twice as slow (README, Performance).
 """
+
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import train
+from alexnet_jax import benchmark, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -22,6 +28,13 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "Call jax.distributed.initialize() first: one process per host (SLURM, Cloud TPU, or the "
     "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).",
 )
+_ALLOCATOR = flags.DEFINE_enum(
+    "allocator",
+    "auto",
+    list(benchmark.ALLOCATORS),
+    "Host memory allocator: 'auto' restarts the run with tcmalloc preloaded when it is installed "
+    "(apt-get install libtcmalloc-minimal4), 'tcmalloc' requires it, 'system' keeps glibc malloc.",
+)
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -29,6 +42,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # Before any device buffer exists; returns unless the process is replaced.
+    benchmark.preload_allocator("alexnet_jax.main", _ALLOCATOR.value, sys.argv[1:])
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
     if _DISTRIBUTED.value:
