@@ -53,7 +53,6 @@ loads, and torch may be missing (`--skip-torch`).
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import datetime
 import importlib.util
 import json
@@ -63,12 +62,13 @@ import re
 import shlex
 import statistics
 import sys
-import sysconfig
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from alexnet_jax.allocator import ALLOCATORS, allocator_in_use, preload_allocator
 
 if TYPE_CHECKING:
     import jax
@@ -76,10 +76,7 @@ if TYPE_CHECKING:
     import torch
 
 MODULE = "alexnet_jax.benchmark"
-ALLOCATORS = ("auto", "tcmalloc", "system")
 DTYPES = ("float32", "bfloat16")
-# Set in the environment of the re-executed process, so a preload that fails cannot loop.
-_PRELOAD_GUARD = "ALEXNET_JAX_ALLOCATOR_PRELOADED"
 # What `measure_models` measures: all None with --lrn-only, the torch ones with --skip-torch.
 MODEL_KEYS = (
     "jax_train_images_per_sec",
@@ -102,87 +99,6 @@ TORCH_MISSING = (
 def say(message: str) -> None:
     """A progress line on stderr (measurements take tens of seconds on a CPU)."""
     print(message, file=sys.stderr, flush=True)
-
-
-# --- Allocator ---------------------------------------------------------------------------------
-
-
-def find_tcmalloc() -> str | None:
-    """The path of a tcmalloc shared library on this machine, or None.
-
-    Looks for the sonames `ctypes.util.find_library` knows (tcmalloc_minimal first: it lacks only
-    the heap profiler) in the usual library directories, then Debian/Ubuntu's paths.
-    """
-    arch = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
-    dirs = [
-        *os.environ.get("LD_LIBRARY_PATH", "").split(":"),
-        os.path.join(sys.prefix, "lib"),
-        f"/usr/lib/{arch}",
-        f"/lib/{arch}",
-        "/usr/lib64",
-        "/usr/lib",
-        "/usr/local/lib",
-    ]
-    names = [ctypes.util.find_library(n) for n in ("tcmalloc_minimal", "tcmalloc")]
-    candidates = [os.path.join(d, n) for n in names if n for d in dirs if d]
-    candidates += [f"/usr/lib/{arch}/libtcmalloc_minimal.so.4", f"/usr/lib/{arch}/libtcmalloc.so.4"]
-    return next((c for c in candidates if os.path.isfile(c)), None)
-
-
-def allocator_in_use() -> str:
-    """'tcmalloc (<path>)' or 'jemalloc (<path>)' when one is mapped into this process, else
-    'system (glibc malloc)'."""
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read()
-    except OSError:
-        maps = ""
-    for name in ("tcmalloc", "jemalloc"):
-        found = re.search(rf"(/\S*lib{name}\S*\.so\S*)", maps)
-        if found:
-            return f"{name} ({found.group(1)})"
-    return "system (glibc malloc)" if sys.platform.startswith("linux") else "system"
-
-
-def preload_allocator(module: str, allocator: str = "auto", argv: Sequence[str] = ()) -> None:
-    """Re-executes `python -m <module> <argv>` with tcmalloc preloaded, when that is asked for.
-
-    Call it before jax or torch is imported: `os.execve` replaces the process, and the allocator
-    must be in place before the frameworks allocate anything. Returns only when no re-execution
-    is needed: `allocator` is 'system', tcmalloc is already loaded, or ('auto') none was found.
-
-    Args:
-      module: the module to run again (e.g. 'alexnet_jax.benchmark').
-      allocator: 'auto' (tcmalloc if found), 'tcmalloc' (required) or 'system' (never preload).
-      argv: the command-line arguments to run it with.
-
-    Raises:
-      SystemExit: 'tcmalloc' was asked for and cannot be loaded.
-      ValueError: an unknown `allocator`.
-    """
-    if allocator not in ALLOCATORS:
-        raise ValueError(f"allocator must be one of {ALLOCATORS}, got {allocator!r}.")
-    if allocator == "system" or allocator_in_use().startswith("tcmalloc"):
-        return
-    path = find_tcmalloc()
-    if path is None or os.environ.get(_PRELOAD_GUARD):
-        if allocator == "tcmalloc":
-            raise SystemExit(
-                "--allocator tcmalloc: "
-                + ("no libtcmalloc found" if path is None else f"{path} did not load")
-                + "; install it (`apt-get install libtcmalloc-minimal4` on Debian/Ubuntu) or "
-                "use --allocator system."
-            )
-        return
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = ":".join(p for p in (path, env.get("LD_PRELOAD", "")) if p)
-    env[_PRELOAD_GUARD] = "1"
-    # XLA allocates each execution's temporaries as one block; at batch 128 that passes
-    # tcmalloc's 1 GiB "large alloc" report threshold, which would print a line per step.
-    env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
-    say(f"re-executing with LD_PRELOAD={env['LD_PRELOAD']}")
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
 # --- Timing ------------------------------------------------------------------------------------

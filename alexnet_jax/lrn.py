@@ -121,8 +121,6 @@ def _inverse_power(d: jax.Array, beta: float) -> jax.Array:
     if beta == 0.75:
         r = jax.lax.rsqrt(d)
         return r * jnp.sqrt(r)
-    if beta == 0.5:
-        return jax.lax.rsqrt(d)
     return d ** (-beta)
 
 

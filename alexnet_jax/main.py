@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import benchmark, train
+from alexnet_jax import allocator, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -31,7 +31,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _ALLOCATOR = flags.DEFINE_enum(
     "allocator",
     "auto",
-    list(benchmark.ALLOCATORS),
+    list(allocator.ALLOCATORS),
     "Host memory allocator: 'auto' restarts the run with tcmalloc preloaded when it is installed "
     "(apt-get install libtcmalloc-minimal4), 'tcmalloc' requires it, 'system' keeps glibc malloc.",
 )
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     # Before any device buffer exists; returns unless the process is replaced.
-    benchmark.preload_allocator("alexnet_jax.main", _ALLOCATOR.value, sys.argv[1:])
+    allocator.preload_allocator("alexnet_jax.main", _ALLOCATOR.value, sys.argv[1:])
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
     if _DISTRIBUTED.value:

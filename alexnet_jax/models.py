@@ -365,10 +365,8 @@ class _TowerLayer(nn.Module):
             x, kernel = x.astype(self.compute_dtype), kernel.astype(self.compute_dtype)
         if not layer.is_conv:
             # Every tower reads the same input: one matmul against the towers' kernels side by side.
-            # One matmul per tower on its own contiguous (fan_in, width) kernel: stacking the
-            # towers side by side would copy fc6's 151 MB kernel on every step.
-            parts = [jnp.matmul(x, k, preferred_element_type=_accumulator(x)) for k in kernel]
-            return jnp.concatenate(parts, axis=-1) + bias
+            stacked = jnp.moveaxis(kernel, 0, 1).reshape(fan_in, -1)
+            return jnp.matmul(x, stacked, preferred_element_type=ops.accumulation_dtype(x)) + bias
         conv = _conv(layer)
         if not own:
             # conv1 and conv3 read every tower's maps: one convolution with the kernels stacked.
@@ -396,11 +394,6 @@ def _initializers(init: str, layer: Layer, receptive_field: int) -> tuple[Callab
     return nn.initializers.normal(0.01), layer.bias
 
 
-def _accumulator(x: Array) -> jnp.dtype:
-    """Sums in float32 for bfloat16 inputs, in the input's own type otherwise (float64 in tests)."""
-    return jnp.promote_types(x.dtype, jnp.float32)
-
-
 def _conv(layer: Layer) -> Callable[..., Array]:
     def conv(x: Array, kernel: Array, feature_group_count: int = 1) -> Array:
         if layer.stride == 1 and feature_group_count == 1:
@@ -412,7 +405,7 @@ def _conv(layer: Layer) -> Callable[..., Array]:
             padding=[(layer.padding, layer.padding)] * 2,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=feature_group_count,
-            preferred_element_type=_accumulator(x),
+            preferred_element_type=ops.accumulation_dtype(x),
         )
 
     return conv

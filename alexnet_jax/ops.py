@@ -1,16 +1,19 @@
-"""Two AlexNet operations written for speed, with the same numbers as their plain versions.
+"""Three AlexNet operations written for speed, with the same numbers as their plain versions.
 
 `strided_conv`: conv1's 11x11 stride-4 convolution of a 3-channel image is a poor shape for a
 convolution library (3 input channels, a large stride): XLA's CPU convolution runs it at a fifth
 of the matmul rate and its kernel gradient slower still. Rewritten as a space-to-depth
 reshape and one matmul, both directions run at matmul speed.
 
+`conv2d`: XLA's stride-1 convolution with the kernel gradient computed as one matmul, which
+XLA's CPU backend runs faster than its own kernel-gradient convolution.
+
 `max_pool`: XLA differentiates max pooling through a select-and-scatter that first recomputes
 the window argmax; on the CPU that backward pass takes 4-10x the forward. The closed-form
 gradient below routes each output's gradient to the first maximum of its window in row-major
 order, which is exactly what select-and-scatter does, as one fused elementwise pass.
 
-`python -m alexnet_jax.benchmark` measures the whole network; tests/test_ops.py checks both
+`python -m alexnet_jax.benchmark` measures the whole network; tests/test_ops.py checks each
 against `jax.lax.conv_general_dilated` and `jax.lax.reduce_window` (values and gradients).
 """
 
@@ -23,6 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+
+
+def accumulation_dtype(x: Array) -> jnp.dtype:
+    """Sums in float32 for bfloat16 inputs, in the input's own type otherwise (float64 in tests)."""
+    return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def strided_conv(x: Array, kernel: Array, stride: int) -> Array:
@@ -77,8 +85,9 @@ def strided_conv(x: Array, kernel: Array, stride: int) -> Array:
     kb = kb.reshape(blocks * depth, blocks * features)
     columns = jnp.concatenate([xb[:, :, j : j + out_w] for j in range(blocks)], axis=-1)
     # bfloat16 inputs are multiplied with float32 sums, like the model's other layers.
-    accumulate = jnp.promote_types(x.dtype, jnp.float32)
-    partial = jnp.matmul(columns.reshape(-1, blocks * depth), kb, preferred_element_type=accumulate)
+    partial = jnp.matmul(
+        columns.reshape(-1, blocks * depth), kb, preferred_element_type=accumulation_dtype(x)
+    )
     partial = partial.reshape(batch, rows, out_w, blocks, features)
     return sum(partial[:, i : i + out_h, :, i] for i in range(blocks))
 
@@ -90,7 +99,7 @@ def _conv_plain(x: Array, kernel: Array, padding: int) -> Array:
         (1, 1),
         [(padding, padding)] * 2,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        preferred_element_type=jnp.promote_types(x.dtype, jnp.float32),
+        preferred_element_type=accumulation_dtype(x),
     )
 
 
@@ -115,7 +124,7 @@ def _conv_kernel_grad(x: Array, g: Array, size: int, padding: int) -> Array:
     grad = jnp.matmul(
         columns.reshape(-1, size * channels).T,
         shifted.reshape(-1, size * features),
-        preferred_element_type=jnp.promote_types(x.dtype, jnp.float32),
+        preferred_element_type=accumulation_dtype(x),
     )
     return grad.reshape(size, channels, size, features).transpose(2, 0, 1, 3)
 

@@ -25,7 +25,7 @@ import tempfile
 import jax
 import numpy as np
 
-from alexnet_jax import benchmark
+from alexnet_jax import allocator, benchmark
 from configs import alexnet as alexnet_config
 
 
@@ -78,7 +78,7 @@ def main() -> None:
     total = sum(ops.values())
     print(
         f"AlexNet training step, batch {args.batch}, {args.image_size}x{args.image_size}, "
-        f"{jax.devices()[0].platform}, allocator {benchmark.allocator_in_use()}: "
+        f"{jax.devices()[0].platform}, allocator {allocator.allocator_in_use()}: "
         f"{total:.0f} ms/step in XLA operations (profiled)"
     )
     print(f"{'ms/step':>8} {'share':>6}  operation")

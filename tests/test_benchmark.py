@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import benchmark, models, parallel
+from alexnet_jax import allocator, benchmark, models, parallel
 
 REQUIRED_KEYS = (
     "jax_train_images_per_sec",
@@ -76,7 +76,7 @@ def test_jax_only_run_writes_every_key(jax_only):
     assert (written["repeats"], written["warmup"]) == (1, 1)
     assert shlex.split(written["command"])[1:] == ["-m", "alexnet_jax.benchmark", *argv]
     assert written["device"].startswith("cpu: ")
-    assert written["allocator"] == benchmark.allocator_in_use()
+    assert written["allocator"] == allocator.allocator_in_use()
     assert written["versions"]["jax"] == jax.__version__
 
 
@@ -177,12 +177,12 @@ def test_torch_lrn_per_tower_matches_ours():
 
 
 def test_find_tcmalloc_gives_none_or_a_file():
-    path = benchmark.find_tcmalloc()
+    path = allocator.find_tcmalloc()
     assert path is None or (os.path.isfile(path) and "tcmalloc" in os.path.basename(path))
 
 
 def test_preload_allocator_system_never_reexecutes():
     # Returning at all shows no execve happened (it would have replaced the test process).
-    assert benchmark.preload_allocator(benchmark.MODULE, "system", ["--lrn-only"]) is None
+    assert allocator.preload_allocator(benchmark.MODULE, "system", ["--lrn-only"]) is None
     with pytest.raises(ValueError, match="allocator must be one of"):
-        benchmark.preload_allocator(benchmark.MODULE, "mimalloc")
+        allocator.preload_allocator(benchmark.MODULE, "mimalloc")
