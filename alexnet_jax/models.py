@@ -312,7 +312,8 @@ class AlexNet(nn.Module):
             if layer.name == "fc8":
                 break
             x = act(x)
-            if layer.lrn:
+            # The table says where the paper normalizes; the module field switches it (§3.3).
+            if layer.lrn and self.lrn:
                 x = self._lrn_per_tower(x, local)
             if layer.dropout:
                 x = self._dropout(x, local, tower0, train)
