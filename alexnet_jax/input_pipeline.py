@@ -428,7 +428,10 @@ def prepare(
     Args:
       config: the config whose dataset, resize_size, num_workers... are used.
       out_dir: destination directory (splits already there are kept unless rewritten).
-      splits: splits to write (default config.train_split and config.eval_split).
+      splits: splits to write (default: the whole splits that config.train_split,
+        eval_split and test_split read, e.g. 'train' for 'train[:80%]'; slices are applied
+        when the prepared copy is read, so they select the same examples unless some were
+        skipped as unreadable).
       quality: JPEG quality.
       examples_per_shard: ArrayRecord file size in examples.
 
@@ -438,7 +441,10 @@ def prepare(
     from array_record.python.array_record_module import ArrayRecordWriter
     from tqdm import tqdm
 
-    splits = list(dict.fromkeys(splits or [config.train_split, config.eval_split]))
+    wanted = [config.train_split, config.eval_split] + [config.test_split] * bool(
+        config.test_split
+    )
+    splits = list(dict.fromkeys(splits or [sources.parse_split(s)[0] for s in wanted]))
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, sources.PREPARED_METADATA)
     meta: dict[str, Any] = {"splits": {}}
@@ -490,16 +496,20 @@ def prepare(
             json.dump(meta, f, indent=1)
         os.replace(meta_path + ".tmp", meta_path)
         logging.info("Wrote %d examples of %s to %s (skipped %s)", written, split, out_dir, skipped)
-    if config.train_split in splits:
-        prepared = sources.PreparedSource(out_dir, config.train_split, int(config.resize_size))
+    train_base = sources.parse_split(config.train_split)[0]
+    if train_base in splits:
+        prepared = sources.PreparedSource(out_dir, train_base, int(config.resize_size))
+        if train_base != config.train_split:
+            prepared = sources.SlicedSource(prepared, config.train_split)
         load_data_stats(config, prepared)
     return meta
 
 
 def _describe(config: Any) -> None:
     """Prints each split's size and classes and the shapes of a first training batch."""
-    for split in dict.fromkeys([config.train_split, config.eval_split]):
-        print(create_source(config, split))
+    for split in dict.fromkeys([config.train_split, config.eval_split, config.test_split]):
+        if split:
+            print(create_source(config, split))
     source = create_source(config, config.train_split)
     with create_train_iterator(config, source, process_index=0, process_count=1) as it:
         batch = next(it)

@@ -25,6 +25,31 @@ The window sum is a `jax.lax.reduce_window` over the channel axis with size//2 z
 side, which is exactly the paper's max/min clipping of the sum. The gradient is the closed form
 in `_lrn_custom_vjp`; `_lrn_autodiff` keeps the plain autodiff version for comparison
 (experiments/lrn_benchmark.py).
+
+`within_map_norm` is cuda-convnet's other response normalization, layer type `rnorm`: the same
+formula with the sum taken over a size x size *spatial* neighbourhood inside each map instead
+of across maps. cuda-convnet's CIFAR-10 net layers-18pct.cfg uses it (rnorm1, rnorm2: size 3,
+scale 0.00005, pow .75), and the released 2012 ImageNet code adds it after conv2's cross-map
+norm (layers/layers-145.cfg: cnorm2a/b, type=rnorm, size 5, scale 0.001, pow 0.75). What the
+released source does (yrmo/AlexNet-Source-Code: layer.py, src/layer.cu's ResponseNormLayer,
+which calls `convResponseNorm(input, denoms, acts, channels, size, scale, pow)`; the release
+omits the cudaconv library that defines it, so the kernels below are cuda-convnet's own
+src/conv_util.cu, as in dnouri/cuda-convnet, whose convResponseNorm has that signature):
+
+- layer.py, NormLayerParser.add_params: `dic['scale'] /= dic['size'] if self.norm_type ==
+  self.CROSSMAP_RESPONSE_NORM else dic['size']**2`, so the kernels' addScale is the file's
+  scale / size^2 for rnorm (/ size for cmrnorm); `minDiv` (the constant k) is read only for
+  cmrnorm. `from_convnet_scale` does this conversion.
+- kCNorm_fewfilter / kCNorm_manyfilter / kCNorm2: `denom = 1 + addScale * sum of squares`,
+  `target = imgs * __powf(denom, -powScale)`: k is fixed at 1, pow is the exponent of the
+  whole denominator, and the squares are of the input itself (`convResponseNorm` passes the
+  images as their own "meanDiffs"; the mean-subtracted version is `cnorm`, a different layer).
+- The window of pixel p starts at `-sizeX/2 + p` and is sizeX wide, with the loops clipped to
+  `MAX(0, start)` .. `MIN(imgSize, start + sizeX)`: centred for odd sizes, one extra pixel
+  above/left for even ones (C's -sizeX/2 truncates, e.g. -2 for size 4), and at the border
+  only the pixels inside the image are summed while the scale stays divided by the full
+  size^2. The gradient kernels (kRNormUndo, kRNormUndo2) sum over the mirrored window
+  `p + sizeX/2 - sizeX + 1` .. `p + sizeX/2`, the transpose of that placement.
 """
 
 import functools
@@ -64,10 +89,42 @@ def from_torch_alpha(alpha: float, size: int) -> float:
     return alpha / size
 
 
+def from_convnet_scale(scale: float, size: int, kind: str) -> float:
+    """Converts a cuda-convnet layer-params `scale` to the alpha of this module's convention.
+
+    cuda-convnet's layer.py (NormLayerParser.add_params) divides the file's scale by the number
+    of terms in the window before the kernels multiply the plain sum of squares by it; here
+    alpha multiplies the plain sum, so alpha is that divided scale.
+
+    Args:
+      scale: the `scale=` of a layer-params file, e.g. 0.00005 for layers-18pct's rnorm1.
+      size: the layer's `size=`.
+      kind: the layer's `type=`: 'rnorm' (within-map, a size x size window: scale / size^2,
+        for `within_map_norm`) or 'cmrnorm' (cross-map, size maps: scale / size, for
+        `local_response_norm`).
+
+    Returns:
+      alpha for `within_map_norm` ('rnorm') or `local_response_norm` ('cmrnorm').
+
+    Raises:
+      ValueError: for another kind; 'cnorm' (contrast normalization) is a different formula.
+    """
+    if kind == "rnorm":
+        return scale / size**2
+    if kind == "cmrnorm":
+        return scale / size
+    raise ValueError(f"kind must be 'rnorm' (within-map) or 'cmrnorm' (cross-map), got {kind!r}.")
+
+
+def _is_int(size: object) -> bool:
+    """Whether `size` is a Python or NumPy integer (and not a bool)."""
+    # bool is an int subclass, but LRN(size=True) is a bug, not a window of 1.
+    return isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+
+
 def _check_size(size: int) -> None:
     """Raises ValueError unless `size` is a positive odd integer."""
-    # bool is an int subclass, but LRN(size=True) is a bug, not a window of 1.
-    is_int = isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+    is_int = _is_int(size)
     # The paper's window runs from i - n/2 to i + n/2, which is n channels wide only for odd n;
     # Caffe rejects even sizes for the same reason.
     if not is_int or size < 1 or size % 2 == 0:
@@ -91,17 +148,61 @@ def _window_sum(v: jax.Array, size: int) -> jax.Array:
     """
     ndim = v.ndim
     half = size // 2
+    # Zero padding makes out-of-range channels contribute nothing, i.e. the max/min bounds.
+    return _zero_padded_window_sum(
+        v, (1,) * (ndim - 1) + (size,), ((0, 0),) * (ndim - 1) + ((half, half),)
+    )
+
+
+def _zero_padded_window_sum(
+    v: jax.Array, window: tuple[int, ...], padding: tuple[tuple[int, int], ...]
+) -> jax.Array:
+    """Stride-1 sum of `v` over `window`, after zero-padding each axis by (before, after)."""
     return jax.lax.reduce_window(
         v,
         # A concrete 0 with lax.add is what makes JAX emit its differentiable reduce_window_sum
         # primitive; a traced init value would give a generic, non-differentiable reduce_window.
         np.zeros((), v.dtype),
         jax.lax.add,
-        window_dimensions=(1,) * (ndim - 1) + (size,),
-        window_strides=(1,) * ndim,
-        # Zero padding makes out-of-range channels contribute nothing, i.e. the max/min bounds.
-        padding=((0, 0),) * (ndim - 1) + ((half, half),),
+        window_dimensions=window,
+        window_strides=(1,) * v.ndim,
+        padding=padding,
     )
+
+
+def _spatial_window_sum(v: jax.Array, size: int) -> jax.Array:
+    """Sums NHWC `v` over cuda-convnet's size x size window of each pixel, zeros outside.
+
+    Args:
+      v: array of shape (N, H, W, C).
+      size: window side, any positive integer.
+
+    Returns:
+      Array of v's shape; entry (n, y, x, c) holds the sum of v[n, y', x', c] over
+      y' in [y - size//2, y - size//2 + size) and likewise x', clipped to the image: the
+      loop bounds MAX(0, start) .. MIN(imgSize, start + sizeX) of cuda-convnet's kCNorm
+      kernels with start = -sizeX/2 + p, so an even window has its extra pixel above/left.
+    """
+    # reduce_window's window at output p covers padded p .. p+size-1, i.e. unpadded
+    # p-before .. p-before+size-1; before = size//2 and after = size-1-before keep H and W.
+    return _spatial_sum(v, size, before=size // 2, after=(size - 1) // 2)
+
+
+def _spatial_window_sum_t(v: jax.Array, size: int) -> jax.Array:
+    """The transpose of `_spatial_window_sum`: entry p sums over the pixels whose window holds p.
+
+    q's window holds p iff q - size//2 <= p <= q - size//2 + size - 1, i.e. iff
+    p - (size-1)//2 <= q <= p + size//2: the same window with the padding mirrored (cuda-convnet's
+    kRNormUndo loops from p + sizeX/2 - sizeX + 1 to p + sizeX/2). It equals the window sum
+    itself for odd sizes only.
+    """
+    return _spatial_sum(v, size, before=(size - 1) // 2, after=size // 2)
+
+
+def _spatial_sum(v: jax.Array, size: int, *, before: int, after: int) -> jax.Array:
+    """Sum over size x size windows on axes 1 and 2 of NHWC `v`, zero-padded (before, after)."""
+    spatial = (before, after)
+    return _zero_padded_window_sum(v, (1, size, size, 1), ((0, 0), spatial, spatial, (0, 0)))
 
 
 def _denominator_base(
@@ -137,7 +238,7 @@ def _lrn_autodiff(
     return x * _inverse_power(d, beta)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
 def _lrn_custom_vjp(
     x: jax.Array,
     size: int,
@@ -145,8 +246,14 @@ def _lrn_custom_vjp(
     beta: float,
     k: float,
     window_sum: WindowSum,
+    window_sum_t: WindowSum | None = None,
 ) -> jax.Array:
-    """The paper's formula with a closed-form gradient; call with all arguments positional."""
+    """The paper's formula with a closed-form gradient; call with all arguments positional.
+
+    `window_sum_t` is the transpose of `window_sum` (entry m sums over the i whose window holds
+    m); None means the window is symmetric, so the transpose is `window_sum` itself.
+    """
+    del window_sum_t  # Only the gradient needs it.
     return _lrn_autodiff(x, size, alpha, beta, k, window_sum)
 
 
@@ -157,7 +264,9 @@ def _lrn_fwd(
     beta: float,
     k: float,
     window_sum: WindowSum,
+    window_sum_t: WindowSum | None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    del window_sum_t
     d = _denominator_base(x, size, alpha, k, window_sum)
     # Two residuals of x's size; d^-beta and y are cheap to recompute from them, and keeping
     # fewer activations alive matters more than one extra power on the backward pass.
@@ -170,6 +279,7 @@ def _lrn_bwd(
     beta: float,
     k: float,
     window_sum: WindowSum,
+    window_sum_t: WindowSum | None,
     residuals: tuple[jax.Array, jax.Array],
     g: jax.Array,
 ) -> tuple[jax.Array]:
@@ -178,10 +288,11 @@ def _lrn_bwd(
     scale = _inverse_power(d, beta)
     y = x * scale
     # y_i = x_i d_i^-beta and d_i = k + alpha sum_{j in W(i)} x_j^2 give
-    #   dx_m = g_m d_m^-beta - 2 alpha beta x_m sum_{i : m in W(i)} g_i y_i / d_i.
-    # The window is symmetric (m in W(i) iff i in W(m), zero padding on both sides), so the
-    # transpose of the window sum is the window sum itself.
-    back = window_sum(g * y / d, size)
+    #   dx_m = g_m d_m^-beta - 2 alpha beta x_m sum_{i : m in W(i)} g_i y_i / d_i,
+    # a sum over W's transpose. A centred odd window is symmetric (m in W(i) iff i in W(m), the
+    # same zero padding on both sides), so that is the window sum itself; an even spatial window
+    # (within_map_norm) passes its mirror image as window_sum_t.
+    back = (window_sum if window_sum_t is None else window_sum_t)(g * y / d, size)
     return (g * scale - (2.0 * alpha * beta) * x * back,)
 
 
@@ -226,11 +337,86 @@ def local_response_norm(
         raise ValueError(
             f"LRN needs an array with a channel axis, got a scalar of shape {x.shape}."
         )
+    _check_floating(x, "LRN")
+    return _normalize(x, size, alpha, beta, k, use_custom_vjp, _window_sum)
+
+
+def _check_floating(x: jax.Array, layer: str) -> None:
+    """Raises TypeError unless `x` is floating point; `layer` names the caller in the message."""
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"LRN needs a floating-point array, got dtype {x.dtype}; cast it first.")
+        raise TypeError(
+            f"{layer} needs a floating-point array, got dtype {x.dtype}; cast it first."
+        )
+
+
+def _normalize(
+    x: jax.Array,
+    size: int,
+    alpha: float,
+    beta: float,
+    k: float,
+    use_custom_vjp: bool,
+    window_sum: WindowSum,
+    window_sum_t: WindowSum | None = None,
+) -> jax.Array:
+    """x / (k + alpha * window_sum(x^2))^beta for a checked floating x, in x's dtype."""
     # A sum of squares of post-ReLU activations loses too much in bfloat16's 8-bit significand, so
     # half-precision inputs are computed in float32; float64 (under x64) stays float64.
-    compute_dtype = jnp.promote_types(x.dtype, jnp.float32)
-    impl = _lrn_custom_vjp if use_custom_vjp else _lrn_autodiff
-    y = impl(x.astype(compute_dtype), size, float(alpha), float(beta), float(k), _window_sum)
+    v = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    params = (size, float(alpha), float(beta), float(k), window_sum)
+    if use_custom_vjp:
+        y = _lrn_custom_vjp(v, *params, window_sum_t)
+    else:
+        y = _lrn_autodiff(v, *params)
     return y.astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("size", "alpha", "beta", "k", "use_custom_vjp"))
+def within_map_norm(
+    x: jax.Array,
+    *,
+    size: int,
+    alpha: float,
+    beta: float,
+    k: float = 1.0,
+    use_custom_vjp: bool = True,
+) -> jax.Array:
+    """Response normalization within each map, cuda-convnet's layer type `rnorm`.
+
+    b[n,y,x,c] = a[n,y,x,c] / (k + alpha * sum_{(y',x') in W(y,x)} a[n,y',x',c]^2)^beta, where
+    W(y,x) is the size x size window with rows y - size//2 .. y - size//2 + size - 1 (columns
+    likewise) clipped to the image: centred for odd sizes, the extra row/column above/left for
+    even ones, as in cuda-convnet's kernels (module docstring). alpha is in the convention of
+    `local_response_norm`, multiplying the plain sum of squares: a layer-params file's `scale`
+    converts as `from_convnet_scale(scale, size, 'rnorm')` = scale / size^2, also at the border,
+    where fewer than size^2 pixels are summed.
+
+    Args:
+      x: floating NHWC array (e.g. pooled activations, as in layers-18pct.cfg).
+      size: window side, a positive integer (layers-18pct: 3; layers-145 cnorm2: 5).
+      alpha: scale of the sum of squares (layers-18pct: 0.00005 / 9).
+      beta: exponent of the whole denominator (cuda-convnet's pow; .75 in both nets).
+      k: additive constant; cuda-convnet's rnorm kernels hard-code 1 (minDiv is cmrnorm-only).
+      use_custom_vjp: differentiate with the closed-form gradient (True) or plain autodiff
+        (False); both give the same values.
+
+    Returns:
+      Array of x's shape and dtype. bfloat16/float16 inputs are normalized in float32 and the
+      result is rounded back once.
+
+    Raises:
+      ValueError: if size is not a positive integer or x is not rank 4.
+      TypeError: if x is not floating point.
+    """
+    if not _is_int(size) or size < 1:
+        raise ValueError(
+            f"within_map_norm size must be a positive integer, got size={size!r}; "
+            f"e.g. size=3 as in cuda-convnet's layers-18pct.cfg."
+        )
+    x = jnp.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"within_map_norm needs an NHWC array of rank 4, got shape {x.shape}.")
+    _check_floating(x, "within_map_norm")
+    return _normalize(
+        x, size, alpha, beta, k, use_custom_vjp, _spatial_window_sum, _spatial_window_sum_t
+    )

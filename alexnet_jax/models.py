@@ -30,13 +30,16 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax import ops
-from alexnet_jax.lrn import local_response_norm
+from alexnet_jax.lrn import local_response_norm, within_map_norm
 
 Array = jax.Array
 
 MODEL_NAMES = ("alexnet", "cifar_fig1", "cifar_lrn")
 INITS = ("paper", "caffe", "lecun")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# Response normalizations of cuda-convnet: 'cross_map' (its cmrnorm, the paper's LRN of §3.3,
+# across channels) and 'within_map' (its rnorm: each map over a size x size spatial window).
+LRN_KINDS = ("cross_map", "within_map")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +198,10 @@ class AlexNet(nn.Module):
       one_tower_kernels: 'half' (paper, §3.2 footnote 2) or 'full' (ungrouped) when towers=1.
       activation: name of a `jax.nn` function applied after every conv and fc6/fc7 (§3.1).
       lrn: local response normalization after conv1 and conv2 (§3.3), within each tower.
+      lrn_kind: 'cross_map' (the paper's, across the channels of a tower) or 'within_map'
+        (cuda-convnet's rnorm: each map over an lrn_size x lrn_size spatial window).
       lrn_size, lrn_alpha, lrn_beta, lrn_k: its constants n, alpha, beta, k (paper: 5, 1e-4,
-        0.75, 2; alpha not divided by n, see `alexnet_jax.lrn`).
+        0.75, 2; alpha multiplies the plain sum of squares, see `alexnet_jax.lrn`).
       pool_window: 3 (overlapping pooling, §3.4) or 2; the stride is 2 either way.
       dropout_rate: dropout on the outputs of fc6 and fc7 in training (§4.2).
       weight_init: `config.model.init`: 'paper' (N(0, 0.01) weights, bias 1 in conv2/4/5 and
@@ -222,6 +227,7 @@ class AlexNet(nn.Module):
     one_tower_kernels: str = "half"
     activation: str = "relu"
     lrn: bool = True
+    lrn_kind: str = "cross_map"
     lrn_size: int = 5
     lrn_alpha: float = 1e-4
     lrn_beta: float = 0.75
@@ -314,7 +320,7 @@ class AlexNet(nn.Module):
             x = act(x)
             # The table says where the paper normalizes; the module field switches it (§3.3).
             if layer.lrn and self.lrn:
-                x = self._lrn_per_tower(x, local)
+                x = self._normalize(x, local)
             if layer.dropout:
                 x = self._dropout(x, local, tower0, train)
             self.sow("intermediates", f"{layer.name}_out", x)
@@ -328,13 +334,14 @@ class AlexNet(nn.Module):
         self.sow("intermediates", "logits", logits)
         return logits
 
-    def _lrn_per_tower(self, x: Array, local: int) -> Array:
-        """LRN across the maps of each tower separately: each GPU normalized its own maps."""
+    def _normalize(self, x: Array, local: int) -> Array:
+        """LRN across the maps of each tower separately (each GPU normalized its own maps), or
+        the within-map normalization, which never mixes maps."""
+        constants = dict(size=self.lrn_size, alpha=self.lrn_alpha, beta=self.lrn_beta, k=self.lrn_k)
+        if self.lrn_kind == "within_map":
+            return within_map_norm(x, **constants)
         towers_x = x.reshape(*x.shape[:-1], local, x.shape[-1] // local)
-        y = local_response_norm(
-            towers_x, size=self.lrn_size, alpha=self.lrn_alpha, beta=self.lrn_beta, k=self.lrn_k
-        )
-        return y.reshape(x.shape)
+        return local_response_norm(towers_x, **constants).reshape(x.shape)
 
 
 class _TowerLayer(nn.Module):
@@ -464,14 +471,16 @@ class CifarNet(nn.Module):
 
     Attributes:
       layers: the layer list (`CIFAR_FIG1` or `CIFAR_LRN`).
-      num_classes, activation, lrn, lrn_size, lrn_alpha, lrn_beta, lrn_k, weight_init: as in
-        AlexNet.
+      num_classes, activation, lrn, lrn_kind, lrn_size, lrn_alpha, lrn_beta, lrn_k,
+        weight_init: as in AlexNet; `lrn` switches the normalization of the layer file's
+        normalized layers (cuda-convnet's rnorm in layers-18pct: lrn_kind='within_map').
     """
 
     layers: Sequence[CifarLayer] = CIFAR_FIG1
     num_classes: int = 10
     activation: str = "relu"
     lrn: bool = True
+    lrn_kind: str = "cross_map"
     lrn_size: int = 5
     lrn_alpha: float = 1e-4
     lrn_beta: float = 0.75
@@ -481,19 +490,22 @@ class CifarNet(nn.Module):
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> Array:
         del train  # no dropout in these nets
-        if self.weight_init not in ("paper", "lecun"):
-            raise ValueError(
-                f"model.init for the CIFAR nets is 'paper' or 'lecun', got {self.weight_init!r}."
-            )
+        _check_cifar_init(self.weight_init)
         act = _activation(self.activation)
         bias_init = nn.initializers.zeros
         x = images
         for spec in self.layers:
-            kernel_init = (
-                nn.initializers.normal(spec.init_std)
-                if self.weight_init == "paper"
-                else nn.initializers.lecun_normal()
-            )
+            if self.weight_init == "paper":
+                kernel_init = nn.initializers.normal(spec.init_std)
+            elif spec.kind == "local":
+                # A local kernel is (out_h, out_w, k*k*in, features): one filter per position.
+                # Flax's lecun_normal would count the positions into the fan-in (6x too small a
+                # std here); each unit's fan-in is k*k*in.
+                kernel_init = nn.initializers.variance_scaling(
+                    1.0, "fan_in", "truncated_normal", in_axis=-2, out_axis=-1, batch_axis=(0, 1)
+                )
+            else:
+                kernel_init = nn.initializers.lecun_normal()
             if spec.kind == "fc":
                 x = x.reshape(x.shape[0], -1)
                 x = nn.Dense(self.num_classes, kernel_init=kernel_init, name=spec.name)(x)
@@ -521,8 +533,33 @@ class CifarNet(nn.Module):
         return x
 
     def _lrn(self, x: Array) -> Array:
-        return local_response_norm(
-            x, size=self.lrn_size, alpha=self.lrn_alpha, beta=self.lrn_beta, k=self.lrn_k
+        constants = dict(size=self.lrn_size, alpha=self.lrn_alpha, beta=self.lrn_beta, k=self.lrn_k)
+        if self.lrn_kind == "within_map":
+            return within_map_norm(x, **constants)
+        return local_response_norm(x, **constants)
+
+
+def _check_cifar_init(init: str) -> None:
+    if init not in ("paper", "lecun"):
+        raise ValueError(f"model.init for the CIFAR nets is 'paper' or 'lecun', got {init!r}.")
+
+
+# AlexNet's fields that the CIFAR nets do not have, with the value that means "not used": any
+# other value is refused rather than silently ignored.
+_ALEXNET_ONLY = {
+    "one_tower_kernels": "half",
+    "pool_window": 3,
+    "grouped_conv": False,
+    "conv1_matmul": True,
+    "compute_dtype": "float32",
+}
+
+
+def _check_lrn_kind(kind: str) -> None:
+    if kind not in LRN_KINDS:
+        raise ValueError(
+            f"model.lrn_kind must be one of {LRN_KINDS}, got {kind!r}: 'cross_map' is the "
+            "paper's LRN (§3.3), 'within_map' cuda-convnet's rnorm (spatial, each map alone)."
         )
 
 
@@ -543,10 +580,12 @@ def create_model(
     name = m.get("name", "alexnet")
     _activation(m.activation)
     _check_init(m.init)
+    _check_lrn_kind(m.get("lrn_kind", "cross_map"))
     common = dict(
         num_classes=m.num_classes,
         activation=m.activation,
         lrn=m.lrn,
+        lrn_kind=m.get("lrn_kind", "cross_map"),
         lrn_size=m.lrn_size,
         lrn_alpha=m.lrn_alpha,
         lrn_beta=m.lrn_beta,
@@ -555,6 +594,17 @@ def create_model(
     )
     if name == "alexnet":
         tower_widths(m.towers, m.num_classes, m.get("one_tower_kernels", "half"))
+        if m.towers != 1 and m.get("one_tower_kernels", "half") != "half":
+            raise ValueError(
+                f"model.one_tower_kernels={m.one_tower_kernels!r} chooses the widths of the "
+                f"one-tower net; with model.towers={m.towers} it would be ignored. Set "
+                "model.towers=1 for the ungrouped net, or leave one_tower_kernels='half'."
+            )
+        if m.towers == 1 and m.get("grouped_conv", False):
+            raise ValueError(
+                "model.grouped_conv=True groups the own-tower convolutions of two towers; "
+                "model.towers=1 has none. Leave grouped_conv=False."
+            )
         return AlexNet(
             towers=m.towers,
             one_tower_kernels=m.get("one_tower_kernels", "half"),
@@ -568,11 +618,13 @@ def create_model(
             **common,
         )
     if name in CIFAR_NETS:
-        if m.get("compute_dtype", "float32") != "float32":
-            raise ValueError(
-                f"model.compute_dtype={m.compute_dtype!r} is implemented for AlexNet only; the "
-                f"{name!r} net computes in float32 (set model.compute_dtype='float32')."
-            )
+        _check_cifar_init(m.init)
+        for field, unused in _ALEXNET_ONLY.items():
+            if m.get(field, unused) != unused:
+                raise ValueError(
+                    f"model.{field}={m[field]!r} is an AlexNet switch; the {name!r} net (a "
+                    f"cuda-convnet layer file) does not have it. Set model.{field}={unused!r}."
+                )
         if m.towers != 1 or m.dropout_rate:
             raise ValueError(
                 f"model.name={name!r} is a one-tower net without dropout (cuda-convnet's layer "

@@ -17,6 +17,12 @@ smaller than the network's crop never reaches the device.
                    to download; the offline default for quick runs and tests.
   synthetic        random images, any size and class count, for benchmarks.
 
+Every source takes a split name, optionally sliced as in TFDS: 'train[:80%]', 'train[80%:]',
+'train[:40000]', 'train[-10%:]'. A slice is a range of the split's example indices (percent
+boundaries round to the closest index, TFDS's default rule), so 'train[:80%]' and
+'train[80%:]' partition 'train' exactly, for every source and on every machine. This is how a
+validation split is held out of the training data (`SlicedSource`).
+
 Bad input (§2 assumes clean RGB JPEGs; real folders are not). Grayscale, palette, CMYK,
 16-bit and RGBA/LA images are converted to RGB (alpha composited over white: the colour under
 a transparent pixel is undefined, often black). A file that cannot be read or decoded, or is
@@ -34,6 +40,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -226,9 +233,12 @@ class DigitsSource(Source):
     """scikit-learn's bundled handwritten digits: 1,797 real 8x8 grayscale images, 10 classes.
 
     They ship inside the scikit-learn package, so this source needs no download and no
-    TensorFlow. Splits: 'train' (1,437) and 'test' (360; 'validation' is an alias), a
-    stratified split with a fixed seed (`sklearn.model_selection.train_test_split`, seed 0),
-    the same on every machine. Pixels 0..16 are scaled to 0..255, made RGB and resized to S.
+    TensorFlow. Splits: 'train' (1,437) and 'test' (360), a stratified split with a fixed seed
+    (`sklearn.model_selection.train_test_split`, seed 0), the same on every machine; 'train'
+    is in the original dataset's order, so a slice such as 'train[80%:]' (287 images) is a
+    validation set of other writers than 'train[:80%]' (1,150). There is no 'validation'
+    split: it would have to be the test set or a silent choice. Pixels 0..16 are scaled to
+    0..255, made RGB and resized to S.
     """
 
     def __init__(self, split: str, size: int):
@@ -243,9 +253,13 @@ class DigitsSource(Source):
             stratify=digits.target,
             random_state=DIGITS_SPLIT_SEED,
         )
-        splits = {"train": train, "test": test, "validation": test}
+        splits = {"train": train, "test": test}
         if split not in splits:
-            raise ValueError(f"digits has splits 'train' and 'test', got {split!r}")
+            raise ValueError(
+                f"digits has splits 'train' and 'test', got {split!r}; hold a validation split "
+                "out of the training data with a slice, e.g. 'train[80%:]' (and train on "
+                "'train[:80%]')."
+            )
         chosen = np.sort(splits[split])
         self.name, self.split, self.size, self.num_classes = "digits", split, size, 10
         self.class_names = [str(d) for d in range(10)]
@@ -459,8 +473,7 @@ class TfdsSource(Source):
                 f"apache-beam):\n  tfds convert_format --dataset_version_dir={builder.data_dir} "
                 "--out_file_format=array_record"
             )
-        split_name = split.split("[")[0]
-        if split_name not in info.splits:
+        if split not in info.splits:
             raise ValueError(f"{name} has splits {sorted(info.splits)}, not {split!r}")
         image_key, label_key = self._feature_keys(info, tfds)
         self.num_classes = info.features[label_key].num_classes
@@ -558,13 +571,97 @@ def prepared_record(image_jpeg: bytes, label: int) -> bytes:
     return _RECORD_HEADER.pack(label) + image_jpeg
 
 
+# 'name[start:stop]' with integer or percent bounds, either may be empty or negative.
+_SLICE = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\]$")
+
+
+def parse_split(split: str) -> tuple[str, str | None, str | None]:
+    """('train', '80%', None) for 'train[80%:]'; (split, None, None) for a plain name.
+
+    Raises:
+      ValueError: a split with brackets that is not one 'name[start:stop]' slice.
+    """
+    if "[" not in split and "]" not in split:
+        return split, None, None
+    m = _SLICE.match(split.replace(" ", ""))
+    if not m:
+        raise ValueError(
+            f"split {split!r} is not a split name or one slice of it; write e.g. 'train', "
+            "'train[:80%]', 'train[80%:]' or 'train[:40000]'."
+        )
+    return m["base"], m["start"], m["stop"]
+
+
+def _bound(text: str | None, n: int, default: int) -> int:
+    if text is None:
+        return default
+    if text.endswith("%"):
+        # TFDS's default rounding of percent slices ('closest').
+        value = int(round(int(text[:-1]) * n / 100.0))
+    else:
+        value = int(text)
+    if value < 0:
+        value += n
+    return min(max(value, 0), n)
+
+
+def slice_range(split: str, n: int) -> range:
+    """The indices of a split of `n` examples that `split` (e.g. 'train[80%:]') selects."""
+    _, start, stop = parse_split(split)
+    return range(_bound(start, n, 0), _bound(stop, n, n))
+
+
+class SlicedSource(Source):
+    """A contiguous range of another source's examples: 'train[:80%]', 'train[80%:]', ...
+
+    Attributes:
+      base: the source of the whole split.
+      indices: the range of `base` indices this slice reads.
+    """
+
+    def __init__(self, base: Source, split: str):
+        self.base = base
+        self.indices = slice_range(split, len(base))
+        if not len(self.indices):
+            raise ValueError(
+                f"split {split!r} of {base.name} is empty ({len(base)} examples in "
+                f"{base.split!r}); widen the slice."
+            )
+        self.name, self.split, self.size = base.name, split, base.size
+        self.num_classes, self.class_names = base.num_classes, base.class_names
+        self.stats_dir = base.stats_dir
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.base[self.indices[_check_index(index, len(self))]]
+
+
+def shared_examples(a: Source, b: Source) -> int:
+    """How many examples two sources of one dataset have in common (0 for different splits).
+
+    Sources of different base splits ('train' vs 'test') share nothing; slices of one split
+    share the overlap of their index ranges.
+    """
+    if a.name != b.name:
+        return 0
+    base_a, base_b = parse_split(a.split)[0], parse_split(b.split)[0]
+    if base_a != base_b:
+        return 0
+    ra = a.indices if isinstance(a, SlicedSource) else range(len(a))
+    rb = b.indices if isinstance(b, SlicedSource) else range(len(b))
+    return max(0, min(ra.stop, rb.stop) - max(ra.start, rb.start))
+
+
 def create_source(config: Any, split: str) -> Source:
-    """The source that `config.dataset` names, for one split.
+    """The source that `config.dataset` names, for one split (a name or a slice of one).
 
     Args:
       config: the experiment config (dataset, data_dir, resize_size, folder_val_fraction,
         synthetic_examples, synthetic_classes).
-      split: e.g. config.train_split or config.eval_split.
+      split: e.g. config.train_split or config.eval_split; 'name[start:stop]' reads a
+        `SlicedSource` of split 'name'.
 
     Returns:
       A `Source`.
@@ -572,8 +669,17 @@ def create_source(config: Any, split: str) -> Source:
     Raises:
       DatasetNotPreparedError: the data is not on disk; the message gives the command that
         prepares it.
-      ValueError: an unknown dataset or split.
+      ValueError: an unknown dataset or split, or an empty slice.
     """
+    base, start, stop = parse_split(split)
+    source = _create_base_source(config, base)
+    if start is None and stop is None and base == split:
+        return source
+    return SlicedSource(source, split)
+
+
+def _create_base_source(config: Any, split: str) -> Source:
+    """The source of one whole (unsliced) split; see `create_source`."""
     dataset, size = config.dataset, int(config.resize_size)
     kind, _, arg = dataset.partition(":")
     if kind == "digits" and not arg:

@@ -26,7 +26,16 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from alexnet_jax import augment, checkpoint, input_pipeline, metrics, models, optim, parallel
+from alexnet_jax import (
+    augment,
+    checkpoint,
+    input_pipeline,
+    metrics,
+    models,
+    optim,
+    parallel,
+    sources,
+)
 
 
 @flax.struct.dataclass
@@ -79,6 +88,7 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
         problems.append(
             f"batch_size={config.batch_size} is not divisible by the {num_processes} processes."
         )
+    problems += _split_problems(config)
     check(lambda: optim.create_optimizer(config.optimizer))
     check(lambda: optim.create_schedule(config.optimizer, steps_per_epoch=1, total_steps=1))
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "batch_size"):
@@ -88,6 +98,60 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
         problems.append("set num_train_steps > 0, or num_train_steps=-1 and num_epochs > 0.")
     if problems:
         raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _split_problems(config: Any) -> list[str]:
+    """What is wrong with the roles of the splits: nothing may be chosen on the test split.
+
+    The evaluations during training (`eval_split`) drive the plateau schedule (§5: "divide the
+    learning rate by 10 when the validation error rate stopped improving"), so they must not
+    read the test split; the test split (`test_split`) is evaluated once, at the end.
+    """
+    problems = []
+    for field in ("train_split", "eval_split", "test_split"):
+        if field == "test_split" and not config.test_split:
+            continue
+        try:
+            sources.parse_split(config[field])
+        except ValueError as e:
+            problems.append(f"{field}: {e}")
+    eval_base = config.eval_split.partition("[")[0]
+    if config.optimizer.schedule == "plateau" and (
+        eval_base == "test" or (config.test_split and config.eval_split == config.test_split)
+    ):
+        problems.append(
+            f"optimizer.schedule='plateau' drops the learning rate when the evaluations on "
+            f"eval_split={config.eval_split!r} stop improving, so the test split would choose "
+            "the schedule; evaluate on a validation split held out of the training data "
+            "(e.g. train_split='train[:80%]', eval_split='train[80%:]') and report the test "
+            "split once at the end with test_split='test'."
+        )
+    if config.test_split and config.test_split == config.train_split:
+        problems.append(
+            f"test_split={config.test_split!r} is the training split; use a split the run "
+            "does not train on."
+        )
+    return problems
+
+
+def _check_split_overlap(config: Any, train_source, eval_source, test_source) -> None:
+    """Raises ValueError if the evaluation or test examples are also trained on."""
+    pairs = [("eval_split", eval_source)]
+    if test_source is not None:
+        pairs.append(("test_split", test_source))
+    for field, source in pairs:
+        shared = sources.shared_examples(train_source, source)
+        if shared:
+            raise ValueError(
+                f"{field}={config[field]!r} shares {shared:,} examples with train_split="
+                f"{config.train_split!r}; hold it out, e.g. train_split='train[:80%]' with "
+                f"{field}='train[80%:]'."
+            )
+    if test_source is not None and sources.shared_examples(eval_source, test_source):
+        raise ValueError(
+            f"eval_split={config.eval_split!r} overlaps test_split={config.test_split!r}: the "
+            "evaluations that drive the schedule would see test examples; use disjoint splits."
+        )
 
 
 def num_steps(config: Any, train_examples: int) -> tuple[int, int]:
@@ -288,6 +352,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     mesh = parallel.make_mesh(config.mesh, config.model)
     train_source = input_pipeline.create_source(config, config.train_split)
     eval_source = input_pipeline.create_source(config, config.eval_split)
+    test_source = (
+        input_pipeline.create_source(config, config.test_split) if config.test_split else None
+    )
+    _check_split_overlap(config, train_source, eval_source, test_source)
     if train_source.num_classes != config.model.num_classes:
         raise ValueError(
             f"{config.dataset} has {train_source.num_classes} classes but model.num_classes="
@@ -299,9 +367,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     schedule = optim.create_schedule(
         config.optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps
     )
+    tested = f", {len(test_source):,} test ({config.test_split}, once at the end)"
     say(
-        f"{config.dataset}: {len(train_source):,} training and {len(eval_source):,} evaluation "
-        f"examples; {total_steps:,} steps of {config.batch_size} ({steps_per_epoch:,} per "
+        f"{config.dataset}: {len(train_source):,} training ({config.train_split}), "
+        f"{len(eval_source):,} evaluation ({config.eval_split})"
+        + (tested if test_source else "")
+        + f" examples; {total_steps:,} steps of {config.batch_size} ({steps_per_epoch:,} per "
         f"epoch) on a {dict(mesh.shape)} mesh of {jax.devices()[0].platform} devices"
     )
 
@@ -331,6 +402,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
             train_step=make_train_step(config, mesh, tx),
             eval_step=make_eval_step(config, mesh),
             eval_source=eval_source,
+            test_source=test_source,
         )
         try:
             result = run.loop(state, train_iter)
@@ -360,13 +432,14 @@ class _Run:
     train_step: Callable
     eval_step: Callable
     eval_source: Any
+    test_source: Any = None
 
     def evaluate(self, step: int, params: Any) -> dict[str, float]:
         """One evaluation pass, logged, fed to the plateau schedule, printed."""
         with input_pipeline.create_eval_iterator(self.config, self.eval_source) as batches:
             result = evaluate(self.eval_step, params, batches, self.stats, self.mesh)
         self.writer.write(step, result)
-        say(_format_eval(step, result))
+        say(_format_eval(step, result, f"eval ({self.config.eval_split})"))
         if self.schedule.on_eval(step, result["eval_top1_error"]):
             say(
                 f"step {step}: validation error stopped improving; learning rate now "
@@ -435,12 +508,26 @@ class _Run:
         bar.close()
         if step >= self.total_steps and not result:  # a finished run started again
             result = self.evaluate(step, state.params)
+        if step >= self.total_steps and self.test_source is not None:
+            result = {**result, **self.test(step, state.params)}
+        return result
+
+    def test(self, step: int, params: Any) -> dict[str, float]:
+        """The one evaluation on the test split, at the end: logged and printed as test_*.
+
+        Nothing reads it during training (the schedule reads `evaluate`'s validation error).
+        """
+        with input_pipeline.create_eval_iterator(self.config, self.test_source) as batches:
+            values = evaluate(self.eval_step, params, batches, self.stats, self.mesh)
+        result = {"test" + k.removeprefix("eval"): v for k, v in values.items()}
+        self.writer.write(step, result)
+        say(_format_eval(step, values, f"TEST ({self.config.test_split}, reported once)"))
         return result
 
 
-def _format_eval(step: int, result: dict[str, float]) -> str:
+def _format_eval(step: int, result: dict[str, float], what: str) -> str:
     text = (
-        f"step {step}: eval top-1 error {100 * result['eval_top1_error']:.2f}%, "
+        f"step {step}: {what} top-1 error {100 * result['eval_top1_error']:.2f}%, "
         f"top-5 {100 * result['eval_top5_error']:.2f}% (centre crop"
     )
     if "eval10_top1_error" in result:

@@ -21,7 +21,8 @@ def get_model_config() -> ml_collections.ConfigDict:
     m.one_tower_kernels = "half"  # towers=1 only: 'half' (paper footnote 2) | 'full' (ungrouped).
     m.activation = "relu"  # Any jax.nn activation by name; 'tanh' for Figure 1.
     m.lrn = True  # Local response normalization after conv1 and conv2 (§3.3).
-    m.lrn_size = 5  # n: maps in the window (odd).
+    m.lrn_kind = "cross_map"  # 'cross_map' (§3.3, across channels) | 'within_map' (spatial).
+    m.lrn_size = 5  # n: maps in the window (odd); within_map: the n x n spatial window.
     m.lrn_alpha = 1e-4  # alpha, not divided by n (PyTorch/Caffe alpha = this x n).
     m.lrn_beta = 0.75  # beta.
     m.lrn_k = 2.0  # k.
@@ -42,8 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
         "tfds:imagenet2012"  # 'tfds:<name>' | 'folder:<path>' | 'digits' | 'synthetic'.
     )
     config.data_dir = ""  # TFDS data directory ('' = TFDS default, ~/tensorflow_datasets).
+    # Splits; a slice such as 'train[:80%]' / 'train[80%:]' holds a validation set out of train.
     config.train_split = "train"  # Split trained on.
-    config.eval_split = "validation"  # Split evaluated on (ILSVRC-2012 validation, Table 2).
+    # Evaluated every eval_every_steps; the plateau schedule reads it (§5: "validation error").
+    # ILSVRC-2012 validation, also what Table 2 reports (the test labels are not public).
+    config.eval_split = "validation"
+    config.test_split = ""  # Evaluated once, at the end, as test_* ('' = none); never chosen on.
     config.image_size = 224  # Network input (§4.1); 227 = Caffe's size. Same 55x55 conv1 maps.
     config.batch_size = 128  # Global batch over all devices (§5).
     config.num_epochs = 90  # About 90 passes over the training set (§5).

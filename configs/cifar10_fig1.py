@@ -12,14 +12,18 @@ Needs CIFAR-10 prepared by TFDS (see README).
 
 import ml_collections
 
+from alexnet_jax import lrn
 from configs import alexnet
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = alexnet.get_config()
     config.dataset = "tfds:cifar10"
-    config.train_split = "train"
-    config.eval_split = "test"
+    # cuda-convnet's CIFAR recipe: train on data batches 1-4, validate on batch 5 (10,000 of the
+    # 50,000); here by index, the last 10,000 of TFDS's 'train'. Test once, at the end.
+    config.train_split = "train[:40000]"
+    config.eval_split = "train[40000:]"
+    config.test_split = "test"
     config.resize_size = 32  # CIFAR-10 images as they are.
     config.image_size = 32
     config.batch_size = 128
@@ -30,6 +34,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dropout_rate = 0.0
     config.model.num_classes = 10
     config.model.init = "paper"  # The layer file's initW.
+    # layers-18pct normalizes within each map (rnorm1 after pool1, rnorm2 after pool2): a 3x3
+    # spatial window, layer-params file scale=0.00005 (divided by size^2 = 9 in cuda-convnet's
+    # layer.py), pow 0.75, and the kernels' fixed constant 1 (alexnet_jax/lrn.py cites them).
+    config.model.lrn_kind = "within_map"
+    config.model.lrn_size = 3
+    config.model.lrn_alpha = lrn.from_convnet_scale(5e-5, 3, "rnorm")  # 5.56e-6
+    config.model.lrn_beta = 0.75
+    config.model.lrn_k = 1.0
 
     config.augment.random_crop = False  # No augmentation: nothing but the mean image.
     config.augment.flip = False
@@ -41,6 +53,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.learning_rate = 0.01
 
     config.log_every_steps = 50
-    config.eval_every_steps = 390  # Every epoch (50,000 / 128).
-    config.checkpoint_every_steps = 390
+    config.eval_every_steps = 312  # Every epoch (40,000 / 128).
+    config.checkpoint_every_steps = 312
     return config

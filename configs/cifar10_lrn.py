@@ -13,7 +13,7 @@ configs/cifar10_fig1.py.
 
 import ml_collections
 
-from configs import cifar10_fig1
+from configs import alexnet, cifar10_fig1
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,6 +21,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.image_size = 24  # cuda-convnet's --crop-border=4.
     config.num_epochs = 100
     config.model.name = "cifar_lrn"
+    # Cross-map LRN with the paper's constants (§3.3), not the Figure 1 net's within-map ones.
+    paper = alexnet.get_model_config()
+    for field in ("lrn_kind", "lrn_size", "lrn_alpha", "lrn_beta", "lrn_k"):
+        config.model[field] = paper[field]
 
     config.augment.random_crop = True  # Crops and flips only, as in the layer file's run.
     config.augment.flip = True

@@ -3,27 +3,51 @@
 Every variant is one file of configs/ablations/ (it imports the paper config and changes one
 field); this script reads which fields each file changes and applies the same change to a base
 config, so the ablation files stay the one definition. Each (variant, seed) is one
-`train.train_and_evaluate` run; the change is paired by seed (variant minus paper, same seed)
-and reported as mean ± std over seeds, in percentage points, beside the paper's claim.
+`train.train_and_evaluate` run in its own folder `<workdir>/<variant>_seed<k>`, trained with the
+base config's recipe: its evaluation, checkpoint and logging cadences and its learning-rate
+schedule (the paper's 'plateau' drops the rate only at evaluations). The change is paired by
+seed (variant minus paper, same seed) and reported as mean ± std over seeds, in percentage
+points, beside the paper's claim. The table reports the test split's error when the base
+config has a `test_split` (evaluated once, at the end of each run), else the error of the last
+evaluation on its `eval_split`; nothing is chosen from the numbers.
 
-Bases:
-  alexnet  configs/alexnet.py, the paper's AlexNet: every switch applies (ImageNet: GPU-days).
+Bases (--base):
   cifar    configs/default.py, the §3.3 CIFAR net (cuda-convnet layers-conv-local-11pct) on
-           scikit-learn's digits: the offline run. Only the switches that exist in that net run
-           (LRN, PCA colour, activation); the rest (pooling overlap, towers, dropout) are AlexNet
-           structure and are listed as not run.
+           scikit-learn's digits: the offline run.
+  alexnet  configs/alexnet.py, the paper's AlexNet: every switch applies (ImageNet: GPU-days).
+  PATH     any config file with a get_config(), e.g. configs/cifar10_lrn.py.
+A switch that changes structure the base network does not have (pooling overlap, towers,
+dropout are AlexNet structure; decided from the base's model.name) is listed as not run.
+
+Reruns: the same command again continues what is unfinished and skips what is finished (a run
+is finished once its folder has result.json, written when train_and_evaluate returned); a run
+killed on the way resumes from its latest checkpoint. A run folder that holds a run of another
+config (another budget, --set, dataset ...) is refused, never mixed: pass --fresh to delete
+this invocation's runs first, or another --workdir. The default --workdir is
+<tmp>/alexnet_jax_ablations/<base> (<base>_quick for --quick).
+
+Flags: --epochs / --steps set the budget only; --eval_every, --checkpoint_every and
+--log_every change the base's cadences (default: untouched); --set KEY=VALUE (repeatable)
+changes any base config field, e.g. --set optimizer.schedule=plateau
+--set optimizer.plateau_patience=1 (values are parsed as the field's type; applied after the
+budget and cadences, before the switch and the seed).
 
   python -m experiments.ablations                                   # offline: cifar on digits
   python -m experiments.ablations --base=alexnet --dataset=tfds:imagenet2012 --epochs=90 \
       --seeds=2 --data_dir=$HOME/tensorflow_datasets                # the paper's table (GPUs)
+  python -m experiments.ablations --base=configs/cifar10_lrn.py --variants=no_lrn,no_pca
   python -m experiments.ablations --quick                           # smoke run, seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +56,7 @@ from configs import default as default_config
 from experiments import common
 
 VARIANTS = ("no_lrn", "no_overlap", "one_tower", "no_pca", "no_dropout", "tanh")
+BASES = {"cifar": default_config, "alexnet": alexnet_config}
 
 # The paper's claimed change of (top-1, top-5) error in points when the switch is turned off.
 PAPER_CLAIMS = {
@@ -65,51 +90,158 @@ def switch(name: str) -> dict[str, Any]:
     return {k: v for k, v in ablated.items() if paper.get(k) != v}
 
 
-def base_config(base: str, dataset: str | None, data_dir: str) -> Any:
-    config = (alexnet_config if base == "alexnet" else default_config).get_config()
+def load_base(base: str) -> Any:
+    """The ConfigDict of a base: 'cifar', 'alexnet' or the path of a config file."""
+    if base in BASES:
+        return BASES[base].get_config()
+    path = Path(base)
+    if not path.is_file() and (common.ROOT / base).is_file():
+        path = common.ROOT / base
+    if not path.is_file():
+        raise SystemExit(f"--base={base}: not 'cifar', 'alexnet' or a config file.")
+    spec = importlib.util.spec_from_file_location(f"_ablation_base_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def base_name(base: str) -> str:
+    """A short name of a base for folders: 'cifar', 'alexnet' or the config file's stem."""
+    return base if base in BASES else Path(base).stem
+
+
+def parse_set(config: Any, assignments: list[str]) -> dict[str, Any]:
+    """{'optimizer.plateau_patience': 1, ...} of --set KEY=VALUE, typed as the field is."""
+    fields, out = _flat(config), {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {assignment}: not KEY=VALUE of a field of the base config.")
+        old = fields[key]
+        try:
+            if isinstance(old, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1")
+            elif isinstance(old, int):
+                value = ast.literal_eval(text)
+                if not isinstance(value, int):
+                    raise ValueError(f"{text!r} is not an integer")
+            elif isinstance(old, float):
+                value = float(ast.literal_eval(text))
+            elif isinstance(old, str):
+                value = text
+            else:  # tuples, lists, None
+                value = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as e:
+            raise SystemExit(f"--set {assignment}: {key} is {type(old).__name__} ({e}).") from e
+        out[key] = value
+    return out
+
+
+def base_config(base: str, dataset: str | None, data_dir: str, overrides: dict) -> Any:
+    """The base config with the dataset, budget, cadences and --set overrides applied."""
+    config = load_base(base)
     if dataset:
-        config.dataset = dataset
-        if dataset == "digits":
-            config.eval_split = "test"
+        common.use_dataset(config, dataset)
     if data_dir:
         config.data_dir = data_dir
+    config.update_from_flattened_dict(overrides)
     source = common.input_pipeline.create_source(config, config.train_split)
     config.model.num_classes = source.num_classes
     config.progress_bar = False
-    config.keep_checkpoints = 1
-    config.eval_every_steps = 10**9  # only the last step evaluates
-    config.checkpoint_every_steps = 10**9
     return config
 
 
-def runnable(base: str, overrides: dict[str, Any]) -> bool:
-    return base == "alexnet" or all(k.startswith(CIFAR_FIELDS) for k in overrides)
+def runnable(model_name: str, overrides: dict[str, Any]) -> bool:
+    """Whether a network `model_name` has what the switch `overrides` changes."""
+    return model_name == "alexnet" or all(k.startswith(CIFAR_FIELDS) for k in overrides)
 
 
-def run(base_cfg, base: str, variants, seeds: int, budget: dict, root: Path) -> dict:
-    """{variant: {'overrides', 'runs': [{seed, eval_*}] or None when not runnable}}."""
-    results = {}
+def plan(base_cfg, variants, seeds: int, root: Path) -> dict:
+    """{variant: {'overrides', 'runs': [(seed, config, folder)] or None when not runnable}}."""
+    out = {}
     for name in ("paper", *variants):
         overrides = {} if name == "paper" else switch(name)
-        entry = {"overrides": overrides, "runs": None}
-        if runnable(base, overrides):
-            entry["runs"] = []
+        runs = None
+        if runnable(base_cfg.model.name, overrides):
+            runs = []
             for seed in range(seeds):
                 config = base_cfg.copy_and_resolve_references()
-                config.update_from_flattened_dict({**overrides, **budget, "seed": seed})
-                result = common.fresh_run(config, root / f"{name}_seed{seed}")
-                entry["runs"].append({"seed": seed, **result})
-                print(
-                    f"{name:10s} seed {seed}: top-1 {100 * result['eval_top1_error']:.2f}%, "
-                    f"top-5 {100 * result['eval_top5_error']:.2f}%"
+                config.update_from_flattened_dict({**overrides, "seed": seed})
+                runs.append((seed, config, root / f"{name}_seed{seed}"))
+        out[name] = {"overrides": overrides, "runs": runs}
+    return out
+
+
+def refuse_changed(planned: dict) -> None:
+    """SystemExit with one line if a run folder holds a run of another config."""
+    for entry in planned.values():
+        for _, config, folder in entry["runs"] or ():
+            diff = common.config_differences(config, folder)
+            if diff:
+                fields = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+                raise SystemExit(
+                    f"{folder} holds a run of another config ({fields}): rerun with --fresh to "
+                    "delete this invocation's runs, or pass another --workdir."
                 )
-        else:
-            print(f"{name:10s} not run: {overrides} is AlexNet structure, not in the {base} net")
-        results[name] = entry
+
+
+def metric_keys(results: dict) -> tuple[str, str, str]:
+    """(top-1 key, top-5 key, label): the test split's error when every run has it."""
+    runs = [r for e in results.values() for r in e["runs"] or ()]
+    if runs and all(r.get("test_top1_error") is not None for r in runs):
+        return "test_top1_error", "test_top5_error", "test"
+    return "eval_top1_error", "eval_top5_error", "eval"
+
+
+def run(planned: dict, model_name: str) -> dict:
+    """{variant: {'overrides', 'runs': [{seed, status, seconds, ..., metrics}] or None}}."""
+    results = {}
+    for name, entry in planned.items():
+        results[name] = {"overrides": entry["overrides"], "runs": None}
+        if entry["runs"] is None:
+            print(f"{name:10s} not run: {entry['overrides']} is AlexNet structure, not in "
+                  f"the {model_name} net")  # fmt: skip
+            continue
+        results[name]["runs"] = []
+        for seed, config, folder in entry["runs"]:
+            start = common.latest_checkpoint_step(folder)
+            if common.finished_result(folder) is not None:
+                print(f"{name:10s} seed {seed}: skipped, finished in {folder}")
+            elif start is not None:
+                print(f"{name:10s} seed {seed}: resumed from step {start} in {folder}")
+            else:
+                print(f"{name:10s} seed {seed}: started in {folder}")
+            outcome = common.resumable_run(config, folder)
+            metrics = outcome["metrics"]
+            results[name]["runs"].append(
+                {
+                    "seed": seed,
+                    "workdir": str(folder),
+                    "status": outcome["status"],
+                    "resumed_from_step": outcome["resumed_from_step"],
+                    "seconds": outcome["seconds"],
+                    "run_seconds": outcome["run_seconds"],
+                    **metrics,
+                }
+            )
+            top1, top5, label = (
+                ("test_top1_error", "test_top5_error", "test")
+                if metrics.get("test_top1_error") is not None
+                else ("eval_top1_error", "eval_top5_error", config.eval_split)
+            )
+            print(
+                f"{name:10s} seed {seed}: {label} top-1 {100 * metrics[top1]:.2f}%, "
+                f"top-5 {100 * metrics[top5]:.2f}% ({outcome['status']}, "
+                f"{outcome['seconds']:.1f} s)"
+            )
     return results
 
 
-def table(results: dict, base: str) -> str:
+def table(results: dict, base: str, label: str | None = None) -> str:
+    top1, top5, kind = metric_keys(results)
+    label = label or kind
     paper_runs = results["paper"]["runs"]
     rows = []
     for name, entry in results.items():
@@ -119,13 +251,14 @@ def table(results: dict, base: str) -> str:
             ours = ["not run (AlexNet only)"] * 2
         else:
             ours = []
-            for key in ("eval_top1_error", "eval_top5_error"):
+            for key in (top1, top5):
                 values = [100 * r[key] for r in entry["runs"]]
                 mean, std = common.mean_std(values)
                 if name == "paper":
                     ours.append(f"{mean:.2f} ± {std:.2f} (error)")
                 else:
-                    deltas = [100 * (r[key] - p[key]) for r, p in zip(entry["runs"], paper_runs)]
+                    paired = {p["seed"]: p for p in paper_runs}
+                    deltas = [100 * (r[key] - paired[r["seed"]][key]) for r in entry["runs"]]
                     d, s = common.mean_std(deltas)
                     ours.append(f"{d:+.2f} ± {s:.2f} (abs. {mean:.2f})")
         rows.append([name, f"`{change}`", *ours, claim[0], claim[1], claim[2]])
@@ -133,8 +266,8 @@ def table(results: dict, base: str) -> str:
         [
             "variant",
             "change",
-            f"top-1 change, {base} (pts)",
-            f"top-5 change, {base} (pts)",
+            f"top-1 change, {base}, {label} (pts)",
+            f"top-5 change, {base}, {label} (pts)",
             "paper top-1",
             "paper top-5",
             "where",
@@ -143,48 +276,99 @@ def table(results: dict, base: str) -> str:
     )
 
 
+def timing_table(results: dict) -> str:
+    rows = []
+    for name, entry in results.items():
+        for r in entry["runs"] or ():
+            status = r["status"]
+            if status == "resumed":
+                status += f" from step {r['resumed_from_step']}"
+            rows.append([name, r["seed"], status, f"{r['seconds']:.1f}", f"{r['run_seconds']:.1f}"])
+    header = ["variant", "seed", "this invocation", "seconds now", "seconds of the last call"]
+    return common.markdown_table(header, rows)
+
+
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--base", choices=("cifar", "alexnet"), default="cifar")
+    started = time.perf_counter()
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )  # fmt: skip
+    parser.add_argument("--base", default="cifar", help="cifar | alexnet | a config file path")
     parser.add_argument("--dataset", default=None, help="default: the base config's")
     parser.add_argument("--data_dir", default="")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="'' = the paper run only")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="budget per run")
     parser.add_argument("--steps", type=int, default=-1, help="> 0: overrides --epochs")
+    parser.add_argument("--eval_every", type=int, default=None, help="default: the base's")
+    parser.add_argument("--checkpoint_every", type=int, default=None, help="default: the base's")
+    parser.add_argument("--log_every", type=int, default=None, help="default: the base's")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a base config field (repeatable)")  # fmt: skip
     parser.add_argument("--out", default=None)
-    parser.add_argument("--workdir", default=None)
-    parser.add_argument("--quick", action="store_true", help="paper + no_lrn, 4 steps, 1 seed")
+    parser.add_argument("--workdir", default=None, help="default: <tmp>/alexnet_jax_ablations/")
+    parser.add_argument("--fresh", action="store_true", help="delete this invocation's runs")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="paper + no_lrn (+ one_tower, not run), 4 steps, 1 seed, cadences of 2 steps",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     variants = [v for v in args.variants.split(",") if v]
     seeds, steps = args.seeds, args.steps
+    cadences = {
+        "eval_every_steps": args.eval_every,
+        "checkpoint_every_steps": args.checkpoint_every,
+        "log_every_steps": args.log_every,
+    }
     if args.quick:
         variants, seeds, steps = ["no_lrn", "one_tower"], 1, 4
-    base_cfg = base_config(args.base, args.dataset, args.data_dir)
+        cadences = {k: v or 2 for k, v in cadences.items()}
+    overrides = {"num_epochs": args.epochs, "num_train_steps": steps}
+    overrides.update({k: v for k, v in cadences.items() if v is not None})
     if args.quick:
-        base_cfg.mesh.data = 1  # one device: no sharded compile for a smoke run
-    budget = {"num_epochs": args.epochs, "num_train_steps": steps}
-    budget["log_every_steps"] = max(1, min(base_cfg.log_every_steps, steps if steps > 0 else 10**9))
+        overrides["mesh.data"] = 1  # one device: no sharded compile for a smoke run
+    overrides.update(parse_set(load_base(args.base), args.set))
+    base_cfg = base_config(args.base, args.dataset, args.data_dir, overrides)
+    name = base_name(args.base) + ("_quick" if args.quick else "")
+    root = Path(args.workdir or Path(tempfile.gettempdir()) / "alexnet_jax_ablations" / name)
     out = common.results_dir("ablations", args.out)
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="ablations_"))
+    print(f"runs in {root} (the same command again resumes them)")
+
+    planned = plan(base_cfg, variants, seeds, root)
+    if args.fresh:
+        for entry in planned.values():
+            for _, _, folder in entry["runs"] or ():
+                shutil.rmtree(folder, ignore_errors=True)
+    refuse_changed(planned)
+
     what = f"{steps} steps" if steps > 0 else f"{args.epochs} epochs"
+    results = run(planned, base_cfg.model.name)
+    _, _, kind = metric_keys(results)
+    split = f"'{base_cfg.get('test_split')}'" if kind == "test" else f"'{base_cfg.eval_split}'"
+    label = "test" if kind == "test" else base_cfg.eval_split
+    seconds = time.perf_counter() - started
     measured = (
         f"Base `{args.base}` ({base_cfg.model.name}) on {base_cfg.dataset}, {what} of batch "
-        f"{base_cfg.batch_size} per run, {seeds} seeds, error of the centre crop on the "
-        f"'{base_cfg.eval_split}' split; change = variant minus paper with the same seed, "
-        f"mean ± std over seeds, in points; machine: {common.machine()}."
+        f"{base_cfg.batch_size} per run (evaluation every {base_cfg.eval_every_steps} steps, "
+        f"schedule '{base_cfg.optimizer.schedule}'), {seeds} seeds, error of the centre crop "
+        f"on the {split} split; change = variant minus paper with the same seed, mean ± std "
+        f"over seeds, in points; machine: {common.machine()}; this invocation took "
+        f"{seconds:.1f} s."
     )
-    print(measured)
-    results = run(base_cfg, args.base, variants, seeds, budget, root)
-    text = table(results, args.base)
-    (out / "results.md").write_text(f"# Ablations\n\n{measured}\n\n{text}\n")
+    text = table(results, args.base, label)
+    (out / "results.md").write_text(
+        f"# Ablations\n\n{measured}\n\n{text}\n\nRuns in `{root}`:\n\n{timing_table(results)}\n"
+    )
     common.write_json(
         out / "results.json",
-        {"base": args.base, "dataset": base_cfg.dataset, "budget": budget, "seeds": seeds,
-         "machine": common.machine(), "results": results},
+        {"base": args.base, "model": base_cfg.model.name, "dataset": base_cfg.dataset,
+         "budget": {"num_epochs": args.epochs, "num_train_steps": steps},
+         "overrides": overrides, "seeds": seeds, "workdir": str(root), "metric": kind,
+         "seconds": seconds, "machine": common.machine(), "results": results},
     )  # fmt: skip
-    print("\n" + text + f"\n\nwritten to {out}")
+    print("\n" + text + f"\n\n{measured}\n\nwritten to {out}")
     return results
 
 

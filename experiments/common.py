@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,24 @@ def results_dir(name: str, out: str | None = None) -> Path:
     return path
 
 
+def use_dataset(config: Any, dataset: str) -> None:
+    """Points `config` at `dataset`; for the digits, with the offline config's splits.
+
+    The digits have only 'train' and 'test': configs/default.py holds validation out of
+    'train' (train[:80%] / train[80%:]) and tests once on 'test'. Other datasets keep the
+    config's splits.
+    """
+    if dataset == config.dataset:
+        return
+    config.dataset = dataset
+    if dataset == "digits":
+        from configs import default
+
+        offline = default.get_config()
+        for split in ("train_split", "eval_split", "test_split"):
+            config[split] = offline[split]
+
+
 def dataset_prepared(config: Any) -> bool:
     """Whether `config.dataset`'s training split can be read here (TFDS data prepared)."""
     try:
@@ -44,6 +63,102 @@ def fresh_run(config: Any, workdir: str | Path) -> dict[str, float]:
     """Trains `config` from scratch in `workdir` (an old run there is deleted, not resumed)."""
     shutil.rmtree(workdir, ignore_errors=True)
     return train.train_and_evaluate(config, str(workdir))
+
+
+# --- Resumable runs: a run folder is resumed, skipped when finished, never silently mixed -------
+
+RESULT_FILE = "result.json"  # Written (atomically) once train_and_evaluate has returned.
+# Fields that say where things are or how they are shown, not what is computed: a run may
+# continue with other values of them.
+NOT_COMPARED = ("progress_bar", "data_dir", "cache_dir")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """`write_json` to a temporary file renamed over `path`: a reader sees all of it or none."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    write_json(tmp, data)
+    os.replace(tmp, path)
+
+
+def flat_config(config: Any) -> dict[str, Any]:
+    """{'model.lrn': True, ...} of a ConfigDict or of a run's config.json, as JSON values."""
+    data = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
+
+    def flat(d, prefix=""):
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    return flat(data)
+
+
+def config_differences(config: Any, workdir: str | Path) -> dict[str, tuple[Any, Any]]:
+    """{field: (value in workdir/config.json, value in `config`)} of the fields that differ
+    (a field missing on one side reads as '<absent>'); {} when there is no config.json."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        return {}
+    saved, new = flat_config(json.loads(path.read_text())), flat_config(config)
+    absent = "<absent>"
+    return {
+        k: (saved.get(k, absent), new.get(k, absent))
+        for k in sorted(set(saved) | set(new))
+        if saved.get(k, absent) != new.get(k, absent) and k not in NOT_COMPARED
+    }
+
+
+def latest_checkpoint_step(workdir: str | Path) -> int | None:
+    """Step of the latest complete checkpoint in workdir/checkpoints (Orbax renames a
+    checkpoint's temporary folder to its step when it is complete), or None."""
+    path = Path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
+    return max(steps, default=None)
+
+
+def finished_result(workdir: str | Path) -> dict[str, Any] | None:
+    """The result file of a finished run, or None."""
+    path = Path(workdir) / RESULT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def total_steps(config: Any) -> int:
+    """Training steps of the whole run (what train.py computes)."""
+    source = input_pipeline.create_source(config, config.train_split)
+    return train.num_steps(config, len(source))[1]
+
+
+def resumable_run(config: Any, workdir: str | Path) -> dict[str, Any]:
+    """Trains `config` in `workdir`, or continues it, or returns it when it is finished.
+
+    The caller checks `config_differences` first (this function trusts the folder to hold a
+    run of `config`). Returns {'status': 'skipped' | 'resumed' | 'started', 'resumed_from_step',
+    'seconds' (of this call), 'run_seconds' (of the call that finished the run), 'metrics'};
+    raises SystemExit if training stopped early (SIGTERM: its checkpoint is saved, the same
+    call continues it).
+    """
+    workdir = Path(workdir)
+    done = finished_result(workdir)
+    if done is not None:
+        return {**done, "status": "skipped", "seconds": 0.0}
+    start = latest_checkpoint_step(workdir)
+    status = "started" if start is None else "resumed"
+    started = time.perf_counter()
+    result = train.train_and_evaluate(config, str(workdir))
+    seconds = time.perf_counter() - started
+    reached, total = latest_checkpoint_step(workdir) or 0, total_steps(config)
+    if reached < total:
+        raise SystemExit(
+            f"{workdir}: training stopped at step {reached} of {total} (SIGTERM); its "
+            "checkpoint is saved: run the same command again to continue."
+        )
+    record = {"resumed_from_step": start, "run_seconds": seconds, "metrics": result}
+    write_json_atomic(workdir / RESULT_FILE, record)
+    return {**record, "status": status, "seconds": seconds}
 
 
 def steps_per_epoch(config: Any) -> int:

@@ -7,7 +7,13 @@ import pytest
 from jax.test_util import check_grads
 
 from alexnet_jax import lrn
-from alexnet_jax.lrn import from_torch_alpha, local_response_norm, to_torch_alpha
+from alexnet_jax.lrn import (
+    from_convnet_scale,
+    from_torch_alpha,
+    local_response_norm,
+    to_torch_alpha,
+    within_map_norm,
+)
 
 PAPER = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
 
@@ -193,3 +199,194 @@ def test_window_sum_is_reduce_window_with_centred_zero_padding():
     np.testing.assert_array_equal(lrn._window_sum(v, 3), [3, 6, 9, 12, 15, 18, 13])
     jaxpr = str(jax.make_jaxpr(lambda x: local_response_norm(x))(jnp.ones((2, 8))))
     assert "reduce_window_sum" in jaxpr
+
+
+# --- within_map_norm: cuda-convnet's `rnorm`, normalization over a spatial window per map ---
+
+# layers-18pct.cfg's rnorm1/rnorm2 (layer-params-18pct: scale=0.00005, pow=.75; k is 1).
+CIFAR_18PCT = {"size": 3, "alpha": 0.00005 / 9, "beta": 0.75, "k": 1.0}
+
+
+def reference_within_map(
+    a: np.ndarray, size: int, alpha: float, beta: float, k: float
+) -> np.ndarray:
+    """cuda-convnet's kCNorm loops in float64, one pixel at a time.
+
+    The window of pixel p starts at p - size//2 (the kernels' `-sizeX/2 + pxIdx`, C division
+    truncating toward zero) and is `size` wide; the loops run from max(0, start) to
+    min(imgSize, start + size), so at the border only the pixels inside the image are summed.
+    """
+    a = np.asarray(a, np.float64)
+    _, height, width, _ = a.shape
+    b = np.empty_like(a)
+    for y in range(height):
+        y0 = y - size // 2
+        for x in range(width):
+            x0 = x - size // 2
+            rows = slice(max(0, y0), min(height, y0 + size))
+            cols = slice(max(0, x0), min(width, x0 + size))
+            sum_sq = np.sum(a[:, rows, cols, :] ** 2, axis=(1, 2))
+            b[:, y, x, :] = a[:, y, x, :] / (k + alpha * sum_sq) ** beta
+    return b
+
+
+# Strong enough that the window matters: with activations of std ~40 the alpha term is several
+# times k, so a window off by one pixel changes outputs by far more than float32 rounding.
+STRONG = {"alpha": 1e-3, "beta": 0.75, "k": 1.0}
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("use_custom_vjp", [True, False])
+def test_within_map_matches_float64_reference(size, use_custom_vjp):
+    # Non-square, so that swapping the two spatial axes would show.
+    x = relu_activations(10 + size, (2, 7, 9, 5), scale=40.0)
+    got = within_map_norm(jnp.asarray(x), size=size, use_custom_vjp=use_custom_vjp, **STRONG)
+    want = reference_within_map(x, size, **STRONG)
+    assert got.shape == x.shape and got.dtype == jnp.float32
+    assert_rel_close(got, want, rtol=1e-5)
+    # Corners (clipped on two sides) and the centre (the full size x size window).
+    for y, xx in [(0, 0), (0, -1), (-1, 0), (-1, -1), (3, 4)]:
+        assert_rel_close(got[:, y, xx], want[:, y, xx], rtol=1e-5)
+
+
+def test_within_map_18pct_constants_match_reference():
+    x = relu_activations(20, (3, 8, 8, 32), scale=40.0)
+    got = within_map_norm(jnp.asarray(x), **CIFAR_18PCT)
+    assert_rel_close(got, reference_within_map(x, **CIFAR_18PCT), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "size, rows",
+    [
+        (3, [2, 3, 4]),  # Centred: the window of p is p-1..p+1.
+        (5, [1, 2, 3, 4, 5]),
+        # Even: cuda-convnet's start -sizeX/2 + p puts the extra pixel above/left, so the
+        # window of p is p-1..p (size 2), p-2..p+1 (size 4); pixel 3 is seen from 3..4, 2..5.
+        (2, [3, 4]),
+        (4, [2, 3, 4, 5]),
+    ],
+)
+def test_within_map_window_placement(size, rows):
+    # Ones everywhere and one large pixel at (3, 3): exactly the pixels whose window holds it
+    # are pushed down, which pins the window's offset, including the side of an even window.
+    x = np.ones((1, 8, 8, 1), np.float32)
+    x[0, 3, 3, 0] = 100.0
+    params = dict(size=size, alpha=0.01, beta=1.0)
+    got = np.asarray(within_map_norm(jnp.asarray(x), **params))[0, :, :, 0]
+    assert got[3, 3] < 0.05 * 100.0
+    background = np.asarray(within_map_norm(jnp.ones_like(x), **params))[0, :, :, 0]
+    hit = got < 0.5 * background
+    hit[3, 3] = True  # The big pixel itself is smaller only relative to its own value.
+    want = np.zeros((8, 8), bool)
+    want[np.ix_(rows, rows)] = True
+    np.testing.assert_array_equal(hit, want)
+
+
+def test_within_map_border_uses_full_size_squared_scale():
+    # A constant map: the denominator is 1 + alpha * (pixels inside the window) and alpha is
+    # scale / size^2 everywhere, including the corners where only 4 of 9 pixels exist.
+    scale, size = 0.9, 3
+    alpha = from_convnet_scale(scale, size, "rnorm")
+    got = np.asarray(within_map_norm(jnp.ones((1, 4, 5, 1)), size=size, alpha=alpha, beta=1.0))
+    counts = np.array([[4, 6, 6, 6, 4], [6, 9, 9, 9, 6], [6, 9, 9, 9, 6], [4, 6, 6, 6, 4]])
+    np.testing.assert_allclose(got[0, :, :, 0], 1.0 / (1.0 + scale / 9 * counts), rtol=1e-6)
+
+
+def test_within_map_is_spatial_not_cross_map():
+    # Channel 0 is huge, channel 1 is ones. Within-map normalization never lets channel 0 reach
+    # channel 1; a cross-map window (local_response_norm) would.
+    x = np.ones((1, 5, 5, 2), np.float32)
+    x[..., 0] = 1000.0
+    params = dict(size=3, alpha=0.1, beta=1.0, k=1.0)
+    got = np.asarray(within_map_norm(jnp.asarray(x), **params))
+    counts = np.outer([2, 3, 3, 3, 2], [2, 3, 3, 3, 2])  # Pixels inside each 3x3 window.
+    np.testing.assert_allclose(got[0, :, :, 1], 1.0 / (1.0 + 0.1 * counts), rtol=1e-6)
+    alone = np.asarray(within_map_norm(jnp.asarray(x[..., 1:]), **params))
+    np.testing.assert_array_equal(got[..., 1:], alone)
+    cross = np.asarray(local_response_norm(jnp.asarray(x), **params))
+    assert np.all(cross[..., 1] < 0.01 * got[..., 1])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+def test_spatial_window_sum_transpose(size):
+    # <W u, v> == <u, W^T v>: the mirrored padding is the exact transpose of the window sum.
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(size)
+        u = jnp.asarray(rng.normal(size=(2, 6, 7, 3)))
+        v = jnp.asarray(rng.normal(size=(2, 6, 7, 3)))
+        lhs = jnp.vdot(lrn._spatial_window_sum(u, size), v)
+        rhs = jnp.vdot(u, lrn._spatial_window_sum_t(v, size))
+        np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
+        # Only odd windows are symmetric; for even ones the mirroring is what makes this hold.
+        same = np.allclose(lrn._spatial_window_sum_t(v, size), lrn._spatial_window_sum(v, size))
+        assert same == (size % 2 == 1)
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 5])
+@pytest.mark.parametrize("use_custom_vjp", [True, False])
+def test_within_map_check_grads_float64(size, use_custom_vjp):
+    with jax.enable_x64(True):
+        x = jnp.asarray(relu_activations(30 + size, (2, 5, 6, 3), scale=20.0), jnp.float64)
+        x = x + 1.0  # Off the ReLU-like zeros, as in test_check_grads_float64.
+
+        def f(v):
+            return within_map_norm(
+                v, size=size, alpha=1e-3, beta=0.75, k=1.0, use_custom_vjp=use_custom_vjp
+            )
+
+        assert f(x).dtype == jnp.float64
+        check_grads(f, (x,), order=1, modes=("rev",))
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 5])
+def test_within_map_custom_vjp_matches_autodiff(size):
+    x32 = jnp.asarray(relu_activations(40 + size, (2, 7, 8, 16), scale=40.0))
+    g32 = jnp.asarray(np.random.default_rng(41).normal(size=x32.shape).astype(np.float32))
+
+    def dx(x, g, use_custom_vjp):
+        def f(v):
+            return within_map_norm(v, size=size, use_custom_vjp=use_custom_vjp, **STRONG)
+
+        return jax.vjp(f, x)[1](g)[0]
+
+    want = dx(x32, g32, False)
+    atol = 1e-6 * float(jnp.max(jnp.abs(want)))  # Cancellation floor, as for LRN above.
+    np.testing.assert_allclose(dx(x32, g32, True), want, rtol=1e-5, atol=atol)
+    with jax.enable_x64(True):
+        x64, g64 = jnp.asarray(x32, jnp.float64), jnp.asarray(g32, jnp.float64)
+        np.testing.assert_allclose(dx(x64, g64, True), dx(x64, g64, False), rtol=1e-11, atol=1e-14)
+
+
+def test_from_convnet_scale():
+    # layers-18pct rnorm: scale 0.00005 over a 3x3 window.
+    assert from_convnet_scale(0.00005, 3, "rnorm") == pytest.approx(0.00005 / 9)
+    # layers-145 cnorm2 (rnorm, size 5, scale 0.001) and rnorm1/2 (cmrnorm, size 5, 0.0001).
+    assert from_convnet_scale(0.001, 5, "rnorm") == pytest.approx(4e-5)
+    assert from_convnet_scale(0.0001, 5, "cmrnorm") == pytest.approx(2e-5)
+    # cmrnorm's division by n is PyTorch's alpha/n convention.
+    assert from_convnet_scale(5e-4, 5, "cmrnorm") == pytest.approx(from_torch_alpha(5e-4, 5))
+    with pytest.raises(ValueError, match="'rnorm'"):
+        from_convnet_scale(0.001, 5, "cnorm")
+
+
+def test_within_map_half_precision_computes_in_float32():
+    x_half = jnp.asarray(relu_activations(50, (2, 6, 6, 8), scale=40.0), jnp.bfloat16)
+    got = within_map_norm(x_half, **STRONG, size=3)
+    assert got.dtype == jnp.bfloat16
+    want = within_map_norm(x_half.astype(jnp.float32), **STRONG, size=3)
+    assert_rel_close(got, want, rtol=2.0**-8)
+    jaxpr = str(jax.make_jaxpr(lambda v: within_map_norm(v, size=3, **STRONG))(x_half))
+    assert "reduce_window_sum" in jaxpr
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5, 3.0, True, None])
+def test_within_map_size_must_be_positive_int(size):
+    with pytest.raises(ValueError, match=r"positive integer, got size="):
+        within_map_norm(jnp.ones((1, 4, 4, 2)), size=size, alpha=1e-3, beta=0.75)
+
+
+def test_within_map_rejects_bad_rank_and_integer_inputs():
+    with pytest.raises(ValueError, match="rank 4"):
+        within_map_norm(jnp.ones((4, 4, 2)), size=3, alpha=1e-3, beta=0.75)
+    with pytest.raises(TypeError, match="floating-point"):
+        within_map_norm(jnp.ones((1, 4, 4, 2), jnp.int32), size=3, alpha=1e-3, beta=0.75)

@@ -1,0 +1,874 @@
+"""Every documented switch, on every network, against an independent computation.
+
+The fields are read from README.md's tables (`config.model`, `config.augment`,
+`config.optimizer`), so a field documented there without a check here fails
+`test_every_documented_field_has_a_check`, and a config field missing from the tables fails
+`test_every_config_field_is_documented`. A check computes what the switched layer should give
+from the same parameters (NumPy, float64; the layer's input taken from the model) and asserts
+that (a) the model agrees with it and (b) the unswitched computation does not, so a switch
+that is ignored fails. Fields a network does not have are refused with an error naming them
+(never silently ignored), and that refusal is the check.
+
+Networks: the paper's two-tower AlexNet (configs/alexnet.py), the one-tower net
+(configs/ablations/one_tower.py), and the CIFAR-10 nets of configs/cifar10_fig1.py and
+configs/cifar10_lrn.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+from alexnet_jax import augment, models, optim
+from configs import alexnet as alexnet_config
+from configs import cifar10_fig1, cifar10_lrn
+from configs.ablations import one_tower
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTIONS = ("model", "augment", "optimizer")
+NETWORKS = ("alexnet", "alexnet_1tower", "cifar_fig1", "cifar_lrn")
+_BASE_CONFIGS = {
+    "alexnet": alexnet_config.get_config,
+    "alexnet_1tower": one_tower.get_config,
+    "cifar_fig1": cifar10_fig1.get_config,
+    "cifar_lrn": cifar10_lrn.get_config,
+}
+
+
+def documented_fields(section: str) -> list[str]:
+    """The field names in the first column of README's table under '### `config.<section>`'."""
+    text = README.read_text()
+    match = re.search(rf"^###+ `config\.{section}`.*?\n(.*?)(?=\n#|\Z)", text, re.M | re.S)
+    assert match, f"README.md has no '### `config.{section}`' section"
+    fields = []
+    for line in match.group(1).splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            first = line.split("|")[1]
+            fields += re.findall(r"`([a-z_0-9]+)`", first)
+    assert fields, f"no table rows under config.{section}"
+    return [f for f in dict.fromkeys(fields) if f != "field"]
+
+
+# --- Independent computations (NumPy, float64) -------------------------------------------------
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def assert_switch(out, want, unswitched, tol=1e-5):
+    """`out` matches `want` and the unswitched computation is far from it."""
+    assert np.shape(out) == np.shape(want)
+    assert rel(out, want) < tol, f"differs from the switched computation by {rel(out, want):.2e}"
+    if np.shape(unswitched) == np.shape(want):
+        gap = rel(unswitched, want)
+        assert gap > 20 * tol, f"check cannot tell the switch apart ({gap:.2e})"
+
+
+def conv_ref(x, kernel, stride=1, pad=(0, 0)):
+    """NHWC convolution, HWIO kernel, `pad` rows/columns before/after, float64."""
+    x = np.pad(np.asarray(x, np.float64), ((0, 0), pad, pad, (0, 0)))
+    kernel = np.asarray(kernel, np.float64)
+    k = kernel.shape[0]
+    win = sliding_window_view(x, (k, k), axis=(1, 2))[:, ::stride, ::stride]
+    b, h, w = win.shape[:3]
+    patches = win.transpose(0, 1, 2, 4, 5, 3).reshape(b * h * w, -1)
+    return (patches @ kernel.reshape(-1, kernel.shape[-1])).reshape(b, h, w, -1)
+
+
+def tower_conv_ref(x, kernel, bias, sees, stride=1, pad=(0, 0)):
+    """A tower layer's convolution: kernel (T, k, k, in, w); 'own' layers read their tower."""
+    kernel, bias = np.asarray(kernel, np.float64), np.asarray(bias, np.float64).reshape(-1)
+    towers = kernel.shape[0]
+    if sees == "both":
+        full = np.concatenate(list(kernel), axis=-1)
+        return conv_ref(x, full, stride, pad) + bias
+    parts = np.split(np.asarray(x, np.float64), towers, axis=-1)
+    return np.concatenate([conv_ref(p, k, stride, pad) for p, k in zip(parts, kernel)], -1) + bias
+
+
+def tower_fc_ref(x, kernel, bias):
+    kernel, bias = np.asarray(kernel, np.float64), np.asarray(bias, np.float64).reshape(-1)
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    return x @ np.concatenate(list(kernel), axis=-1) + bias
+
+
+def lrn_ref(a, n=5, alpha=1e-4, beta=0.75, k=2.0, groups=1):
+    """§3.3 across channels, within each of `groups` channel groups (towers), a loop over i."""
+    a = np.asarray(a, np.float64)
+    out = np.empty_like(a)
+    size = a.shape[-1] // groups
+    for g in range(groups):
+        for i in range(size):
+            lo, hi = max(0, i - n // 2), min(size - 1, i + n // 2)
+            s = (a[..., g * size + lo : g * size + hi + 1] ** 2).sum(-1)
+            out[..., g * size + i] = a[..., g * size + i] / (k + alpha * s) ** beta
+    return out
+
+
+def within_map_ref(a, n=3, alpha=5e-5 / 9, beta=0.75, k=1.0):
+    """cuda-convnet's rnorm: each map over an n x n spatial window, clipped at the borders."""
+    a = np.asarray(a, np.float64)
+    h, w = a.shape[1:3]
+    out = np.empty_like(a)
+    lo = n // 2  # window rows y - n//2 .. y - n//2 + n - 1 (centred for odd n)
+    for y in range(h):
+        for x in range(w):
+            ys = slice(max(0, y - lo), min(h, y - lo + n))
+            xs = slice(max(0, x - lo), min(w, x - lo + n))
+            s = (a[:, ys, xs, :] ** 2).sum(axis=(1, 2))
+            out[:, y, x, :] = a[:, y, x, :] / (k + alpha * s) ** beta
+    return out
+
+
+def norm_ref(a, mc, groups=1):
+    """The normalization `config.model` asks for, or none."""
+    if not mc.lrn:
+        return np.asarray(a, np.float64)
+    args = dict(n=mc.lrn_size, alpha=mc.lrn_alpha, beta=mc.lrn_beta, k=mc.lrn_k)
+    if mc.lrn_kind == "within_map":
+        return within_map_ref(a, **args)
+    return lrn_ref(a, groups=groups, **args)
+
+
+def pool_ref(x, window, stride=2, kind="max", ceil=False):
+    """Pooling over H and W; `ceil`: cuda-convnet's rounded-up output, windows clipped."""
+    x = np.asarray(x, np.float64)
+    h = x.shape[1]
+    out_n = -(-(h - window) // stride) + 1 if ceil else (h - window) // stride + 1
+    out = np.empty((x.shape[0], out_n, out_n, x.shape[3]))
+    for i in range(out_n):
+        for j in range(out_n):
+            win = x[:, i * stride : i * stride + window, j * stride : j * stride + window]
+            out[:, i, j] = win.max(axis=(1, 2)) if kind == "max" else win.mean(axis=(1, 2))
+    return out
+
+
+ACTIVATIONS = {"relu": lambda v: np.maximum(v, 0.0), "tanh": np.tanh}
+
+
+# --- Building and running a network with one field switched ------------------------------------
+
+
+def net_config(network: str, **model_overrides) -> ml_collections.ConfigDict:
+    config = _BASE_CONFIGS[network]()
+    if network.startswith("cifar"):
+        config.model.num_classes = 10
+        # The layer files' initW (1e-4 for conv1) makes conv1's outputs so small that no
+        # normalization changes them measurably; LeCun-normal weights make every check sharp.
+        config.model.init = "lecun"
+    config.model.update(model_overrides)
+    return config
+
+
+@functools.lru_cache(maxsize=16)
+def _params(network: str, shape_key: tuple) -> dict:
+    config = net_config(network, **dict(shape_key))
+    model = models.create_model(config.model)
+    x = jnp.zeros((1, config.image_size, config.image_size, 3))
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    return jax.tree.map(np.asarray, params)
+
+
+_SHAPE_FIELDS = ("towers", "one_tower_kernels", "num_classes", "init", "name")
+
+
+def run(network: str, train: bool = False, batch: int = 2, **model_overrides):
+    """(config.model, params, intermediates as float64 NumPy, logits) for a switched net."""
+    config = net_config(network, **model_overrides)
+    model = models.create_model(config.model)
+    shape_key = tuple(sorted((k, v) for k, v in model_overrides.items() if k in _SHAPE_FIELDS))
+    params = _params(network, shape_key)
+    size = config.image_size
+    # Pixel-like, mean-subtracted inputs (std ~60 in 0..255 units), the same for every switch.
+    x = 60.0 * np.asarray(jax.random.normal(jax.random.key(1), (batch, size, size, 3)))
+
+    @jax.jit
+    def forward(params, x):
+        logits, state = model.apply(
+            {"params": params},
+            x,
+            train=train,
+            rngs={"dropout": jax.random.key(2)},
+            mutable="intermediates",
+        )
+        return logits, state["intermediates"]
+
+    logits, inter = forward(params, x.astype(np.float32))
+    inter = {k: np.asarray(v[0], np.float64) for k, v in inter.items()}
+    inter["input"] = x
+    return config.model, params, inter, np.asarray(logits, np.float64)
+
+
+def primitive_shapes(network: str, **model_overrides) -> list[tuple[str, tuple, dict]]:
+    """(primitive, operand shapes, params) of every equation of the forward pass, nested too."""
+    config = net_config(network, **model_overrides)
+    model = models.create_model(config.model)
+    params = _params(network, ())
+    x = jnp.zeros((2, config.image_size, config.image_size, 3))
+    jaxpr = jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x))(params, x)
+    found = []
+
+    def walk(jpr):
+        for eqn in jpr.eqns:
+            shapes = tuple(tuple(v.aval.shape) for v in eqn.invars if hasattr(v.aval, "shape"))
+            found.append((eqn.primitive.name, shapes, eqn.params))
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (list, tuple)) else [value]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        walk(inner)
+
+    walk(jaxpr.jaxpr)
+    return found
+
+
+def refused(network: str, field: str, value) -> None:
+    """A field the network does not have: a non-default value is an error naming it."""
+    config = net_config(network)
+    config.model[field] = value
+    with pytest.raises(ValueError, match=f"model.{field}"):
+        models.create_model(config.model)
+
+
+def _is_alexnet(network: str) -> bool:
+    return network.startswith("alexnet")
+
+
+def _towers(network: str) -> int:
+    return 2 if network == "alexnet" else 1
+
+
+# --- Model checks ------------------------------------------------------------------------------
+# conv1 of AlexNet: 224 inputs, stride 4, 3 zero rows/columns past the bottom/right (§3.5 note).
+_CONV1_PAD = (0, 3)
+
+
+def _alexnet_conv1(params, inter, activation="relu"):
+    pre = tower_conv_ref(
+        inter["input"], params["conv1"]["kernel"], params["conv1"]["bias"], "both", 4, _CONV1_PAD
+    )
+    return ACTIVATIONS[activation](pre)
+
+
+def _alexnet_conv2(params, inter, activation="relu"):
+    pre = tower_conv_ref(
+        inter["pool1_out"], params["conv2"]["kernel"], params["conv2"]["bias"], "own", 1, (2, 2)
+    )
+    return ACTIVATIONS[activation](pre)
+
+
+def _cifar_first(network, params, inter, mc):
+    """(what the net sows after conv1's normalization point, computed, unnormalized)."""
+    a = ACTIVATIONS[mc.activation](
+        conv_ref(inter["input"], params["conv1"]["kernel"], 1, (2, 2)) + params["conv1"]["bias"]
+    )
+    if network == "cifar_lrn":  # layers-conv-local-11pct: conv, ReLU, LRN, then pool
+        return inter["conv1_out"], norm_ref(a, mc), a
+    # layers-18pct: conv1, max pool (with the ReLU), then the normalization
+    pooled = pool_ref(a, 3, 2, "max", ceil=True)
+    return inter["pool1_out"], norm_ref(pooled, mc), pooled
+
+
+def check_name(network):
+    mc, params, inter, logits = run(network)
+    expected = {
+        "alexnet": {
+            "conv1": (2, 11, 11, 3, 48), "conv2": (2, 5, 5, 48, 128), "conv3": (2, 3, 3, 256, 192),
+            "conv4": (2, 3, 3, 192, 192), "conv5": (2, 3, 3, 192, 128), "fc6": (2, 9216, 2048),
+            "fc7": (2, 4096, 2048), "fc8": (2, 4096, 500),
+        },
+        "alexnet_1tower": {
+            "conv1": (1, 11, 11, 3, 48), "conv2": (1, 5, 5, 48, 128), "conv3": (1, 3, 3, 128, 192),
+            "conv4": (1, 3, 3, 192, 192), "conv5": (1, 3, 3, 192, 256), "fc6": (1, 9216, 4096),
+            "fc7": (1, 4096, 4096), "fc8": (1, 4096, 1000),
+        },
+        # layers-18pct: 5x5 convs of 32, 32, 64 maps; 32 -> 16 -> 8 -> 4 after the pools.
+        "cifar_fig1": {
+            "conv1": (5, 5, 3, 32), "conv2": (5, 5, 32, 32), "conv3": (5, 5, 32, 64),
+            "fc10": (4 * 4 * 64, 10),
+        },
+        # layers-conv-local-11pct on 24x24 crops: 24 -> 12 -> 6; local layers 3x3 of 32 maps.
+        "cifar_lrn": {
+            "conv1": (5, 5, 3, 64), "conv2": (5, 5, 64, 64), "local3": (6, 6, 3 * 3 * 64, 32),
+            "local4": (6, 6, 3 * 3 * 32, 32), "fc10": (6 * 6 * 32, 10),
+        },
+    }[network]  # fmt: skip
+    assert {k: params[k]["kernel"].shape for k in params} == expected
+    assert logits.shape == (2, 1000 if _is_alexnet(network) else 10)
+
+
+def check_towers(network):
+    if not _is_alexnet(network):
+        return refused(network, "towers", 2)
+    mc, params, inter, _ = run(network)
+    towers = _towers(network)
+    assert params["conv2"]["kernel"].shape[0] == towers
+    # conv2 reads its own tower's maps: per-tower convolutions of pool1's halves.
+    want = norm_ref(_alexnet_conv2(params, inter), mc, groups=towers)
+    np.testing.assert_array_less(rel(inter["conv2_out"], want), 1e-5)
+    # conv3 reads both towers: one convolution over all of pool2's maps.
+    pre3 = tower_conv_ref(
+        inter["pool2_out"], params["conv3"]["kernel"], params["conv3"]["bias"], "both", 1, (1, 1)
+    )
+    np.testing.assert_array_less(rel(inter["conv3_out"], np.maximum(pre3, 0)), 1e-5)
+    if towers == 2:
+        # Had the towers been ignored (one conv over all 96 maps), conv2 could not be computed
+        # from a 48-channel kernel; LRN within each tower differs from LRN across both.
+        across = norm_ref(_alexnet_conv2(params, inter), mc, groups=1)
+        assert rel(across, want) > 1e-4
+
+
+def check_one_tower_kernels(network):
+    if network != "alexnet_1tower":  # the widths of the one-tower net only
+        return refused(network, "one_tower_kernels", "full")
+    mc, params, inter, _ = run(network, one_tower_kernels="full")
+    assert [params[k]["kernel"].shape[-1] for k in ("conv1", "conv2", "conv3", "conv4")] == [
+        96, 256, 384, 384
+    ]  # fmt: skip
+    want = norm_ref(_alexnet_conv2(params, inter), mc)
+    assert_switch(inter["conv2_out"], want, None)
+
+
+def check_activation(network):
+    mc, params, inter, _ = run(network, activation="tanh")
+    if _is_alexnet(network):
+        groups = _towers(network)
+        want = norm_ref(_alexnet_conv1(params, inter, "tanh"), mc, groups)
+        unswitched = norm_ref(_alexnet_conv1(params, inter, "relu"), mc, groups)
+        # tanh is steep where the float32 and float64 pre-activations differ: 1e-4.
+        assert_switch(inter["conv1_out"], want, unswitched, tol=1e-4)
+        fc7 = tower_fc_ref(inter["fc6_out"], params["fc7"]["kernel"], params["fc7"]["bias"])
+        assert_switch(inter["fc7_out"], np.tanh(fc7), np.maximum(fc7, 0))
+    else:
+        out, want, _ = _cifar_first(network, params, inter, mc)
+        relu = mc.copy_and_resolve_references()
+        relu.activation = "relu"
+        assert_switch(out, want, _cifar_first(network, params, inter, relu)[1], tol=1e-4)
+
+
+def _check_norm_field(network, **switch):
+    mc, params, inter, _ = run(network, **switch)
+    default = net_config(network).model
+    if _is_alexnet(network):
+        groups = _towers(network)
+        a = _alexnet_conv1(params, inter)
+        assert_switch(inter["conv1_out"], norm_ref(a, mc, groups), norm_ref(a, default, groups))
+        # ... and after conv2 (§3.3: both layers).
+        a2 = _alexnet_conv2(params, inter)
+        assert_switch(inter["conv2_out"], norm_ref(a2, mc, groups), norm_ref(a2, default, groups))
+    else:
+        out, want, unnormalized = _cifar_first(network, params, inter, mc)
+        _, default_want, _ = _cifar_first(network, params, inter, default)
+        assert_switch(out, want, default_want)
+
+
+def check_lrn(network):
+    _check_norm_field(network, lrn=False)
+    if network == "alexnet":
+        # The acceptance line: configs/alexnet.py's paper parameters, lrn=False gives
+        # conv1_out == relu(conv1 x) to 1e-6 relative.
+        _, params, inter, _ = run(network, lrn=False)
+        assert rel(inter["conv1_out"], _alexnet_conv1(params, inter)) < 1e-6
+
+
+def check_lrn_size(network):
+    _check_norm_field(network, lrn_size=3 if net_config(network).model.lrn_size != 3 else 5)
+
+
+def check_lrn_alpha(network):
+    _check_norm_field(network, lrn_alpha=net_config(network).model.lrn_alpha * 100)
+
+
+def check_lrn_beta(network):
+    _check_norm_field(network, lrn_beta=0.5)
+
+
+def check_lrn_k(network):
+    _check_norm_field(network, lrn_k=net_config(network).model.lrn_k + 1.0)
+
+
+def check_lrn_kind(network):
+    other = "cross_map" if net_config(network).model.lrn_kind == "within_map" else "within_map"
+    _check_norm_field(network, lrn_kind=other)
+
+
+def check_pool_window(network):
+    if not _is_alexnet(network):
+        return refused(network, "pool_window", 2)
+    _, _, inter, _ = run(network, pool_window=2)
+    for layer in ("1", "5"):
+        conv_out = inter[f"conv{layer}_out"]
+        assert_switch(inter[f"pool{layer}_out"], pool_ref(conv_out, 2), pool_ref(conv_out, 3))
+
+
+def check_dropout_rate(network):
+    if not _is_alexnet(network):
+        return refused(network, "dropout_rate", 0.5)
+    for rate in (0.0, 0.3):
+        _, params, inter, _ = run(network, train=True, dropout_rate=rate)
+        pre = tower_fc_ref(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
+        kept = np.maximum(pre, 0) / (1.0 - rate)
+        out = inter["fc6_out"]
+        dropped = (out == 0) & (kept != 0)
+        # Every unit is either dropped or the scaled ReLU output (§4.2, inverted dropout).
+        scale = np.abs(kept).max()
+        np.testing.assert_allclose(np.where(dropped, kept, out), kept, atol=1e-5 * scale)
+        active = kept != 0
+        fraction = dropped[active].mean()
+        sigma = math.sqrt(max(rate * (1 - rate), 1e-12) / active.sum())
+        assert abs(fraction - rate) < 5 * sigma + 1e-12, (rate, fraction)
+
+
+def check_num_classes(network):
+    for n in (10, 7):
+        _, params, inter, logits = run(network, num_classes=n)
+        if _is_alexnet(network):
+            full = tower_fc_ref(inter["fc7_out"], params["fc8"]["kernel"], params["fc8"]["bias"])
+            per_tower = -(-n // _towers(network))
+            assert full.shape[-1] == per_tower * _towers(network)
+            want = full[:, :n]  # an odd count drops the spare logit of the last tower
+        else:
+            last = models.CIFAR_NETS[network][-2]  # the layer before fc10
+            features = inter[f"pool{last.name[-1]}_out" if last.pool else f"{last.name}_out"]
+            want = features.reshape(2, -1) @ params["fc10"]["kernel"] + params["fc10"]["bias"]
+        assert logits.shape == (2, n)
+        assert rel(logits, want) < 1e-5
+
+
+def check_init(network):
+    def std_ok(kernel, std):
+        assert abs(np.std(kernel) / std - 1) < 0.05, (np.std(kernel), std)
+
+    if _is_alexnet(network):
+        ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}
+        for init in ("paper", "caffe", "lecun"):
+            params = _params(network, (("init", init),))
+            for name, p in params.items():
+                fan_in = math.prod(p["kernel"].shape[1:-1])
+                std = {"paper": 0.01, "lecun": 1 / math.sqrt(fan_in)}.get(
+                    init, 0.005 if name in ("fc6", "fc7") else 0.01
+                )
+                std_ok(p["kernel"], std)
+                bias = {"paper": 1.0, "caffe": 0.1, "lecun": 0.0}[init] if name in ones else 0.0
+                np.testing.assert_array_equal(p["bias"], np.float32(bias))
+        return
+    layers = models.CIFAR_NETS[network]
+    params = _params(network, (("init", "paper"),))
+    for spec in layers:
+        std_ok(params[spec.name]["kernel"], spec.init_std)
+    params = _params(network, (("init", "lecun"),))
+    for spec in layers:
+        kernel = params[spec.name]["kernel"]
+        # Fan-in: k*k*in for a conv, in for fc10, k*k*in per position for a local layer.
+        fan_in = kernel.shape[-2] if spec.kind == "local" else math.prod(kernel.shape[:-1])
+        std_ok(kernel, 1 / math.sqrt(fan_in))
+    refused(network, "init", "caffe")
+
+
+def check_grouped_conv(network):
+    if network != "alexnet":
+        return refused(network, "grouped_conv", True)
+    mc, params, inter, _ = run(network, grouped_conv=True)
+    want = norm_ref(_alexnet_conv2(params, inter), mc, groups=2)
+    assert rel(inter["conv2_out"], want) < 1e-5  # the same numbers ...
+
+    def grouped(found):
+        convs = [(s, kw) for p, s, kw in found if p == "conv_general_dilated"]
+        return [s for s, kw in convs if kw["feature_group_count"] == 2]
+
+    # ... by another computation: one grouped convolution for each own-tower layer.
+    assert len(grouped(primitive_shapes(network, grouped_conv=True))) == 3
+    assert grouped(primitive_shapes(network)) == []
+
+
+def check_conv1_matmul(network):
+    if not _is_alexnet(network):
+        return refused(network, "conv1_matmul", False)
+    mc, params, inter, _ = run(network, conv1_matmul=False)
+    want = norm_ref(_alexnet_conv1(params, inter), mc, groups=_towers(network))
+    assert rel(inter["conv1_out"], want) < 1e-5  # the same numbers ...
+
+    def conv1_convs(found):
+        return [s for p, s, _ in found if p == "conv_general_dilated" and s[1][:3] == (11, 11, 3)]
+
+    # ... computed as a library convolution (False) or space-to-depth + matmul (True).
+    assert len(conv1_convs(primitive_shapes(network, conv1_matmul=False))) == 1
+    assert conv1_convs(primitive_shapes(network)) == []
+
+
+def check_compute_dtype(network):
+    if not _is_alexnet(network):
+        return refused(network, "compute_dtype", "bfloat16")
+    mc, params, inter, _ = run(network, compute_dtype="bfloat16")
+
+    def bf16(v):
+        return np.asarray(jnp.asarray(v, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32))
+
+    kernel, bias = params["conv1"]["kernel"], params["conv1"]["bias"]
+    x = inter["input"].astype(np.float32)
+    rounded = tower_conv_ref(bf16(x), bf16(kernel), bias, "both", 4, _CONV1_PAD)
+    exact = tower_conv_ref(x, kernel, bias, "both", 4, _CONV1_PAD)
+    groups = _towers(network)
+    # Products of bfloat16-rounded inputs, summed in float32.
+    assert_switch(
+        inter["conv1_out"],
+        norm_ref(np.maximum(rounded, 0), mc, groups),
+        norm_ref(np.maximum(exact, 0), mc, groups),
+    )
+
+
+MODEL_CHECKS = {
+    "name": check_name,
+    "towers": check_towers,
+    "one_tower_kernels": check_one_tower_kernels,
+    "activation": check_activation,
+    "lrn": check_lrn,
+    "lrn_kind": check_lrn_kind,
+    "lrn_size": check_lrn_size,
+    "lrn_alpha": check_lrn_alpha,
+    "lrn_beta": check_lrn_beta,
+    "lrn_k": check_lrn_k,
+    "pool_window": check_pool_window,
+    "dropout_rate": check_dropout_rate,
+    "num_classes": check_num_classes,
+    "init": check_init,
+    "grouped_conv": check_grouped_conv,
+    "conv1_matmul": check_conv1_matmul,
+    "compute_dtype": check_compute_dtype,
+}
+
+
+# --- Augmentation checks (§2, §4.1) ------------------------------------------------------------
+
+_S, _CROP, _N = 12, 8, 64
+
+
+def _stats():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return augment.DataStats(
+        mean_image=rng.uniform(80, 160, (_S, _S, 3)).astype(np.float32),
+        pca_eigvals=np.array([400.0, 100.0, 25.0], np.float32),
+        pca_eigvecs=q.astype(np.float32),
+    )
+
+
+def _augment(**switch):
+    cfg = augment.default_augment_config()
+    cfg.update(dict(random_crop=False, flip=False, pca_color=False))
+    cfg.update(switch)
+    images = np.random.default_rng(1).integers(0, 256, (_N, _S, _S, 3), dtype=np.uint8)
+    out = augment.train_views(jax.random.key(3), images, _stats(), cfg, _CROP)
+    return images.astype(np.float64), np.asarray(out, np.float64), cfg
+
+
+def _centre(x):
+    o = (_S - _CROP) // 2
+    return x[:, o : o + _CROP, o : o + _CROP]
+
+
+def check_mean():
+    mean = _stats().mean_image.astype(np.float64)
+    for mode, subtract in (
+        ("image", mean),
+        ("channel", mean.mean(axis=(0, 1))),
+        ("none", 0.0),
+    ):
+        images, out, _ = _augment(mean=mode)
+        want = _centre(images - subtract)
+        assert rel(out, want) < 1e-6, mode
+        if mode != "image":
+            assert rel(_centre(images - mean), want) > 1e-3
+
+
+def check_random_crop():
+    images, out, _ = _augment(random_crop=True, mean="none")
+    offsets = set()
+    for b in range(_N):
+        hits = [
+            (i, j)
+            for i in range(_S - _CROP + 1)
+            for j in range(_S - _CROP + 1)
+            if np.array_equal(out[b], images[b, i : i + _CROP, j : j + _CROP])
+        ]
+        assert hits, f"image {b} is no {_CROP}x{_CROP} window of its input"
+        offsets.add(hits[0])
+    assert len(offsets) > 10  # 25 possible offsets, 64 images: the crops are not all central
+    _, centred, _ = _augment(random_crop=False, mean="none")
+    np.testing.assert_array_equal(centred, _centre(images))
+
+
+def check_flip():
+    images, out, _ = _augment(flip=True, mean="none")
+    base = _centre(images)
+    mirrored = np.array([np.array_equal(o, b[:, ::-1]) for o, b in zip(out, base)])
+    same = np.array([np.array_equal(o, b) for o, b in zip(out, base)])
+    assert np.all(mirrored | same) and 16 < mirrored.sum() < 48  # p = 1/2 over 64 images
+    _, unflipped, _ = _augment(flip=False, mean="none")
+    np.testing.assert_array_equal(unflipped, base)
+
+
+def _pca_alphas(pca_std):
+    images, out, _ = _augment(pca_color=True, pca_std=pca_std, mean="none")
+    shift = out - _centre(images)
+    per_image = shift[:, :1, :1, :]
+    np.testing.assert_allclose(shift, np.broadcast_to(per_image, shift.shape), atol=1e-3)
+    stats = _stats()
+    # shift = eigvecs @ (alpha * sqrt(eigvals)): recover alpha (cuda-convnet2's scale, §4.1).
+    return per_image[:, 0, 0, :] @ stats.pca_eigvecs / np.sqrt(stats.pca_eigvals)
+
+
+def check_pca_color():
+    alphas = _pca_alphas(0.1)
+    assert 0.07 < alphas.std() < 0.13
+    images, out, _ = _augment(pca_color=False, mean="none")
+    np.testing.assert_array_equal(out, _centre(images))
+
+
+def check_pca_std():
+    assert 0.35 < _pca_alphas(0.5).std() < 0.65
+
+
+AUGMENT_CHECKS = {
+    "mean": check_mean,
+    "random_crop": check_random_crop,
+    "flip": check_flip,
+    "pca_color": check_pca_color,
+    "pca_std": check_pca_std,
+}
+
+
+# --- Optimizer checks (§5) ---------------------------------------------------------------------
+
+
+def _opt_config(**switch):
+    c = alexnet_config.get_config().optimizer
+    c.update(switch)
+    return c
+
+
+_W0 = {"dense": {"kernel": np.array([1.0, -2.0], np.float32), "bias": np.array([0.5], np.float32)}}
+_GRADS = [
+    {"dense": {"kernel": np.array([g, -g], np.float32), "bias": np.array([g], np.float32)}}
+    for g in (1.0, 0.5, -0.25)
+]
+
+
+def _updates(c, rates):
+    """Parameters after len(rates) steps with these rates and _GRADS."""
+    tx = optim.create_optimizer(c)
+    params = jax.tree.map(jnp.asarray, _W0)
+    state = tx.init(params)
+    for lr, g in zip(rates, _GRADS):
+        state = optim.set_learning_rate(state, lr)
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return jax.tree.map(np.asarray, params)
+
+
+def _paper_ref(rates, momentum=0.9, decay=5e-4, decay_bias=True, rule="paper"):
+    """§5 by hand: v <- m v - d lr w - lr g, w <- w + v ('optax': u <- m u + g + d w, w -= lr u)."""
+    out = {}
+    for leaf in ("kernel", "bias"):
+        w = _W0["dense"][leaf].astype(np.float64)
+        v = np.zeros_like(w)
+        d = decay if (leaf == "kernel" or decay_bias) else 0.0
+        for lr, g in zip(rates, _GRADS):
+            g = g["dense"][leaf]
+            if rule == "paper":
+                v = momentum * v - d * lr * w - lr * g
+                w = w + v
+            else:
+                v = momentum * v + g + d * w
+                w = w - lr * v
+        out[leaf] = w
+    return out
+
+
+def _assert_params(got, want, unswitched):
+    got = np.concatenate([got["dense"]["kernel"], got["dense"]["bias"]])
+    want = np.concatenate([want["kernel"], want["bias"]])
+    unswitched = np.concatenate([unswitched["kernel"], unswitched["bias"]])
+    assert_switch(got, want, unswitched, tol=1e-6)
+
+
+_RATES = [0.1, 0.1, 0.01]  # a rate change at the third step
+
+
+def check_learning_rate():
+    # The configured rate is the one create_optimizer starts with.
+    tx = optim.create_optimizer(_opt_config(learning_rate=0.25))
+    assert float(optim.get_learning_rate(tx.init(_W0))) == 0.25
+
+
+def check_momentum():
+    _assert_params(
+        _updates(_opt_config(momentum=0.5), _RATES),
+        _paper_ref(_RATES, momentum=0.5),
+        _paper_ref(_RATES, momentum=0.9),
+    )
+
+
+def check_weight_decay():
+    _assert_params(
+        _updates(_opt_config(weight_decay=0.1), _RATES),
+        _paper_ref(_RATES, decay=0.1),
+        _paper_ref(_RATES, decay=5e-4),
+    )
+
+
+def check_update_rule():
+    for rule, other in (("paper", "optax"), ("optax", "paper")):
+        _assert_params(
+            _updates(_opt_config(update_rule=rule, weight_decay=0.1), _RATES),
+            _paper_ref(_RATES, decay=0.1, rule=rule),
+            _paper_ref(_RATES, decay=0.1, rule=other),
+        )
+
+
+def check_weight_decay_on():
+    _assert_params(
+        _updates(_opt_config(weight_decay_on="weights", weight_decay=0.1), _RATES),
+        _paper_ref(_RATES, decay=0.1, decay_bias=False),
+        _paper_ref(_RATES, decay=0.1, decay_bias=True),
+    )
+
+
+def _rates(c, errors=(), steps=12, steps_per_epoch=2, eval_every=1):
+    """The schedule's rate at each step; errors[i] is the evaluation after step i."""
+    s = optim.create_schedule(c, steps_per_epoch=steps_per_epoch, total_steps=steps)
+    out = []
+    for step in range(steps):
+        out.append(s.learning_rate(step))
+        if step < len(errors):
+            s.on_eval(step + 1, errors[step])
+    return out
+
+
+_STALL = [0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]
+
+
+def _plateau_ref(errors, lr=0.01, factor=0.1, patience=2, max_drops=3, min_delta=0.0, steps=12):
+    """Rates by hand: a drop after `patience` evaluations in a row without a new best."""
+    rates, best, bad, drops = [], None, 0, 0
+    for step in range(steps):
+        rates.append(lr * factor**drops)
+        if step < len(errors):
+            e = errors[step]
+            if best is None or e < best - min_delta:
+                best, bad = e, 0
+            else:
+                bad += 1
+                if bad >= patience and drops < max_drops:
+                    drops, bad = drops + 1, 0
+    return rates
+
+
+def _assert_rates(got, want, unswitched):
+    assert np.allclose(got, want, rtol=1e-12), (got, want)
+    assert not np.allclose(unswitched, want), "check cannot tell the switch apart"
+
+
+def check_schedule():
+    lr = 0.01
+    _assert_rates(_rates(_opt_config(schedule="constant"), _STALL), [lr] * 12, _plateau_ref(_STALL))
+    _assert_rates(_rates(_opt_config(schedule="plateau"), _STALL), _plateau_ref(_STALL), [lr] * 12)
+    step = _opt_config(schedule="step", step_epochs=(2, 4))  # boundaries at steps 4 and 8
+    want = [lr] * 4 + [lr * 0.1] * 4 + [lr * 0.01] * 4
+    _assert_rates(_rates(step), want, [lr] * 12)
+    cosine = [0.5 * lr * (1 + math.cos(math.pi * s / 12)) for s in range(12)]
+    _assert_rates(_rates(_opt_config(schedule="cosine")), cosine, [lr] * 12)
+
+
+def check_plateau_factor():
+    got = _rates(_opt_config(plateau_factor=0.5), _STALL)
+    _assert_rates(got, _plateau_ref(_STALL, factor=0.5), _plateau_ref(_STALL))
+
+
+def check_plateau_patience():
+    got = _rates(_opt_config(plateau_patience=1), _STALL)
+    _assert_rates(got, _plateau_ref(_STALL, patience=1), _plateau_ref(_STALL))
+
+
+def check_plateau_max_drops():
+    got = _rates(_opt_config(plateau_max_drops=1), _STALL)
+    _assert_rates(got, _plateau_ref(_STALL, max_drops=1), _plateau_ref(_STALL))
+
+
+def check_plateau_min_delta():
+    errors = [0.5, 0.45, 0.42, 0.41, 0.405, 0.4, 0.399, 0.398, 0.397, 0.396, 0.395]
+    got = _rates(_opt_config(plateau_min_delta=0.02), errors)
+    _assert_rates(got, _plateau_ref(errors, min_delta=0.02), _plateau_ref(errors))
+
+
+def check_step_epochs():
+    got = _rates(_opt_config(schedule="step", step_epochs=(1, 5)))
+    lr = 0.01
+    _assert_rates(got, [lr] * 2 + [lr * 0.1] * 8 + [lr * 0.01] * 2, [lr] * 12)
+
+
+def check_step_factor():
+    got = _rates(_opt_config(schedule="step", step_epochs=(3,), step_factor=0.5))
+    _assert_rates(got, [0.01] * 6 + [0.005] * 6, [0.01] * 6 + [0.001] * 6)
+
+
+OPTIMIZER_CHECKS = {
+    "learning_rate": check_learning_rate,
+    "momentum": check_momentum,
+    "weight_decay": check_weight_decay,
+    "update_rule": check_update_rule,
+    "weight_decay_on": check_weight_decay_on,
+    "schedule": check_schedule,
+    "plateau_factor": check_plateau_factor,
+    "plateau_patience": check_plateau_patience,
+    "plateau_max_drops": check_plateau_max_drops,
+    "plateau_min_delta": check_plateau_min_delta,
+    "step_epochs": check_step_epochs,
+    "step_factor": check_step_factor,
+}
+
+CHECKS = {"model": MODEL_CHECKS, "augment": AUGMENT_CHECKS, "optimizer": OPTIMIZER_CHECKS}
+
+
+# --- The tests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_documented_field_has_a_check(section):
+    missing = [f for f in documented_fields(section) if f not in CHECKS[section]]
+    assert not missing, f"README documents config.{section} fields without a check: {missing}"
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_every_config_field_is_documented(section):
+    fields = set(alexnet_config.get_config()[section].keys())
+    missing = sorted(fields - set(documented_fields(section)))
+    assert not missing, f"config.{section} fields missing from README's table: {missing}"
+
+
+@pytest.mark.parametrize("network", NETWORKS)
+@pytest.mark.parametrize("field", documented_fields("model"))
+def test_model_switch(field, network):
+    MODEL_CHECKS[field](network)
+
+
+@pytest.mark.parametrize("field", documented_fields("augment"))
+def test_augment_switch(field):
+    AUGMENT_CHECKS[field]()
+
+
+@pytest.mark.parametrize("field", documented_fields("optimizer"))
+def test_optimizer_switch(field):
+    OPTIMIZER_CHECKS[field]()
