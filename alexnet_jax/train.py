@@ -367,11 +367,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     schedule = optim.create_schedule(
         config.optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps
     )
-    tested = f", {len(test_source):,} test ({config.test_split}, once at the end)"
+    tested = (
+        f", {len(test_source):,} test ({config.test_split}, once at the end)" if test_source else ""
+    )
     say(
         f"{config.dataset}: {len(train_source):,} training ({config.train_split}), "
         f"{len(eval_source):,} evaluation ({config.eval_split})"
-        + (tested if test_source else "")
+        + tested
         + f" examples; {total_steps:,} steps of {config.batch_size} ({steps_per_epoch:,} per "
         f"epoch) on a {dict(mesh.shape)} mesh of {jax.devices()[0].platform} devices"
     )

@@ -14,6 +14,19 @@ def model_config(**overrides):
     return m
 
 
+def random_stats(seed: int = 0, s: int = 16):
+    """Training-set statistics with a random mean image and a random orthonormal RGB basis."""
+    from alexnet_jax import augment
+
+    rng = np.random.default_rng(seed)
+    eigvecs, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # A random orthonormal basis.
+    return augment.DataStats(
+        mean_image=rng.uniform(0, 255, (s, s, 3)).astype(np.float32),
+        pca_eigvals=np.array([4000.0, 400.0, 40.0], np.float32),
+        pca_eigvecs=eigvecs.astype(np.float32),
+    )
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean softmax cross-entropy, written with one-hot labels so sharded logits need no gather."""
     onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import augment
+from tests.helpers import random_stats
 
 S, SIZE = 12, 8  # Small stand-ins for 256 -> 224: (12 - 8 + 1)**2 = 25 possible offsets.
 
@@ -25,13 +26,7 @@ def _random_images(seed: int, batch: int, s: int = S) -> np.ndarray:
 
 
 def _random_stats(seed: int = 0, s: int = S) -> augment.DataStats:
-    rng = np.random.default_rng(seed)
-    eigvecs, _ = np.linalg.qr(rng.normal(size=(3, 3)))  # A random orthonormal basis.
-    return augment.DataStats(
-        mean_image=rng.uniform(0, 255, (s, s, 3)).astype(np.float32),
-        pca_eigvals=np.array([4000.0, 400.0, 40.0], np.float32),
-        pca_eigvecs=eigvecs.astype(np.float32),
-    )
+    return random_stats(seed, s)
 
 
 def _cfg(**overrides):
