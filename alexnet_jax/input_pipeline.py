@@ -441,9 +441,7 @@ def prepare(
     from array_record.python.array_record_module import ArrayRecordWriter
     from tqdm import tqdm
 
-    wanted = [config.train_split, config.eval_split] + [config.test_split] * bool(
-        config.test_split
-    )
+    wanted = [config.train_split, config.eval_split] + [config.test_split] * bool(config.test_split)
     splits = list(dict.fromkeys(splits or [sources.parse_split(s)[0] for s in wanted]))
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, sources.PREPARED_METADATA)

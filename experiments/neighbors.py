@@ -199,6 +199,12 @@ def nearest(queries: np.ndarray, keys: np.ndarray, k: int, chunk: int = 1024) ->
     return top.ids
 
 
+def query_split(config) -> str:
+    """The split the query images come from: the run's test split (Figure 4 shows test
+    images), else its evaluation split (ImageNet: validation)."""
+    return config.get("test_split") or config.eval_split
+
+
 def search(config, params, layer: str, k: int, max_train: int = 0, max_queries: int = 0):
     """The streaming search of the module docstring. Returns a dict: query_ids, query_labels,
     query_images (uint8, held), dim, train_images (the number streamed), feature and pixel
@@ -208,7 +214,7 @@ def search(config, params, layer: str, k: int, max_train: int = 0, max_queries: 
     embed = embedder(config, params, layer, stats)
 
     q_ids, q_labels, q_images, q_feats = [], [], [], []
-    for ids, images, labels in stream(config, config.eval_split, max_queries):
+    for ids, images, labels in stream(config, query_split(config), max_queries):
         q_ids.append(ids)
         q_labels.append(labels)
         q_images.append(images)
@@ -266,7 +272,7 @@ def main(argv=None) -> dict:
         len(shown), args.k + 1, figsize=(1.3 * (args.k + 1), 1.4 * len(shown)), squeeze=False
     )
     train_source = input_pipeline.create_source(config, config.train_split)
-    names = input_pipeline.create_source(config, config.eval_split).class_names
+    names = input_pipeline.create_source(config, query_split(config)).class_names
     label = lambda y: names[y] if names else str(y)  # noqa: E731
     for row, q in enumerate(shown):
         cells = [(test_x[q], f"query: {label(test_y[q])}")]
@@ -298,7 +304,8 @@ def main(argv=None) -> dict:
         [[f"{layer} ({found['dim']}-d)", f"{agree:.1%}"], ["raw pixels", f"{pixel_agree:.1%}"]],
     )
     measured = (
-        f"{config.model.name} at step {step} on {config.dataset}: {len(q_ids)} test queries "
+        f"{config.model.name} at step {step} on {config.dataset}: {len(q_ids)} queries from "
+        f"'{query_split(config)}' "
         f"against {found['train_images']} training images; machine: {common.machine()}."
     )
     (out / "results.md").write_text(

@@ -104,11 +104,10 @@ def test_max_train_and_max_queries_stop_the_streams(digits_run, monkeypatch):
     assert found["train_images"] == 70 and len(found["query_ids"]) == 20
     assert sum(embedded) == 20 + 70  # batches of 32: 20 | 32 + 32 + 6
     assert embedded == [20, 32, 32, 6]
-    # Nothing past N is even decoded: the run's splits are 'train[:80%]' (train) and
-    # 'train[80%:]' (queries), both slices of digits' 'train', the second starting at n.
-    n = len(neighbors.input_pipeline.create_source(config, config.train_split))
-    assert (config.train_split, config.eval_split) == ("train[:80%]", "train[80%:]")
-    assert {i for _, i in read} == set(range(70)) | set(range(n, n + 20))
+    # Nothing past N is even decoded: training images from 'train[:80%]' (a slice of digits'
+    # 'train' from 0), queries from the run's test split, 'test'.
+    assert (config.train_split, config.test_split) == ("train[:80%]", "test")
+    assert set(read) == {("train", i) for i in range(70)} | {("test", i) for i in range(20)}
     assert found["feature"].ids.shape == (20, 3) and found["feature"].ids.max() < 70
 
 
@@ -137,7 +136,7 @@ def test_main_matches_a_brute_force_search(digits_run, tmp_path):
     train = [
         neighbors.input_pipeline.create_source(config, config.train_split)[i] for i in range(200)
     ]
-    test = [neighbors.input_pipeline.create_source(config, config.eval_split)[i] for i in range(40)]
+    test = [neighbors.input_pipeline.create_source(config, config.test_split)[i] for i in range(40)]
     tx, ty = np.stack([e["image"] for e in train]), np.array([e["label"] for e in train])
     qx, qy = np.stack([e["image"] for e in test]), np.array([e["label"] for e in test])
     tf, qf = embed(tx).astype(np.float64), embed(qx).astype(np.float64)

@@ -152,3 +152,17 @@ def test_a_sliced_source_reads_the_base_examples():
     assert input_pipeline.stats_cache_path(config, part) != input_pipeline.stats_cache_path(
         config, whole
     )
+
+
+def test_the_experiment_scripts_configs_do_not_choose_on_the_test_split():
+    from experiments import ablations, relu_vs_tanh
+
+    derived = [
+        relu_vs_tanh.make_config("digits", "relu", 0.01, seed=0, epochs=1),
+        ablations.base_config("cifar", None, "", {}),
+        ablations.base_config("alexnet", "digits", "", {"model.name": "cifar_lrn"}),
+    ]
+    for config in derived:
+        assert train._split_problems(config) == []
+        assert sources.parse_split(config.eval_split)[0] != "test"
+        assert config.test_split in ("", "test")
