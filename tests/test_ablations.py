@@ -162,3 +162,22 @@ def test_killed_runner_resumes_on_rerun_and_then_skips(tmp_path):
     assert {k: v for k, v in a.items() if k.endswith("_error")} == {
         k: v for k, v in b.items() if k.endswith("_error")
     }
+
+
+def test_fresh_deletes_the_runs_and_starts_over(tmp_path):
+    args = [
+        "--base=configs/default.py", "--variants=", "--seeds=1", "--steps=2", "--eval_every=2",
+        "--checkpoint_every=2", "--log_every=1", "--set=mesh.data=1",
+        f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}",
+    ]  # fmt: skip
+    first = ablations.main(args)["paper"]["runs"][0]
+    assert first["status"] == "started"
+    assert ablations.main(args)["paper"]["runs"][0]["status"] == "skipped"
+    # Another budget on the same folder: refused without --fresh, started over with it.
+    with pytest.raises(SystemExit):
+        ablations.main([*args, "--steps=4"])
+    again = ablations.main([*args, "--steps=4", "--fresh"])["paper"]["runs"][0]
+    assert again["status"] == "started" and again["resumed_from_step"] is None
+    run = tmp_path / "runs" / "paper_seed0"
+    steps = [e["step"] for e in metrics.read_metrics(str(run)) if "train_loss" in e]
+    assert steps == [1, 2, 3, 4]  # one run from step 0: the old events are gone

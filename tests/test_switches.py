@@ -185,12 +185,19 @@ def _params(network: str, shape_key: tuple) -> dict:
 _SHAPE_FIELDS = ("towers", "one_tower_kernels", "num_classes", "init", "name")
 
 
+def _shape_key(network: str, overrides: dict) -> tuple:
+    """The overrides that change the parameters (values equal to the base's do not)."""
+    base = net_config(network).model
+    return tuple(
+        sorted((k, v) for k, v in overrides.items() if k in _SHAPE_FIELDS and base[k] != v)
+    )
+
+
 def run(network: str, train: bool = False, batch: int = 2, **model_overrides):
     """(config.model, params, intermediates as float64 NumPy, logits) for a switched net."""
     config = net_config(network, **model_overrides)
     model = models.create_model(config.model)
-    shape_key = tuple(sorted((k, v) for k, v in model_overrides.items() if k in _SHAPE_FIELDS))
-    params = _params(network, shape_key)
+    params = _params(network, _shape_key(network, model_overrides))
     size = config.image_size
     # Pixel-like, mean-subtracted inputs (std ~60 in 0..255 units), the same for every switch.
     x = 60.0 * np.asarray(jax.random.normal(jax.random.key(1), (batch, size, size, 3)))
@@ -455,7 +462,7 @@ def check_init(network):
     if _is_alexnet(network):
         ones = {"conv2", "conv4", "conv5", "fc6", "fc7"}
         for init in ("paper", "caffe", "lecun"):
-            params = _params(network, (("init", init),))
+            params = _params(network, _shape_key(network, {"init": init}))
             for name, p in params.items():
                 fan_in = math.prod(p["kernel"].shape[1:-1])
                 std = {"paper": 0.01, "lecun": 1 / math.sqrt(fan_in)}.get(
@@ -466,10 +473,10 @@ def check_init(network):
                 np.testing.assert_array_equal(p["bias"], np.float32(bias))
         return
     layers = models.CIFAR_NETS[network]
-    params = _params(network, (("init", "paper"),))
+    params = _params(network, _shape_key(network, {"init": "paper"}))
     for spec in layers:
         std_ok(params[spec.name]["kernel"], spec.init_std)
-    params = _params(network, (("init", "lecun"),))
+    params = _params(network, _shape_key(network, {"init": "lecun"}))
     for spec in layers:
         kernel = params[spec.name]["kernel"]
         # Fan-in: k*k*in for a conv, in for fc10; for a local layer, (out_h, out_w, k*k*in,
