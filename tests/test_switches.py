@@ -369,6 +369,9 @@ def check_activation(network):
 def _check_norm_field(network, **switch):
     mc, params, inter, _ = run(network, **switch)
     default = net_config(network).model
+    if "lrn_kind" in switch:  # compared with the other kind at the same constants
+        default = mc.copy_and_resolve_references()
+        default.lrn_kind = next(k for k in models.LRN_KINDS if k != switch["lrn_kind"])
     if _is_alexnet(network):
         groups = _towers(network)
         a = _alexnet_conv1(params, inter)
@@ -408,8 +411,9 @@ def check_lrn_k(network):
 
 
 def check_lrn_kind(network):
-    other = "cross_map" if net_config(network).model.lrn_kind == "within_map" else "within_map"
-    _check_norm_field(network, lrn_kind=other)
+    # Both kinds, the network's own and the other: a net that always used one would fail.
+    for kind in models.LRN_KINDS:
+        _check_norm_field(network, lrn_kind=kind, lrn_size=3, lrn_alpha=1e-3)
 
 
 def check_pool_window(network):
