@@ -268,12 +268,34 @@ def _order_seed(seed: int) -> int:
     return zlib.crc32(f"alexnet_jax/train-order/{seed}".encode())
 
 
+def _local_rows(
+    config: Any, rows: tuple[int, int] | None, process_index: int | None, process_count: int | None
+) -> tuple[int, int]:
+    """Rows [lo, hi) of each global batch this process reads: `rows` (from the mesh,
+    `parallel.process_rows`), else block p of P equal blocks."""
+    if rows is None:
+        process_index, process_count = _process_info(process_index, process_count)
+        b = per_process_batch_size(config, process_count)
+        return process_index * b, (process_index + 1) * b
+    lo, hi = rows
+    if not (0 <= lo < hi <= config.batch_size) or config.batch_size % (hi - lo) or lo % (hi - lo):
+        raise ValueError(f"rows {rows} do not tile a batch of {config.batch_size}")
+    return lo, hi
+
+
+def _rows_of_each_batch(ds, batch_size: int, lo: int, hi: int, batch_fn):
+    """Local batch k = rows [lo, hi) of global batch k (batches of `batch_size` in order)."""
+    r = hi - lo
+    return ds.batch(r, batch_fn=batch_fn)[lo // r :: batch_size // r]
+
+
 def create_train_iterator(
     config: Any,
     source: Source,
     *,
     process_index: int | None = None,
     process_count: int | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> BatchIterator:
     """The endless, reshuffled-every-epoch training stream of this process (§5: batch 128).
 
@@ -282,18 +304,19 @@ def create_train_iterator(
       source: the training `Source`.
       process_index: this host's index (default `jax.process_index()`).
       process_count: number of hosts (default `jax.process_count()`).
+      rows: the rows [lo, hi) of every global batch this process feeds, from the mesh
+        (`parallel.process_rows`); overrides process_index/process_count.
 
     Returns:
       An iterator of `{'image': uint8 (b, S, S, 3), 'label': int32 (b,), 'mask': bool (b,)}`
-      with b = batch_size / process_count; mask is True except in the degenerate case of a
-      batch whose every example was unreadable. Close it (or use `with`) when done.
+      with b = hi - lo (default batch_size / process_count); mask is True except in the
+      degenerate case of a batch whose every example was unreadable. Close it (or use
+      `with`) when done.
     """
-    process_index, process_count = _process_info(process_index, process_count)
-    b = per_process_batch_size(config, process_count)
+    lo, hi = _local_rows(config, rows, process_index, process_count)
     ds = grain.MapDataset.source(_Guarded(source, config.strict_data))
     ds = ds.shuffle(seed=_order_seed(config.seed)).repeat()  # A new permutation every epoch.
-    ds = ds.batch(b, batch_fn=_Batcher(source.size, fill_bad=True))
-    ds = ds[process_index::process_count]
+    ds = _rows_of_each_batch(ds, config.batch_size, lo, hi, _Batcher(source.size, fill_bad=True))
     return BatchIterator(ds, config)
 
 
@@ -309,6 +332,7 @@ def create_eval_iterator(
     *,
     process_index: int | None = None,
     process_count: int | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> BatchIterator:
     """One ordered pass over the split, padded so every process yields the same batch count.
 
@@ -320,6 +344,7 @@ def create_eval_iterator(
       source: the evaluation `Source`.
       process_index: this host's index (default `jax.process_index()`).
       process_count: number of hosts (default `jax.process_count()`).
+      rows: as in `create_train_iterator`.
 
     Returns:
       An iterator of `{'image': uint8 (b, S, S, 3), 'label': int32 (b,), 'mask': bool (b,)}`
@@ -327,12 +352,10 @@ def create_eval_iterator(
       examples (their image is zeros, label 0). Summing metrics over mask counts every
       readable example exactly once.
     """
-    process_index, process_count = _process_info(process_index, process_count)
-    b = per_process_batch_size(config, process_count)
-    padded = num_eval_batches(config, source, process_count) * b * process_count
+    lo, hi = _local_rows(config, rows, process_index, process_count)
+    padded = math.ceil(len(source) / config.batch_size) * config.batch_size
     ds = grain.MapDataset.source(_Guarded(source, config.strict_data, length=padded))
-    ds = ds.batch(b, batch_fn=_Batcher(source.size, fill_bad=False))
-    ds = ds[process_index::process_count]
+    ds = _rows_of_each_batch(ds, config.batch_size, lo, hi, _Batcher(source.size, fill_bad=False))
     return BatchIterator(ds, config)
 
 

@@ -19,14 +19,43 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import allocator, train
+from alexnet_jax import allocator, distributed, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
-    "Call jax.distributed.initialize() first: one process per host (SLURM, Cloud TPU, or the "
-    "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).",
+    "Start JAX's multi-process runtime first (alexnet_jax/distributed.py): one process per "
+    "host or per GPU. Coordinator, process count and id from the flags below, else from "
+    "JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else from SLURM, Open MPI "
+    "or Kubernetes.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "--distributed: process 0's host:port (JAX_COORDINATOR_ADDRESS)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "--distributed: processes in the job (JAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "--distributed: this process, 0 .. num_processes-1 (JAX_PROCESS_ID)."
+)
+_BIND = flags.DEFINE_string(
+    "coordinator_bind_address",
+    None,
+    "--distributed: where process 0's coordinator listens (default: the coordinator address "
+    "itself, not every interface; JAX_COORDINATOR_BIND_ADDRESS).",
+)
+_LOCAL_DEVICES = flags.DEFINE_string(
+    "local_device_ids",
+    "auto",
+    "--distributed: accelerators of this process: 'auto' (every GPU the scheduler gave the "
+    "task; see alexnet_jax/distributed.py), 'all', or a list such as '0,1'.",
+)
+_PEER_TIMEOUT = flags.DEFINE_integer(
+    "peer_timeout_s",
+    60,
+    "--distributed: seconds without a heartbeat after which JAX's coordination service "
+    "declares a process dead and stops the others (rerun the same command to resume).",
 )
 _ALLOCATOR = flags.DEFINE_enum(
     "allocator",
@@ -47,7 +76,18 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO.
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        try:
+            used = distributed.initialize(
+                coordinator_address=_COORDINATOR.value,
+                num_processes=_NUM_PROCESSES.value,
+                process_id=_PROCESS_ID.value,
+                coordinator_bind_address=_BIND.value,
+                requested_device_ids=_LOCAL_DEVICES.value,
+                peer_timeout_s=_PEER_TIMEOUT.value,
+            )
+        except ValueError as e:
+            raise app.UsageError(f"--distributed: {e}") from None
+        logging.warning("jax.distributed: %s", used)
     logging.info(
         "JAX %s: process %d of %d, %d devices (%s)",
         jax.__version__,

@@ -89,6 +89,48 @@ def make_mesh(mesh_config: Any, model_config: Any, devices: list | None = None) 
     )
 
 
+def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
+    """The rows [lo, hi) of every global batch that this process's devices hold.
+
+    Batches are split along 'data' and replicated along 'tower', so a process feeds exactly the
+    data shards of its devices: with one tower per process (mesh (1, 2) over 2 processes)
+    every process feeds the whole batch; with (2, 2) over 2 processes of 2 devices, each its
+    half. The input pipeline reads rows [lo, hi) of global batch k as its local batch.
+
+    Raises:
+      ValueError: this process holds no device of the mesh, or rows that are not one
+        contiguous, evenly aligned block (a layout the input pipeline cannot feed).
+    """
+    sharding = NamedSharding(mesh, P("data"))
+    blocks = sorted(
+        {
+            (idx[0].start or 0, batch_size if idx[0].stop is None else idx[0].stop)
+            for idx in sharding.addressable_devices_indices_map((batch_size,)).values()
+        }
+    )
+    where = f"process {jax.process_index()} of {jax.process_count()}"
+    if not blocks:
+        raise ValueError(
+            f"{where} holds no device of the {dict(mesh.shape)} mesh; use every device "
+            "(mesh.data=-1) or start fewer processes."
+        )
+    lo, hi = blocks[0]
+    for start, stop in blocks[1:]:
+        if start != hi:
+            raise ValueError(
+                f"{where} holds rows {blocks} of each batch of {batch_size}, not one block; "
+                "give each process whole data-parallel replicas (mesh.tower devices each) or "
+                "set mesh.tower so that a replica's towers sit on one process."
+            )
+        hi = stop
+    if batch_size % (hi - lo) or lo % (hi - lo):
+        raise ValueError(
+            f"{where} holds rows [{lo}, {hi}) of each batch of {batch_size}, which does not tile "
+            "the batch; use a batch size and mesh whose data shards are equal per process."
+        )
+    return lo, hi
+
+
 def param_spec(model_config: Any) -> P:
     """PartitionSpec of every parameter: AlexNet's leading tower axis over 'tower', else none."""
     return P("tower") if model_config.get("name", "alexnet") == "alexnet" else P()

@@ -250,16 +250,23 @@ def make_eval_step(config: Any, mesh: jax.sharding.Mesh):
     return jax.jit(eval_step)
 
 
-def evaluate(eval_step, params, batches: Iterator[dict], stats, mesh) -> dict[str, float]:
-    """Runs `eval_step` over every batch of an evaluation pass; returns the metric values."""
+def evaluate(
+    eval_step, params, batches: Iterator[dict], stats, mesh, batch_size: int | None = None
+) -> dict[str, float]:
+    """Runs `eval_step` over every batch of an evaluation pass; returns the metric values.
+
+    `batch_size` is the global batch (default: this process's batch times the processes)."""
     totals = None
     for batch in batches:
-        images, labels, mask = _global_batch(batch, mesh, ("image", "label", "mask"))
-        out = eval_step(params, images, labels, mask, stats)
-        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+        images, labels, mask = _global_batch(batch, mesh, ("image", "label", "mask"), batch_size)
+        # The per-batch sums are replicated: every process reads its own copy and adds them on
+        # the host (an eager jnp.add of arrays spanning several processes could hang).
+        out = jax.tree.map(
+            lambda v: np.float64(jax.device_get(v)), eval_step(params, images, labels, mask, stats)
+        )
+        totals = out if totals is None else jax.tree.map(np.add, totals, out)
     if totals is None:
         raise ValueError("the evaluation split is empty.")
-    totals = jax.device_get(totals)
     result = {}
     for prefix, t in totals.items():
         n = float(t["count"])
@@ -270,10 +277,16 @@ def evaluate(eval_step, params, batches: Iterator[dict], stats, mesh) -> dict[st
     return result
 
 
-def _global_batch(batch: dict, mesh, keys) -> list[jax.Array]:
-    """This process's share of a batch, assembled into arrays sharded over 'data'."""
+def _global_batch(batch: dict, mesh, keys, batch_size: int | None = None) -> list[jax.Array]:
+    """This process's rows of a global batch (`parallel.process_rows`), assembled into arrays
+    of `batch_size` rows sharded over 'data' (replicated over 'tower')."""
     sharding = NamedSharding(mesh, P("data"))
-    return [jax.make_array_from_process_local_data(sharding, np.asarray(batch[k])) for k in keys]
+    out = []
+    for k in keys:
+        local = np.asarray(batch[k])
+        shape = None if batch_size is None else (batch_size, *local.shape[1:])
+        out.append(jax.make_array_from_process_local_data(sharding, local, shape))
+    return out
 
 
 # --- The run -----------------------------------------------------------------------------------
@@ -287,6 +300,13 @@ class _Preemption:
         self._previous = None
 
     def __enter__(self):
+        if jax.process_count() > 1:
+            # Several processes: jax.distributed.initialize installed JAX's own SIGTERM
+            # notifier, whose preemption sync point (Orbax's `reached_preemption`, checked every
+            # step) makes every process stop at the same step. A Python handler here would
+            # replace it: the signalled process would stop alone and the others would wait for
+            # it in the next collective forever.
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: rely on Orbax's multi-process notice only
@@ -350,6 +370,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
     mesh = parallel.make_mesh(config.mesh, config.model)
+    # The rows of every batch this process's devices hold: what it loads (all of them when
+    # its devices are one replica's towers, its share when they are whole replicas).
+    rows = parallel.process_rows(mesh, config.batch_size)
     train_source = input_pipeline.create_source(config, config.train_split)
     eval_source = input_pipeline.create_source(config, config.eval_split)
     test_source = (
@@ -383,7 +406,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         stats = jax.device_put(stats, NamedSharding(mesh, P()))
         state = create_train_state(config, mesh, tx, jax.random.key(config.seed))
         checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
-        train_iter = input_pipeline.create_train_iterator(config, train_source)
+        train_iter = input_pipeline.create_train_iterator(config, train_source, rows=rows)
         start = checkpointer.latest_step()
         if start is not None:
             state, schedule_state, data_state = checkpointer.restore(
@@ -405,6 +428,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
             eval_step=make_eval_step(config, mesh),
             eval_source=eval_source,
             test_source=test_source,
+            rows=rows,
         )
         try:
             result = run.loop(state, train_iter)
@@ -435,11 +459,16 @@ class _Run:
     eval_step: Callable
     eval_source: Any
     test_source: Any = None
+    rows: tuple[int, int] | None = None
 
     def evaluate(self, step: int, params: Any) -> dict[str, float]:
         """One evaluation pass, logged, fed to the plateau schedule, printed."""
-        with input_pipeline.create_eval_iterator(self.config, self.eval_source) as batches:
-            result = evaluate(self.eval_step, params, batches, self.stats, self.mesh)
+        with input_pipeline.create_eval_iterator(
+            self.config, self.eval_source, rows=self.rows
+        ) as batches:
+            result = evaluate(
+                self.eval_step, params, batches, self.stats, self.mesh, self.config.batch_size
+            )
         self.writer.write(step, result)
         say(_format_eval(step, result, f"eval ({self.config.eval_split})"))
         if self.schedule.on_eval(step, result["eval_top1_error"]):
@@ -467,7 +496,9 @@ class _Run:
         with _Preemption() as preemption:
             while step < self.total_steps:
                 batch = next(train_iter)
-                images, labels = _global_batch(batch, self.mesh, ("image", "label"))
+                images, labels = _global_batch(
+                    batch, self.mesh, ("image", "label"), config.batch_size
+                )
                 lr = self.schedule.learning_rate(step)
                 state, out = self.train_step(state, images, labels, self.stats, lr)
                 step += 1
@@ -511,6 +542,9 @@ class _Run:
         if step >= self.total_steps and not result:  # a finished run started again
             result = self.evaluate(step, state.params)
         if step >= self.total_steps and self.test_source is not None:
+            # The last checkpoint is written first: with several processes, Orbax's background
+            # commit and the test pass's computations must not run side by side.
+            self.checkpointer.wait()
             result = {**result, **self.test(step, state.params)}
         return result
 
@@ -519,8 +553,12 @@ class _Run:
 
         Nothing reads it during training (the schedule reads `evaluate`'s validation error).
         """
-        with input_pipeline.create_eval_iterator(self.config, self.test_source) as batches:
-            values = evaluate(self.eval_step, params, batches, self.stats, self.mesh)
+        with input_pipeline.create_eval_iterator(
+            self.config, self.test_source, rows=self.rows
+        ) as batches:
+            values = evaluate(
+                self.eval_step, params, batches, self.stats, self.mesh, self.config.batch_size
+            )
         result = {"test" + k.removeprefix("eval"): v for k, v in values.items()}
         self.writer.write(step, result)
         say(_format_eval(step, values, f"TEST ({self.config.test_split}, reported once)"))

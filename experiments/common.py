@@ -205,8 +205,12 @@ def restore_params(workdir_or_checkpoint: str | Path) -> tuple[int, Any]:
     if (path / "state").is_dir():
         path = path / "state"
     step = int(path.parent.name) if path.parent.name.isdigit() else -1
-    with ocp.StandardCheckpointer() as ckptr:
-        state = ckptr.restore(path.resolve())
+    # As NumPy arrays: a checkpoint written by several processes (or another device count)
+    # restores on any machine without its shardings.
+    with ocp.PyTreeCheckpointer() as ckptr:
+        tree = ckptr.metadata(path.resolve()).item_metadata.tree
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        state = ckptr.restore(path.resolve(), restore_args=args)
     return step, jax.tree.map(np.asarray, state["params"])
 
 

@@ -1,0 +1,203 @@
+"""Several processes on loopback with simulated CPU devices: the documented launch (the
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables, set by
+`alexnet_jax.launch`), input that follows the mesh, and preemption of one process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alexnet_jax import distributed
+from experiments import common
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DIGITS = [
+    "--config=configs/default.py",
+    "--config.eval_every_steps=10",
+    "--config.checkpoint_every_steps=10",
+    "--config.log_every_steps=1",
+    "--config.progress_bar=False",
+    "--allocator=system",
+]
+ALEXNET = [
+    "--config=configs/alexnet.py",
+    "--config.dataset=synthetic",
+    "--config.synthetic_examples=64",
+    "--config.batch_size=8",
+    "--config.num_train_steps=6",
+    "--config.eval_every_steps=6",
+    "--config.checkpoint_every_steps=6",
+    "--config.log_every_steps=1",
+    "--config.progress_bar=False",
+    "--config.num_workers=0",
+    "--config.optimizer.learning_rate=0.001",
+    "--allocator=system",
+]
+
+
+def _env(devices: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(var, None)
+    return env
+
+
+def one_process(devices: int, args: list[str], workdir: Path) -> None:
+    cmd = [sys.executable, "-m", "alexnet_jax.main", *args, f"--workdir={workdir}"]
+    run = subprocess.run(cmd, env=_env(devices), cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+def launch(processes: int, devices: int, args: list[str], workdir: Path, **popen):
+    cmd = [sys.executable, "-m", "alexnet_jax.launch", f"--processes={processes}",
+           f"--cpu_devices={devices}", "--", *args, f"--workdir={workdir}"]  # fmt: skip
+    return subprocess.Popen(
+        cmd, env=_env(1), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, **popen,
+    )  # fmt: skip
+
+
+def launched(processes, devices, args, workdir, timeout=300) -> str:
+    proc = launch(processes, devices, args, workdir)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def events(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_curve(workdir: Path, key: str) -> list[float]:
+    return [e[key] for e in events(workdir) if key in e and "train_loss" in e]
+
+
+def params(workdir: Path) -> list[np.ndarray]:
+    import jax
+
+    return jax.tree.leaves(common.restore_params(workdir)[1])
+
+
+def test_two_processes_of_two_devices_follow_one_process_of_four(tmp_path):
+    args = [*DIGITS, "--config.num_train_steps=10"]
+    launched(2, 2, args, tmp_path / "two")
+    one_process(4, args, tmp_path / "one")
+    # Same mesh (4, 1), same batches; the processes' all-reduce (gloo) sums in another order
+    # than the in-process one, so the numbers agree to float rounding, not bit for bit.
+    np.testing.assert_allclose(
+        train_curve(tmp_path / "two", "train_loss"),
+        train_curve(tmp_path / "one", "train_loss"),
+        rtol=1e-5,
+    )
+    a, b = (np.concatenate([p.ravel() for p in params(tmp_path / w)]) for w in ("two", "one"))
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()  # relative to the largest parameter
+    two = [e for e in events(tmp_path / "two") if "test_examples" in e]
+    assert two and two[-1]["test_examples"] == 360  # the whole test split, once
+
+
+def test_one_tower_per_process_equals_two_devices_in_one_process(tmp_path):
+    # The paper's layout: each process holds one tower (mesh data 1, tower 2). Both feed the
+    # whole batch; the global batch is the configured 8, not 4.
+    args = [*ALEXNET, "--config.mesh.data=1", "--config.mesh.tower=2"]
+    launched(2, 1, args, tmp_path / "two")
+    one_process(2, args, tmp_path / "one")
+    for key in ("train_loss", "grad_norm", "param_norm"):
+        assert train_curve(tmp_path / "two", key) == train_curve(tmp_path / "one", key), key
+    count = [e["eval_examples"] for e in events(tmp_path / "two") if "eval_examples" in e]
+    assert count == [e["eval_examples"] for e in events(tmp_path / "one") if "eval_examples" in e]
+    assert count == [64]
+    for a, b in zip(params(tmp_path / "two"), params(tmp_path / "one")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes_exactly(tmp_path):
+    args = [*DIGITS, "--config.num_train_steps=40"]
+    proc = launch(2, 2, args, tmp_path / "run")
+    pids = {}
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("[launch] process"):
+            pids[int(line.split()[2].rstrip(":"))] = int(line.split()[-1])
+        if line.startswith("[0] step 10: eval"):
+            break
+    sent = time.monotonic()
+    os.kill(pids[1], signal.SIGTERM)  # one preempted host
+    out, _ = proc.communicate(timeout=120)
+    took = time.monotonic() - sent
+    out = "".join(lines) + out
+    assert proc.returncode == 0, out[-4000:]
+    assert "[launch] exit statuses [0, 0]" in out and took < 30
+    saved = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    stopped = max(saved)
+    assert 10 < stopped < 40 and f"saved the checkpoint of step {stopped}" in out
+    rerun = launched(2, 2, args, tmp_path / "run")
+    assert f"resumed from the checkpoint of step {stopped}" in rerun
+    launched(2, 2, args, tmp_path / "uninterrupted")
+    for a, b in zip(params(tmp_path / "run"), params(tmp_path / "uninterrupted")):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "env, ids",
+    [
+        ({}, None),  # local processes / the environment variables: every visible device
+        ({"JAX_LOCAL_DEVICE_IDS": "2,3"}, [2, 3]),
+        # sbatch --ntasks-per-node=1 --gpus-per-task=2: both GPUs of the task
+        (
+            {"SLURM_JOB_ID": "7", "SLURM_LOCALID": "0", "SLURM_NTASKS_PER_NODE": "1",
+             "SLURM_GPUS_PER_TASK": "2", "CUDA_VISIBLE_DEVICES": "0,1"},
+            [0, 1],
+        ),
+        # --ntasks-per-node=2 --gpus-per-task=1: each task sees its own GPU as device 0
+        (
+            {"SLURM_JOB_ID": "7", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "2",
+             "SLURM_GPUS_PER_TASK": "1", "CUDA_VISIBLE_DEVICES": "1"},
+            [0],
+        ),
+        # --ntasks-per-node=2 --gres=gpu:2 (no binding): one GPU each, by local rank
+        (
+            {"SLURM_JOB_ID": "7", "SLURM_LOCALID": "1", "SLURM_TASKS_PER_NODE": "2(x3)",
+             "SLURM_NODEID": "2", "CUDA_VISIBLE_DEVICES": "0,1"},
+            [1],
+        ),
+        # 2 tasks share 4 GPUs: two each
+        (
+            {"OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+             "CUDA_VISIBLE_DEVICES": "0,1,2,3"},
+            [2, 3],
+        ),
+    ],
+)  # fmt: skip
+def test_local_device_ids_keep_every_gpu_of_a_task(env, ids):
+    assert distributed.local_device_ids(env)[0] == ids
+
+
+def test_local_device_ids_refuses_an_uneven_share_and_takes_explicit_lists():
+    env = {"OMPI_COMM_WORLD_LOCAL_RANK": "0", "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+           "CUDA_VISIBLE_DEVICES": "0,1,2"}  # fmt: skip
+    with pytest.raises(ValueError, match="cannot share evenly"):
+        distributed.local_device_ids(env)
+    assert distributed.local_device_ids(env, "0,2")[0] == [0, 2]
+    assert distributed.local_device_ids(env, "all")[0] is None
+
+
+@pytest.mark.parametrize(
+    "env, match",
+    [
+        ({"JAX_NUM_PROCESSES": "2"}, "give both"),
+        ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}, "need JAX_COORDINATOR_ADDRESS"),
+        ({"JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"}, "not an integer"),
+    ],
+)
+def test_incomplete_launch_variables_get_one_clear_error(env, match):
+    with pytest.raises(ValueError, match=match):
+        distributed.initialize(env=env)
