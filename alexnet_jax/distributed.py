@@ -16,9 +16,10 @@ that the documented launch works and failures end in one readable line.
   `--coordinator_bind_address` says otherwise;
 * a bounded wait for a dead peer: a process that stops sending heartbeats for
   `peer_timeout_s` seconds (default 60; JAX's is 100) is declared dead by the coordination
-  service, which then stops the survivors (today with JAX's own abort and C++ stack: its
-  client's missed-heartbeat callback cannot be given a Python function in JAX 0.10, the call
-  fails with std::bad_cast). Rerunning the same command resumes from the last complete
+  service, which then stops the survivors with an abort (JAX 0.10's client cannot take a Python
+  missed-heartbeat callback: the call fails with std::bad_cast). `supervise` runs the training
+  in a child process and turns that abort into one line naming the lost process, exit status
+  `PEER_LOST_EXIT_CODE`. Rerunning the same command resumes from the last complete
   checkpoint (Orbax commits a checkpoint atomically, so none is ever half-written).
 """
 
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 
 
 def _expand_tasks_per_node(spec: str) -> list[int]:
@@ -134,6 +136,7 @@ def initialize(
 ) -> dict:
     """Starts JAX's multi-process runtime as the module docstring says; returns what it used."""
     import jax
+
     env = os.environ if env is None else env
     coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
     if num_processes is None:
@@ -176,3 +179,82 @@ def initialize(
         "process_id": jax.process_index(),
         "num_processes": jax.process_count(),
     }
+
+
+# --- A dead peer: one line instead of JAX's abort ---------------------------------------------
+
+PEER_LOST_EXIT_CODE = 75  # EX_TEMPFAIL: try again; the same command resumes.
+SUPERVISED_ENV = "ALEXNET_JAX_SUPERVISED"
+# What JAX's coordination service logs when it gives up on a process, before it aborts.
+_PEER_LOST = re.compile(
+    r"unhealthy \(stopped sending heartbeats\)|"
+    r"Polled an error from coordination service|"
+    r"JAX distributed service detected fatal errors"
+)
+_UNHEALTHY = re.compile(r"unhealthy \(stopped sending heartbeats\):\s*([\d,\s]+)")
+_LEADER_GONE = re.compile(r"Failed to send RPC to coordination service|Socket closed")
+
+
+def peer_lost_line(text: str, process: str, timeout_s: int) -> str | None:
+    """The one line for a run that JAX stopped because a peer vanished, or None."""
+    if not _PEER_LOST.search(text):
+        return None
+    if m := _UNHEALTHY.search(text):
+        what = f"process(es) {' '.join(m.group(1).split())}"
+    elif _LEADER_GONE.search(text):
+        what = "the coordinator (process 0)"
+    else:
+        what = "another process"
+    return (
+        f"process {process}: {what} of this job stopped answering (no heartbeat for up to "
+        f"{timeout_s} s), so this process stopped too. Rerun the same command on every host: "
+        "it resumes from the last complete checkpoint in --workdir."
+    )
+
+
+def exit_when_orphaned(code: int = 0) -> None:
+    """Exits this process (with `code`) as soon as the process that started it is gone."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(code)
+
+    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
+
+
+def supervise(argv: Sequence[str], timeout_s: int) -> int:
+    """Runs `python -m alexnet_jax.main argv` as a child and passes its output through; if JAX
+    aborts it because a peer vanished, prints `peer_lost_line` instead of the abort's stack and
+    returns PEER_LOST_EXIT_CODE. SIGTERM and SIGINT are passed on (preemption still works)."""
+    import signal
+    import subprocess
+
+    env = dict(os.environ, **{SUPERVISED_ENV: "1"})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "alexnet_jax.main", *argv], env=env, stderr=subprocess.PIPE
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda s, f: child.poll() is None and child.send_signal(s))
+    seen, hidden = "", False
+    while chunk := os.read(child.stderr.fileno(), 65536):
+        text = chunk.decode(errors="replace")
+        seen = (seen + text)[-20000:]
+        if not hidden and _PEER_LOST.search(seen):
+            hidden = True  # what follows is JAX's abort: the stack of a deliberate stop
+        if not hidden:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+    code = child.wait()
+    process = os.environ.get("JAX_PROCESS_ID") or os.environ.get("SLURM_PROCID") or "?"
+    line = peer_lost_line(seen, process, timeout_s) if code != 0 else None
+    if line:
+        print(line, file=sys.stderr, flush=True)
+        return PEER_LOST_EXIT_CODE
+    if hidden:  # matched, but the child did not stop for it: show what was held back
+        sys.stderr.write(seen[-5000:])
+    return code if code >= 0 else 128 - code

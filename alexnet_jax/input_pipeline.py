@@ -37,8 +37,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
-import time
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -47,7 +45,7 @@ import grain
 import numpy as np
 from absl import logging
 
-from alexnet_jax import sources
+from alexnet_jax import distributed, sources
 from alexnet_jax.sources import SKIP_REASONS, BadExample, Source, create_source
 
 __all__ = [
@@ -229,14 +227,7 @@ def _exit_with_parent(worker_index: int, worker_count: int) -> None:
     workers would otherwise wait forever, each holding its memory.
     """
     del worker_index, worker_count
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
+    distributed.exit_when_orphaned()
 
 
 def _start(ds: grain.MapDataset, config: Any) -> grain.DatasetIterator:

@@ -13,6 +13,7 @@ On Linux the run restarts itself once with tcmalloc preloaded when the machine h
 again, which made AlexNet's CPU training step about twice as slow (README, Performance).
 """
 
+import os
 import sys
 
 import jax
@@ -71,6 +72,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _DISTRIBUTED.value and not os.environ.get(distributed.SUPERVISED_ENV):
+        # The training runs in a child; this process reports a dead peer in one line.
+        sys.exit(distributed.supervise(sys.argv[1:], _PEER_TIMEOUT.value))
+    if os.environ.get(distributed.SUPERVISED_ENV):
+        distributed.exit_when_orphaned(distributed.PEER_LOST_EXIT_CODE)
     # Before any device buffer exists; returns unless the process is replaced.
     allocator.preload_allocator("alexnet_jax.main", _ALLOCATOR.value, sys.argv[1:])
     if not flags.FLAGS["verbosity"].present:

@@ -118,17 +118,44 @@ def test_one_tower_per_process_equals_two_devices_in_one_process(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes_exactly(tmp_path):
-    args = [*DIGITS, "--config.num_train_steps=40"]
-    proc = launch(2, 2, args, tmp_path / "run")
-    pids = {}
-    lines = []
+INTERRUPTED = [*DIGITS, "--config.num_train_steps=40", "--peer_timeout_s=10"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    launched(2, 2, INTERRUPTED, workdir)
+    return workdir
+
+
+def _start_and_wait_for_step_10(workdir: Path):
+    proc = launch(2, 2, INTERRUPTED, workdir)
+    pids, lines = {}, []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("[launch] process"):
             pids[int(line.split()[2].rstrip(":"))] = int(line.split()[-1])
         if line.startswith("[0] step 10: eval"):
-            break
+            return proc, pids, lines
+    raise AssertionError("".join(lines)[-4000:])
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _saved(workdir: Path) -> list[int]:
+    folder = workdir / "checkpoints"
+    if not folder.exists():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes_exactly(
+    tmp_path, uninterrupted
+):
+    proc, pids, lines = _start_and_wait_for_step_10(tmp_path / "run")
     sent = time.monotonic()
     os.kill(pids[1], signal.SIGTERM)  # one preempted host
     out, _ = proc.communicate(timeout=120)
@@ -136,13 +163,37 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes_exactly(tmp_
     out = "".join(lines) + out
     assert proc.returncode == 0, out[-4000:]
     assert "[launch] exit statuses [0, 0]" in out and took < 30
-    saved = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
-    stopped = max(saved)
+    stopped = max(_saved(tmp_path / "run"))
     assert 10 < stopped < 40 and f"saved the checkpoint of step {stopped}" in out
-    rerun = launched(2, 2, args, tmp_path / "run")
+    rerun = launched(2, 2, INTERRUPTED, tmp_path / "run")
     assert f"resumed from the checkpoint of step {stopped}" in rerun
-    launched(2, 2, args, tmp_path / "uninterrupted")
-    for a, b in zip(params(tmp_path / "run"), params(tmp_path / "uninterrupted")):
+    for a, b in zip(params(tmp_path / "run"), params(uninterrupted)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sigkill_of_one_process_stops_the_other_with_one_line_then_resumes_exactly(
+    tmp_path, uninterrupted
+):
+    proc, pids, lines = _start_and_wait_for_step_10(tmp_path / "run")
+    deadline = time.monotonic() + 60
+    while not _saved(tmp_path / "run") and time.monotonic() < deadline:
+        time.sleep(0.2)  # the checkpoint of step 10, complete (Orbax renames it when done)
+    killed = time.monotonic()
+    for pid in [*_children(pids[1]), pids[1]]:  # the host is gone: its processes with it
+        os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=120)
+    took = time.monotonic() - killed
+    out = "".join(lines) + out
+    survivor = [line for line in out.splitlines() if line.startswith("[0]")]
+    message = [line for line in survivor if "stopped answering" in line]
+    assert len(message) == 1, out[-4000:]
+    assert "process(es) 1" in message[0] and "Rerun the same command" in message[0]
+    assert not any("Fatal Python error" in line or "@     0x" in line for line in survivor)
+    assert took < 10 + 30 and "[launch] exit statuses [75, -9]" in out
+    assert _saved(tmp_path / "run")  # the periodic checkpoint of step 10 or later, complete
+    rerun = launched(2, 2, INTERRUPTED, tmp_path / "run")
+    assert "resumed from the checkpoint of step" in rerun
+    for a, b in zip(params(tmp_path / "run"), params(uninterrupted)):
         np.testing.assert_array_equal(a, b)
 
 
