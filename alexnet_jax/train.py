@@ -115,7 +115,10 @@ def _split_problems(config: Any) -> list[str]:
             sources.parse_split(config[field])
         except ValueError as e:
             problems.append(f"{field}: {e}")
-    eval_base = config.eval_split.partition("[")[0]
+    try:
+        eval_base = sources.parse_split(config.eval_split)[0]
+    except ValueError:
+        eval_base = config.eval_split  # reported above
     if config.optimizer.schedule == "plateau" and (
         eval_base == "test" or (config.test_split and config.eval_split == config.test_split)
     ):
@@ -461,14 +464,16 @@ class _Run:
     test_source: Any = None
     rows: tuple[int, int] | None = None
 
-    def evaluate(self, step: int, params: Any) -> dict[str, float]:
-        """One evaluation pass, logged, fed to the plateau schedule, printed."""
-        with input_pipeline.create_eval_iterator(
-            self.config, self.eval_source, rows=self.rows
-        ) as batches:
-            result = evaluate(
+    def _pass(self, source: Any, params: Any) -> dict[str, float]:
+        """eval_* metrics of one pass over `source`, this process feeding its rows."""
+        with input_pipeline.create_eval_iterator(self.config, source, rows=self.rows) as batches:
+            return evaluate(
                 self.eval_step, params, batches, self.stats, self.mesh, self.config.batch_size
             )
+
+    def evaluate(self, step: int, params: Any) -> dict[str, float]:
+        """One evaluation pass, logged, fed to the plateau schedule, printed."""
+        result = self._pass(self.eval_source, params)
         self.writer.write(step, result)
         say(_format_eval(step, result, f"eval ({self.config.eval_split})"))
         if self.schedule.on_eval(step, result["eval_top1_error"]):
@@ -553,12 +558,7 @@ class _Run:
 
         Nothing reads it during training (the schedule reads `evaluate`'s validation error).
         """
-        with input_pipeline.create_eval_iterator(
-            self.config, self.test_source, rows=self.rows
-        ) as batches:
-            values = evaluate(
-                self.eval_step, params, batches, self.stats, self.mesh, self.config.batch_size
-            )
+        values = self._pass(self.test_source, params)
         result = {"test" + k.removeprefix("eval"): v for k, v in values.items()}
         self.writer.write(step, result)
         say(_format_eval(step, values, f"TEST ({self.config.test_split}, reported once)"))
