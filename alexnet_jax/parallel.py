@@ -12,10 +12,13 @@ both towers side by side and the same module code runs without any cross-device 
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -23,6 +26,8 @@ from jax.sharding import PartitionSpec as P
 from alexnet_jax import models
 
 MESH_AXES = ("data", "tower")
+GRAD_SUMS = ("ordered", "psum")
+_OWN_SUM = 1 << 22  # gradient leaves of at least this many elements get their own ordered sum
 
 
 def mesh_shape(mesh_config: Any, model_config: Any, num_devices: int) -> tuple[int, int]:
@@ -151,8 +156,64 @@ def init_params(model_config: Any, image_shape: tuple[int, ...], rng: jax.Array)
     return jax.jit(lambda r: model.init(r, images)["params"])(rng)
 
 
+def ordered_sum(x: jax.Array, axis: str) -> jax.Array:
+    """The sum of `x` over mesh axis `axis` (under `jax.shard_map`), added in replica order.
+
+    A reduce-scatter and an all-gather built from data movement only: every device sends the
+    k-th of n equal chunks of `x` to replica k (an all-to-all), adds the n chunks it receives
+    as ((x_0 + x_1) + x_2) + ..., and the sums are all-gathered. It moves the bytes of a ring
+    all-reduce, and the result is the same bits whichever devices, processes or collective
+    library (in-process, gloo, NCCL) carry it, which `jax.lax.psum` does not promise.
+
+    Args:
+      x: an array varying over `axis`.
+      axis: the manual mesh axis to sum over.
+
+    Returns:
+      The sum, invariant over `axis`, with the shape and dtype of `x`.
+    """
+    n = jax.lax.axis_size(axis)
+    flat = x.reshape(-1)
+    size = flat.shape[0]
+    chunks = jnp.pad(flat, (0, -size % n)).reshape(n, -1)
+    received = jax.lax.all_to_all(chunks, axis, 0, 0)  # row i: replica i's chunk of ours
+    total = functools.reduce(operator.add, [received[i] for i in range(n)])
+    return jax.lax.all_gather(total, axis, tiled=True, to="invarying")[:size].reshape(x.shape)
+
+
+def _ordered_grad_sum(axis: str) -> Callable[[Any], Any]:
+    """Identity on the parameters whose backward pass sums their gradients with `ordered_sum`.
+
+    Applied to the replicated parameters at the start of the shard_map body, it makes them
+    varying over `axis` itself (what autodiff would otherwise do implicitly, and transpose into
+    a `psum`), so the gradient sum over the data replicas is this function's. Large leaves are
+    summed one by one (concatenating them would copy every gradient twice more); the small ones
+    of each dtype travel as one vector (one collective instead of many tiny ones). The split is
+    speed only: each element is summed the same way either way
+    (experiments/grad_sum_benchmark.py).
+    """
+
+    def total(cotangents):
+        leaves, treedef = jax.tree.flatten(cotangents)
+        out = [ordered_sum(leaf, axis) if leaf.size >= _OWN_SUM else None for leaf in leaves]
+        for dtype in sorted({leaf.dtype for leaf, o in zip(leaves, out) if o is None}, key=str):
+            idx = [i for i, leaf in enumerate(leaves) if out[i] is None and leaf.dtype == dtype]
+            summed = ordered_sum(jnp.concatenate([leaves[i].ravel() for i in idx]), axis)
+            offsets = np.cumsum([0] + [leaves[i].size for i in idx])
+            for j, i in enumerate(idx):
+                out[i] = summed[offsets[j] : offsets[j + 1]].reshape(leaves[i].shape)
+        return jax.tree.unflatten(treedef, out)
+
+    @jax.custom_vjp
+    def replicas(params):
+        return jax.lax.pcast(params, axis, to="varying")
+
+    replicas.defvjp(lambda params: (replicas(params), None), lambda _, ct: (total(ct),))
+    return replicas
+
+
 def sharded_apply(
-    model_config: Any, mesh: Mesh, *, train: bool
+    model_config: Any, mesh: Mesh, *, train: bool, grad_sum: str = "ordered"
 ) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """The model applied under `jax.shard_map` over `mesh`.
 
@@ -160,6 +221,11 @@ def sharded_apply(
       model_config: `config.model`.
       mesh: the ('data', 'tower') mesh.
       train: enables dropout.
+      grad_sum: how the gradient is summed over the 'data' replicas (`config.mesh.grad_sum`):
+        'ordered' (`ordered_sum`: the same bits for any number of processes) or 'psum'
+        (`jax.lax.psum`, the collective library's own order, which may differ between an
+        in-process and a cross-process reduction in the last bits, and so between runs on one
+        host and on several).
 
     Returns:
       `apply(params, images, rng) -> logits`: params sharded by `param_spec`, images and logits
@@ -168,14 +234,20 @@ def sharded_apply(
       forward all-gathers are the only collectives of the backward pass besides the gradient sum
       over 'data'.
     """
+    if grad_sum not in GRAD_SUMS:
+        raise ValueError(f"mesh.grad_sum={grad_sum!r} is not one of {GRAD_SUMS}.")
     model = models.create_model(model_config, tower_axis="tower", data_axis="data")
 
     spec = param_spec(model_config)
     tower_split = spec == P("tower")
+    # A sum of two replicas is x0 + x1 in any order (IEEE addition commutes), so psum is exact
+    # there; the order matters from three replicas on.
+    ordered = train and grad_sum == "ordered" and mesh.shape["data"] > 2
+    replicas = _ordered_grad_sum("data") if ordered else (lambda params: params)
 
     def body(params, images, rng):
         rngs = {"dropout": rng} if train else {}
-        return model.apply({"params": params}, images, train=train, rngs=rngs)
+        return model.apply({"params": replicas(params)}, images, train=train, rngs=rngs)
 
     # Each tower device returns its towers' share of fc8; the out_specs concatenate the shares
     # and the reshard gathers the logits (the paper's last exchange), which the loss then reads

@@ -79,6 +79,11 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
             "tfds:imagenet2012), 'folder:<path>', 'prepared:<dir>', 'digits' or 'synthetic'."
         )
     shape = check(lambda: parallel.mesh_shape(config.mesh, config.model, num_devices))
+    if config.mesh.grad_sum not in parallel.GRAD_SUMS:
+        problems.append(
+            f"mesh.grad_sum={config.mesh.grad_sum!r} is not one of {parallel.GRAD_SUMS}: "
+            "'ordered' (the same bits for any process count) or 'psum'."
+        )
     if shape is not None and config.batch_size % shape[0]:
         problems.append(
             f"batch_size={config.batch_size} is not divisible by the {shape[0]} data-parallel "
@@ -190,7 +195,14 @@ def make_train_step(config: Any, mesh: jax.sharding.Mesh, tx: optax.GradientTran
     Augmentation (§4.1) runs on the device inside the step; `lr` is the rate this step uses
     (a traced scalar, so schedule changes never recompile).
     """
-    apply = parallel.sharded_apply(config.model, mesh, train=True)
+    apply = parallel.sharded_apply(config.model, mesh, train=True, grad_sum=config.mesh.grad_sum)
+
+    def whole(per_example):
+        # The batch's values gathered on every device before they are averaged: a mean of the
+        # shards' partial sums would add them in the collective library's order, which differs
+        # between one process and several (the parameters do not depend on it; the logged loss
+        # would).
+        return jax.lax.with_sharding_constraint(per_example, NamedSharding(mesh, P()))
 
     def train_step(state, images, labels, stats, lr):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -199,7 +211,7 @@ def make_train_step(config: Any, mesh: jax.sharding.Mesh, tx: optax.GradientTran
 
         def loss_fn(params):
             logits = apply(params, x, dropout_rng)
-            return jnp.mean(metrics.cross_entropy(logits, labels)), logits
+            return jnp.mean(whole(metrics.cross_entropy(logits, labels))), logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         opt_state = optim.set_learning_rate(state.opt_state, lr)
@@ -207,7 +219,7 @@ def make_train_step(config: Any, mesh: jax.sharding.Mesh, tx: optax.GradientTran
         params = optax.apply_updates(state.params, updates)
         out = {
             "train_loss": loss,
-            "train_top1_error": 1.0 - jnp.mean(metrics.topk_correct(logits, labels, 1)),
+            "train_top1_error": 1.0 - jnp.mean(whole(metrics.topk_correct(logits, labels, 1))),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
         }

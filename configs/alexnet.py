@@ -89,6 +89,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1  # Data-parallel replicas; -1 = all devices the tower axis leaves.
     config.mesh.tower = 0  # Devices per replica's towers: 0 = two when possible, 1 = side by side.
+    # Gradient sum over the replicas: 'ordered' adds them in replica order (the same bits for any
+    # number of processes), 'psum' leaves the order to the collective library.
+    config.mesh.grad_sum = "ordered"
 
     config.eval_ten_crop = True  # Also evaluate the 10-patch softmax average (§4.1).
     config.keep_checkpoints = 3  # Latest checkpoints kept in workdir/checkpoints.

@@ -180,3 +180,103 @@ def test_mesh_has_the_axes_of_the_design():
     assert mesh.axis_names == ("data", "tower")
     assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
     np.testing.assert_array_equal(mesh.devices.shape, (2, 2))
+
+
+def test_ordered_sum_adds_the_replicas_in_order():
+    """Values chosen so that float32 addition order matters: the result must be the bits of
+    ((x0 + x1) + x2) + x3 computed by NumPy, which other orders do not give."""
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    rows = np.array(
+        [
+            [1e8, 1.0, 3.0, 0.1, 7.0],
+            [1.0, -1e8, 0.2, 1e-8, 3e7],
+            [-1e8, 1e8, 0.3, 5.0, -3e7],
+            [1.0, 1.0, 1e-7, -0.1, 0.5],
+        ],
+        np.float32,
+    )
+    total = jax.jit(
+        jax.shard_map(
+            lambda x: parallel.ordered_sum(x[0], "data"),
+            mesh=mesh,
+            in_specs=P("data"),
+            out_specs=P(),
+        )
+    )(rows)
+    expected = ((rows[0] + rows[1]) + rows[2]) + rows[3]
+    np.testing.assert_array_equal(np.asarray(total), expected)
+    other = ((rows[3] + rows[2]) + rows[1]) + rows[0]
+    assert not np.array_equal(other, expected)  # the check above can fail
+
+
+def _elements(hlo: str, op: str) -> list[int]:
+    """Elements of each `op` in compiled HLO (a tuple result counts all its arrays)."""
+    found = []
+    for result in re.findall(rf"= (\(.*?\)|\S+) {op}(?:-start)?\(", hlo):
+        found.append(
+            sum(
+                int(np.prod([int(d) for d in dims.split(",") if d]))
+                for dims in re.findall(r"f32\[([\d,]*)\]", result)
+            )
+        )
+    return found
+
+
+@pytest.mark.parametrize("grad_sum", ["ordered", "psum"])
+def test_grad_sum_sums_over_the_replicas_with_its_collective(setup, grad_sum):
+    """Both give the one-device gradients; 'ordered' moves them with an all-to-all and an
+    all-gather (no all-reduce of gradients), 'psum' with all-reduces (no all-to-all)."""
+    mc, params, images, labels = setup
+    rng = jax.random.key(7)
+    _, grads1 = _one_device(mc, params, images, labels, rng)
+    mesh = parallel.make_mesh(_mesh_config(4, 1), mc)  # 4 replicas: 2 would take psum
+    apply = parallel.sharded_apply(mc, mesh, train=True, grad_sum=grad_sum)
+    step = jax.jit(jax.grad(lambda p, x, y: cross_entropy(apply(p, x, rng), y)))
+    with jax.set_mesh(mesh):
+        args = (
+            parallel.shard(params, mesh, parallel.param_spec(mc)),
+            parallel.shard(images, mesh, P("data")),
+            parallel.shard(labels, mesh, P("data")),
+        )
+        grads2 = step(*args)
+        hlo = step.lower(*args).compile().as_text()
+    for path, g1 in jax.tree_util.tree_leaves_with_path(grads1):
+        g2 = dict(jax.tree_util.tree_leaves_with_path(grads2))[path]
+        assert rel_err(g2, g1) <= 1e-5, (jax.tree_util.keystr(path), rel_err(g2, g1))
+    # The gradients travel as one vector: all parameters, a quarter to each replica.
+    quarter = sum(x.size for x in jax.tree.leaves(params)) // 4
+    moved, reduced = _elements(hlo, "all-to-all"), _elements(hlo, "all-reduce")
+    if grad_sum == "ordered":
+        assert moved and sum(moved) >= quarter, moved
+        assert sum(reduced) < quarter // 100, reduced  # at most the loss and metrics
+    else:
+        assert moved == []
+        assert sum(reduced) >= quarter, reduced
+
+
+def test_two_replicas_sum_with_psum_in_either_mode(setup):
+    """x0 + x1 does not depend on the order, so 'ordered' keeps psum's all-reduce there."""
+    mc, params, images, labels = setup
+    mesh = parallel.make_mesh(_mesh_config(2, 1), mc)
+    apply = parallel.sharded_apply(mc, mesh, train=True, grad_sum="ordered")
+    step = jax.jit(jax.grad(lambda p, x, y: cross_entropy(apply(p, x, jax.random.key(7)), y)))
+    with jax.set_mesh(mesh):
+        hlo = (
+            step.lower(
+                parallel.shard(params, mesh, parallel.param_spec(mc)),
+                parallel.shard(images, mesh, P("data")),
+                parallel.shard(labels, mesh, P("data")),
+            )
+            .compile()
+            .as_text()
+        )
+    assert _elements(hlo, "all-to-all") == []
+    assert sum(_elements(hlo, "all-reduce")) >= sum(x.size for x in jax.tree.leaves(params))
+
+
+def test_unknown_grad_sum_is_refused(setup):
+    mc = setup[0]
+    with pytest.raises(ValueError, match="mesh.grad_sum='tree'"):
+        parallel.sharded_apply(
+            mc, parallel.make_mesh(_mesh_config(2, 2), mc), train=True, grad_sum="tree"
+        )

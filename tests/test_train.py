@@ -132,6 +132,7 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
         ({"dataset": "imagenet"}, "dataset"),
         ({"model.activation": "relu6x"}, "jax.nn"),
         ({"mesh.tower": 3}, "mesh.tower"),
+        ({"mesh.grad_sum": "tree"}, "mesh.grad_sum='tree' is not one of"),
         ({"optimizer.schedule": "exponential"}, "schedule"),
     ],
 )
