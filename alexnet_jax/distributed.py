@@ -212,12 +212,18 @@ def peer_lost_line(text: str, process: str, timeout_s: int) -> str | None:
     )
 
 
-def exit_when_orphaned(code: int = 0) -> None:
-    """Exits this process (with `code`) as soon as the process that started it is gone."""
+def exit_when_orphaned(code: int = 0, parent: int | None = None) -> None:
+    """Exits this process (with `code`) as soon as the process that started it is gone.
+
+    Args:
+      code: the exit status.
+      parent: the starting process's pid, when known (default: the current parent, which is
+        already the reaper if the starter died before this call).
+    """
     import threading
     import time
 
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
 
     def watch() -> None:
         while os.getppid() == parent:

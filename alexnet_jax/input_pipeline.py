@@ -34,6 +34,7 @@ Commands:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -220,14 +221,15 @@ def _mark_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _exit_with_parent(worker_index: int, worker_count: int) -> None:
-    """Grain worker init: exit when the process that started this worker is gone.
+def _exit_with_parent(worker_index: int, worker_count: int, *, parent: int) -> None:
+    """Grain worker init: exit when the process that started this worker (`parent`, its pid
+    taken in that process, so a parent that died before this worker got here counts) is gone.
 
     A run killed with SIGKILL (preemption, OOM killer) cannot stop its workers, and Grain's
     workers would otherwise wait forever, each holding its memory.
     """
     del worker_index, worker_count
-    distributed.exit_when_orphaned()
+    distributed.exit_when_orphaned(parent=parent)
 
 
 def _start(ds: grain.MapDataset, config: Any) -> grain.DatasetIterator:
@@ -249,7 +251,7 @@ def _start(ds: grain.MapDataset, config: Any) -> grain.DatasetIterator:
             grain.MultiprocessingOptions(
                 num_workers=config.num_workers, per_worker_buffer_size=prefetch
             ),
-            worker_init_fn=_exit_with_parent,
+            worker_init_fn=functools.partial(_exit_with_parent, parent=os.getpid()),
         )
     return iter(it_ds)
 

@@ -485,10 +485,20 @@ if __name__ == "__main__":
     finally:
         child.kill()
         child.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") for p in workers):
+    deadline = time.monotonic() + 20  # they look once a second; a loaded CI machine is slow
+    while time.monotonic() < deadline and [p for p in workers if _alive(p)]:
         time.sleep(0.2)
-    assert not [p for p in workers if os.path.exists(f"/proc/{p}")]
+    assert not [p for p in workers if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an exited orphan that its new parent, the
+    container's pid 1, may not reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _cmdline(pid: int) -> str:
