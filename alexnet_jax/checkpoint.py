@@ -7,29 +7,100 @@ renames it when done, so a run killed mid-save leaves the previous one as the la
 the state into those shardings, the schedule from its JSON and the data iterator from its saved
 position; continue from the restored step. Since every random number is
 `fold_in(seed key, step)` and the batches come from the restored iterator, the resumed run
-computes exactly what the uninterrupted run would have.
+computes exactly what the uninterrupted run would have. The training metrics of the steps since
+the last logged event are saved too, so the first event after a resume averages the same steps.
+
+Faults (`restore_latest`, `save`, `wait`): a checkpoint that cannot be read is reported in one
+line, moved aside to `checkpoints/<step>.corrupt` and the previous one is used; a save that
+would not fit on the disk (checked before each save) or that fails for lack of space stops the
+run with `DiskFullError`, naming the bytes needed and free and the last intact checkpoint, and
+leaves no temporary directory behind.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
+import logging
 import os
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+CORRUPT_SUFFIX = ".corrupt"
+DISK_FULL_EXIT_CODE = 74  # EX_IOERR of sysexits.h
+
+
+class DiskFullError(OSError):
+    """A checkpoint does not fit on the workdir's disk (the message says what to do)."""
+
+
+class NoReadableCheckpointError(ValueError):
+    """Checkpoints exist, but none of them can be read."""
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+_STATUS = ("OUT_OF_RANGE", "DATA_LOSS", "NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION",
+           "RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNKNOWN")  # fmt: skip
+
+
+def _gist(error: BaseException) -> str:
+    """The most telling line of an error and its causes (TensorStore's status line if any)."""
+    texts, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
+        texts.append(text or type(error).__name__)
+        error = error.__cause__ or error.__context__
+    text = next((t for t in texts if t.startswith(_STATUS)), texts[0])
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if "RESOURCE_EXHAUSTED" in text or "No space left" in text or "ENOSPC" in text:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class _DropDiskFullReports(logging.Filter):
+    """Orbax's writer threads log a full disk with a long traceback; `DiskFullError`'s one line
+    says it instead (with the bytes needed and free, and what is intact)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg) + (str(record.exc_info[1]) if record.exc_info else "")
+        return not ("RESOURCE_EXHAUSTED" in text or "No space left" in text)
+
+
+logging.getLogger("absl").addFilter(_DropDiskFullReports())
+
 
 class Checkpointer:
     """Saves and restores {state, schedule, data} under `workdir/checkpoints`."""
 
-    def __init__(self, workdir: str, *, keep: int = 3):
+    def __init__(self, workdir: str, *, keep: int = 3, say: Callable[[str], None] = print):
         """Opens (or creates) the checkpoint directory.
 
         Args:
           workdir: the run's directory.
           keep: how many of the latest checkpoints to keep.
+          say: prints a line (process 0).
         """
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
+        self._say = say
+        self._needed = 0
+        self._warned_step = None
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -42,6 +113,50 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
+    def set_aside(self) -> list[str]:
+        """Checkpoint folders moved aside as unreadable by earlier runs."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(p for p in os.listdir(self.directory) if CORRUPT_SUFFIX in p)
+
+    # --- saving ---------------------------------------------------------------------------
+
+    def expect_size(self, state: Any) -> None:
+        """Records the bytes a checkpoint of `state` needs (every array once, plus 1 MiB)."""
+        self._needed = sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(state))
+        self._needed += 1 << 20
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.directory).free
+
+    def _disk_full(self, step: int, free: int | None = None, cause: str = "") -> DiskFullError:
+        self._remove_temporaries()
+        free = self.free_bytes() if free is None else free
+        last = self.latest_step()
+        kept = (
+            f"the checkpoint of step {last} is intact" if last is not None
+            else "no checkpoint had been written yet"
+        )  # fmt: skip
+        return DiskFullError(
+            f"disk full: the checkpoint of step {step} needs about {_mib(self._needed)} in "
+            f"{self.directory}, {_mib(free)} free{cause}; {kept}. Free space (or lower "
+            f"keep_checkpoints) and rerun the same command to resume (exit status "
+            f"{DISK_FULL_EXIT_CODE})."
+        )
+
+    def warn_if_next_will_not_fit(self, next_step: int) -> None:
+        """Warns once per upcoming save when the free space is below what it needs."""
+        if not self._needed or self._warned_step == next_step:
+            return
+        free = self.free_bytes()
+        if free < self._needed:
+            self._warned_step = next_step
+            self._say(
+                f"warning: the next checkpoint (step {next_step}) needs about "
+                f"{_mib(self._needed)} and {self.directory} has {_mib(free)} free; the run "
+                "will stop there unless space is freed."
+            )
+
     def save(self, step: int, state: Any, schedule: dict, data: Any, *, force: bool = False):
         """Saves a checkpoint of `step` (asynchronously; `wait` blocks until it is on disk).
 
@@ -49,20 +164,68 @@ class Checkpointer:
           step: the training step the state has completed.
           state: the train state pytree (arrays, possibly sharded).
           schedule: the learning-rate schedule's `state_dict()` (JSON).
-          data: the training iterator's state (JSON-serialisable).
+          data: JSON: the training iterator's state and the unlogged metrics window.
           force: save even if a checkpoint of this step exists.
+
+        Raises:
+          DiskFullError: the checkpoint does not fit (checked first), or a save ran out of space.
         """
         if not force and step in self._manager.all_steps():
             return
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                schedule=ocp.args.JsonSave(schedule),
-                data=ocp.args.JsonSave(data),
-            ),
-            force=True,
-        )
+        if self._needed:
+            free = self.free_bytes()
+            if free < self._needed:
+                self.wait()  # a pending save may still fail or succeed first
+                raise self._disk_full(step, free)
+        try:
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    schedule=ocp.args.JsonSave(schedule),
+                    data=ocp.args.JsonSave(data),
+                ),
+                force=True,
+            )
+        except Exception as e:
+            if _is_disk_full(e):  # this save, or the one before it still being committed
+                pending = self._pending_steps()
+                self._manager.reload()
+                failed = pending[0] if pending else step
+                raise self._disk_full(failed, cause=f" ({_gist(e)})") from None
+            raise
+
+    def wait(self) -> None:
+        """Blocks until pending saves are on disk.
+
+        Raises:
+          DiskFullError: a pending save ran out of space.
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            if _is_disk_full(e):
+                pending = self._pending_steps()
+                step = pending[0] if pending else "?"
+                self._manager.reload()
+                raise self._disk_full(step, cause=f" ({_gist(e)})") from None
+            raise
+
+    def _pending_steps(self) -> list[int]:
+        found = []
+        for path in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+            head = os.path.basename(path).split(".")[0]
+            if head.isdigit():
+                found.append(int(head))
+        return sorted(found)
+
+    def _remove_temporaries(self) -> None:
+        if jax.process_index() != 0:
+            return
+        for path in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+            shutil.rmtree(path, ignore_errors=True)
+
+    # --- restoring ------------------------------------------------------------------------
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, Any]:
         """Restores (state, schedule state, data state) of `step`.
@@ -82,14 +245,64 @@ class Checkpointer:
         )
         return restored["state"], restored["schedule"], restored["data"]
 
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, Any] | None:
+        """Restores the newest checkpoint that can be read; None when there is none at all.
+
+        A checkpoint that fails to read is reported in one line and moved aside to
+        `<step>.corrupt` (Orbax's commit marker still decides what is complete), then the
+        previous one is tried.
+
+        Raises:
+          NoReadableCheckpointError: checkpoints were written, none can be read.
+          ValueError: a checkpoint's arrays do not fit the model (another network).
+        """
+        while (step := self.latest_step()) is not None:
+            try:
+                return (step, *self.restore(step, abstract_state))
+            except Exception as e:
+                if (
+                    "tree structures do not match" in str(e)
+                    or "shape" in str(e).lower()
+                    and ("mismatch" in str(e).lower())
+                ):
+                    raise ValueError(
+                        f"the checkpoint of step {step} in {self.directory} holds another "
+                        f"network than this config builds ({_gist(e)[:160]}); use a new "
+                        "--workdir for this config."
+                    ) from None
+                aside = self._move_aside(step)
+                self._say(
+                    f"checkpoint of step {step} cannot be read ({_gist(e)}); moved it to "
+                    f"{aside} and trying the previous one."
+                )
+        if self.set_aside():
+            raise NoReadableCheckpointError(
+                f"no readable checkpoint in {self.directory} (set aside as unreadable: "
+                f"{', '.join(self.set_aside())}); to start this run afresh, delete "
+                f"{self.workdir} or use another --workdir."
+            )
+        return None
+
+    def _move_aside(self, step: int) -> str:
+        source = os.path.join(self.directory, str(step))
+        target = source + CORRUPT_SUFFIX
+        n = 1
+        while os.path.exists(target):
+            n += 1
+            target = f"{source}{CORRUPT_SUFFIX}.{n}"
+        if jax.process_index() == 0:
+            os.rename(source, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"alexnet_jax set aside checkpoint {step}")
+        self._manager.reload()
+        return target
+
     def reached_preemption(self, step: int) -> bool:
         """True when JAX's multi-process runtime reports a preemption notice (all processes
         agree on the step); always False in a single-process run."""
         return self._manager.reached_preemption(step)
-
-    def wait(self) -> None:
-        """Blocks until pending saves are on disk."""
-        self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.close()

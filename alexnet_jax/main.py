@@ -7,6 +7,8 @@
 Any config field can be overridden on the command line (`--config.model.lrn=False`); the config
 is locked, so a misspelt field is an error. Running the same command again resumes from the
 latest checkpoint in --workdir. All the logic is in importable modules (`alexnet_jax.train`).
+A refused run (bad config, data or workdir, a full disk, a NaN) ends with one line on stderr;
+`--verbosity=1` or ALEXNET_JAX_TRACEBACK=1 shows the traceback too.
 
 On Linux the run restarts itself once with tcmalloc preloaded when the machine has it
 (`--allocator=auto`): with glibc's malloc every XLA execution page-faults its large buffers
@@ -20,7 +22,12 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import allocator, distributed, train
+from alexnet_jax import allocator, checkpoint, distributed, train
+
+# Errors this project raises on purpose, each with a message that says what to do: printed as
+# one line (exit status 1; 74 for a full disk) unless --verbosity=1 or ALEXNET_JAX_TRACEBACK=1.
+DELIBERATE = (ValueError, FileNotFoundError, FloatingPointError, checkpoint.DiskFullError)
+TRACEBACK_ENV = "ALEXNET_JAX_TRACEBACK"
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -102,7 +109,14 @@ def main(argv: list[str]) -> None:
         jax.device_count(),
         jax.devices()[0].platform,
     )
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except DELIBERATE as e:
+        if flags.FLAGS.verbosity >= 1 or os.environ.get(TRACEBACK_ENV):
+            raise
+        # The message names the problem and the fix; the traceback would only bury it.
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(checkpoint.DISK_FULL_EXIT_CODE if isinstance(e, checkpoint.DiskFullError) else 1)
     if result and jax.process_index() == 0:
         # The validation numbers (eval_*) drove the schedule; test_* were measured once.
         line = (

@@ -56,13 +56,13 @@ class MetricWriter:
             return
         if os.path.exists(self.path):
             with open(self.path) as f:
-                kept = [line for line in f if json.loads(line)["step"] <= resume_step]
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(self.path + ".tmp", self.path)
-        from tensorboardX import SummaryWriter
-
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step)
+                lines = f.readlines()
+            kept = [line for line in lines if json.loads(line)["step"] <= resume_step]
+            if len(kept) < len(lines):
+                with open(self.path + ".tmp", "w") as f:
+                    f.writelines(kept)
+                os.replace(self.path + ".tmp", self.path)
+        self._tb_dir, self._resume_step = os.path.join(workdir, "tensorboard"), resume_step
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         """Writes one event: `values` (floats, ints) at `step`."""
@@ -71,6 +71,10 @@ class MetricWriter:
         clean = {k: _plain(v) for k, v in values.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": int(step), **clean}) + "\n")
+        if self._tb is None:  # opened at the first event: a run that logs nothing writes nothing
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(self._tb_dir, purge_step=self._resume_step)
         for key, value in clean.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self._tb.add_scalar(key, value, int(step))

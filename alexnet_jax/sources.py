@@ -332,7 +332,10 @@ class FolderSource(Source):
     def __init__(self, root: str, split: str, size: int, val_fraction: float):
         root = os.path.expanduser(root)
         if not os.path.isdir(root):
-            raise DatasetNotPreparedError(f"folder dataset {root!r} does not exist")
+            raise DatasetNotPreparedError(
+                f"folder dataset {root!r} does not exist; check the path in "
+                "--config.dataset=folder:<path> (one sub-folder of images per class)"
+            )
         self.name, self.split, self.size = f"folder:{root}", split, size
         split_dirs = {
             "train": "train",
@@ -343,17 +346,25 @@ class FolderSource(Source):
         presplit = os.path.isdir(os.path.join(root, "train")) and os.path.isdir(
             os.path.join(root, split_dirs["val"])
         )
+        class_root = os.path.join(root, "train") if presplit else root
+        self.class_names = _class_dirs(class_root)
+        if not self.class_names:
+            raise DatasetNotPreparedError(
+                f"{class_root!r} has no class sub-folders; a folder dataset holds one "
+                "sub-folder of images per class"
+            )
+        if len(self.class_names) < 2:
+            raise DatasetNotPreparedError(
+                f"folder dataset {root!r} needs at least 2 classes, found 1: "
+                f"{self.class_names[0]!r} (one sub-folder of images per class)"
+            )
+        self.num_classes = len(self.class_names)
         if split not in split_dirs or (split == "test" and not presplit):
             raise ValueError(
                 f"folder dataset {root!r} has splits 'train' and 'validation'"
                 + (" (and 'test' if that folder exists)" if presplit else "")
                 + f", not {split!r}"
             )
-        class_root = os.path.join(root, "train") if presplit else root
-        self.class_names = _class_dirs(class_root)
-        if not self.class_names:
-            raise DatasetNotPreparedError(f"{class_root!r} has no class sub-folders")
-        self.num_classes = len(self.class_names)
 
         split_root = os.path.join(root, split_dirs[split]) if presplit else root
         if presplit and not os.path.isdir(split_root):

@@ -10,6 +10,7 @@ uninterrupted run would have.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -36,6 +37,7 @@ from alexnet_jax import (
     parallel,
     sources,
 )
+from alexnet_jax import workdir as workdir_lib
 
 
 @flax.struct.dataclass
@@ -378,17 +380,16 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     Returns:
       The final evaluation's metrics (eval_top1_error, eval_top5_error, eval10_*, ...).
     """
+    # Everything is validated before anything is written: a refused run leaves the workdir
+    # (the record of the run in it) as it was.
     check_config(config, jax.device_count(), jax.process_count())
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
+    workdir_lib.check_path(workdir)
     mesh = parallel.make_mesh(config.mesh, config.model)
     # The rows of every batch this process's devices hold: what it loads (all of them when
     # its devices are one replica's towers, its share when they are whole replicas).
     rows = parallel.process_rows(mesh, config.batch_size)
     train_source = input_pipeline.create_source(config, config.train_split)
+    _check_readable(train_source, config.train_split)
     eval_source = input_pipeline.create_source(config, config.eval_split)
     test_source = (
         input_pipeline.create_source(config, config.test_split) if config.test_split else None
@@ -400,6 +401,53 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
             f"{config.model.num_classes}; set --config.model.num_classes="
             f"{train_source.num_classes}."
         )
+    allowed, refused = workdir_lib.config_changes(config, workdir)
+    workdir_lib.refuse_config_changes(refused, workdir)
+    lock = workdir_lib.Lock(workdir, say=say)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        lock.__enter__()
+    try:
+        return _train_and_evaluate(
+            config, workdir, mesh, rows, train_source, eval_source, test_source, allowed
+        )
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _check_readable(source: Any, split: str, sample: int = 16) -> None:
+    """Refuses a split none of whose sampled images (evenly spaced) can be read."""
+    n = len(source)
+    picks = sorted({i * n // min(n, sample) for i in range(min(n, sample))})
+    errors = []
+    for i in picks:
+        try:
+            source[i]
+        except input_pipeline.BadExample as e:
+            errors.append(e)
+        else:
+            return
+    raise ValueError(
+        f"{source.name} split {split!r}: 0 of {len(picks)} sampled images (of {n:,}) could be "
+        f"read; first error: {errors[0]}. Check the files, or point --config.dataset elsewhere."
+    )
+
+
+def _train_and_evaluate(
+    config, workdir, mesh, rows, train_source, eval_source, test_source, allowed
+) -> dict[str, float]:
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, "config.json")
+        if allowed:
+            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in allowed.items())
+            say(f"config changed on resume (allowed): {changes}")
+            with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+                f.write(json.dumps({"changes": {k: list(v) for k, v in allowed.items()}}) + "\n")
+        text = config.to_json_best_effort(indent=2, sort_keys=True)
+        if not os.path.exists(path) or open(path).read() != text:
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
     steps_per_epoch, total_steps = num_steps(config, len(train_source))
     tx = optim.create_optimizer(config.optimizer)
     schedule = optim.create_schedule(
@@ -420,15 +468,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         stats = input_pipeline.load_data_stats(config, train_source)
         stats = jax.device_put(stats, NamedSharding(mesh, P()))
         state = create_train_state(config, mesh, tx, jax.random.key(config.seed))
-        checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints)
+        checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints, say=say)
+        checkpointer.expect_size(state)
         train_iter = input_pipeline.create_train_iterator(config, train_source, rows=rows)
-        start = checkpointer.latest_step()
-        if start is not None:
-            state, schedule_state, data_state = checkpointer.restore(
-                start, checkpoint.abstract_like(state)
-            )
+        restored = checkpointer.restore_latest(checkpoint.abstract_like(state))
+        start, window = None, []
+        if restored is not None:
+            start, state, schedule_state, data_state = restored
             schedule.load_state_dict(schedule_state)
-            train_iter.set_state(data_state)
+            if "iterator" in data_state:  # since the metrics window is saved with it
+                train_iter.set_state(data_state["iterator"])
+                window = data_state["window"]
+            else:
+                train_iter.set_state(data_state)
             say(f"resumed from the checkpoint of step {start} in {checkpointer.directory}")
         run = _Run(
             config=config,
@@ -446,7 +498,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
             rows=rows,
         )
         try:
-            result = run.loop(state, train_iter)
+            result = run.loop(state, train_iter, window)
         finally:
             checkpointer.wait()
             checkpointer.close()
@@ -495,10 +547,37 @@ class _Run:
             )
         return result
 
-    def loop(self, state: TrainState, train_iter: Any) -> dict[str, float]:
+    def _logged_at(self, step: int) -> dict[str, float]:
+        """The evaluation (and test) results metrics.jsonl already holds for `step`."""
+        found: dict[str, float] = {}
+        if not os.path.exists(self.writer.path):
+            return found
+        for event in metrics.read_metrics(os.path.dirname(self.writer.path)):
+            if event["step"] == step:
+                found.update({k: v for k, v in event.items() if k.startswith(("eval", "test"))})
+        return found
+
+    def loop(
+        self, state: TrainState, train_iter: Any, window: list | None = None
+    ) -> dict[str, float]:
         """Trains to `total_steps`. Metrics are fetched one step late so that dispatch stays
-        asynchronous, and always before a checkpoint is written, so a NaN is never saved."""
+        asynchronous, and always before a checkpoint is written, so a NaN is never saved.
+
+        `window`: the per-step training metrics since the last logged event, as the checkpoint
+        that the run resumed from saved them, so that event averages the same steps.
+        """
         config, step = self.config, int(state.step)
+        if step >= self.total_steps:  # a finished run started again: report, log nothing
+            done = self._logged_at(step)
+            has_test = self.test_source is None or "test_top1_error" in done
+            if "eval_top1_error" in done and has_test:
+                say(f"this run finished at step {step}; its final results (from metrics.jsonl):")
+                say(_format_eval(step, done, f"eval ({config.eval_split})"))
+                if self.test_source is not None:
+                    values = {"eval" + k.removeprefix("test"): v for k, v in done.items()
+                              if k.startswith("test")}  # fmt: skip
+                    say(_format_eval(step, values, f"TEST ({config.test_split}, reported once)"))
+                return done
         bar = tqdm(
             total=self.total_steps,
             initial=step,
@@ -506,9 +585,11 @@ class _Run:
             dynamic_ncols=True,
             disable=jax.process_index() != 0 or not config.progress_bar,
         )
-        window: list[dict[str, float]] = []
+        window = list(window or [])
         pending = None
         result: dict[str, float] = {}
+        if step >= self.total_steps:
+            result = {k: v for k, v in self._logged_at(step).items() if k.startswith("eval")}
         tick, tick_step = time.perf_counter(), step
         with _Preemption() as preemption:
             while step < self.total_steps:
@@ -547,10 +628,15 @@ class _Run:
                         img_s=f"{summary['images_per_sec']:.0f}",
                     )
                     window, tick, tick_step = [], now, step
+                    if not save_now:  # a save due now is checked by the save itself
+                        every = config.checkpoint_every_steps
+                        self.checkpointer.warn_if_next_will_not_fit(
+                            min(self.total_steps, (step // every + 1) * every)
+                        )
                 if eval_now:
                     result = self.evaluate(step, state.params)
                 if save_now:
-                    data_state = train_iter.get_state()
+                    data_state = {"iterator": train_iter.get_state(), "window": window}
                     self.checkpointer.save(step, state, self.schedule.state_dict(), data_state)
                 if stop:
                     say(f"SIGTERM: saved the checkpoint of step {step} and stopped.")
@@ -559,6 +645,9 @@ class _Run:
         if step >= self.total_steps and not result:  # a finished run started again
             result = self.evaluate(step, state.params)
         if step >= self.total_steps and self.test_source is not None:
+            done = self._logged_at(step)
+            if "test_top1_error" in done:  # logged before this rerun
+                return {**result, **{k: v for k, v in done.items() if k.startswith("test")}}
             # The last checkpoint is written first: with several processes, Orbax's background
             # commit and the test pass's computations must not run side by side.
             self.checkpointer.wait()
