@@ -20,10 +20,14 @@ leaves no temporary directory behind.
 from __future__ import annotations
 
 import errno
+import gc
 import glob
 import logging
 import os
 import shutil
+import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +87,53 @@ class _DropDiskFullReports(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_DropDiskFullReports())
+
+
+class _DropAbandonedReads(logging.Filter):
+    """asyncio's 'Task exception was never retrieved' for the other arrays' reads of a
+    checkpoint whose restore already failed (reported in `restore_latest`'s one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not ("_read_array_index_and_device_put" in text or "async_deserialize" in text)
+
+
+def _quiet_abandoned_reads() -> None:
+    """After a failed restore or save, Orbax's other coroutines, tasks and threads end with
+    errors nobody retrieves, which Python and asyncio report on stderr (pages of TensorStore
+    specs) when they are collected. Collects them now with stderr closed, and drops later
+    reports of them."""
+    if not getattr(sys.unraisablehook, "_alexnet_jax", False):
+        previous = sys.unraisablehook
+
+        def hook(unraisable):
+            text = repr(unraisable.object) + str(unraisable.exc_value)
+            if "_read_array_index_and_device_put" in text or "Event loop is closed" in text:
+                return
+            previous(unraisable)
+
+        hook._alexnet_jax = True
+        sys.unraisablehook = hook
+        logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
+        previous_thread_hook = threading.excepthook
+
+        def thread_hook(args):
+            if "Event loop is closed" not in str(args.exc_value):
+                previous_thread_hook(args)
+
+        threading.excepthook = thread_hook
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            for _ in range(3):
+                gc.collect()
+                time.sleep(0.1)
+            sys.stderr.flush()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class Checkpointer:
@@ -189,6 +240,7 @@ class Checkpointer:
             )
         except Exception as e:
             if _is_disk_full(e):  # this save, or the one before it still being committed
+                _quiet_abandoned_reads()
                 pending = self._pending_steps()
                 self._manager.reload()
                 failed = pending[0] if pending else step
@@ -205,6 +257,7 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as e:
             if _is_disk_full(e):
+                _quiet_abandoned_reads()
                 pending = self._pending_steps()
                 step = pending[0] if pending else "?"
                 self._manager.reload()
@@ -260,6 +313,7 @@ class Checkpointer:
             try:
                 return (step, *self.restore(step, abstract_state))
             except Exception as e:
+                _quiet_abandoned_reads()
                 if (
                     "tree structures do not match" in str(e)
                     or "shape" in str(e).lower()

@@ -116,7 +116,10 @@ def main(argv: list[str]) -> None:
             raise
         # The message names the problem and the fix; the traceback would only bury it.
         print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(checkpoint.DISK_FULL_EXIT_CODE if isinstance(e, checkpoint.DiskFullError) else 1)
+        sys.stdout.flush()
+        # os._exit: the run has closed what it opened; an interpreter shutdown would also print
+        # the "Exception ignored" noise of TensorStore reads abandoned by a failed restore.
+        os._exit(checkpoint.DISK_FULL_EXIT_CODE if isinstance(e, checkpoint.DiskFullError) else 1)
     if result and jax.process_index() == 0:
         # The validation numbers (eval_*) drove the schedule; test_* were measured once.
         line = (

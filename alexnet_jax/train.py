@@ -500,10 +500,12 @@ def _train_and_evaluate(
         try:
             result = run.loop(state, train_iter, window)
         finally:
-            checkpointer.wait()
-            checkpointer.close()
-            run.writer.close()
-            train_iter.close()
+            try:
+                checkpointer.wait()  # may raise DiskFullError: the rest is closed regardless
+            finally:
+                checkpointer.close()
+                run.writer.close()
+                train_iter.close()
     skipped = getattr(train_iter, "skipped", None)
     if skipped and any(skipped.values()):
         say(f"skipped unreadable training examples: {skipped}")
