@@ -404,9 +404,24 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     allowed, refused = workdir_lib.config_changes(config, workdir)
     workdir_lib.refuse_config_changes(refused, workdir)
     lock = workdir_lib.Lock(workdir, say=say)
+    refused = None
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        lock.__enter__()
+        try:
+            lock.__enter__()
+        except workdir_lib.WorkdirError as e:
+            refused = e
+    if jax.process_count() > 1:  # every process stops if process 0 could not take the lock
+        from jax.experimental import multihost_utils
+
+        held = multihost_utils.broadcast_one_to_all(np.int32(refused is None))
+        if not int(held) and refused is None:
+            refused = workdir_lib.WorkdirError(
+                f"process 0 could not take the lock of {workdir} (another run holds it; "
+                "process 0 says which)."
+            )
+    if refused is not None:
+        raise refused
     try:
         return _train_and_evaluate(
             config, workdir, mesh, rows, train_source, eval_source, test_source, allowed

@@ -220,9 +220,11 @@ def test_sigkill_between_checkpoints_then_rerun_is_bit_identical(tmp_path, unint
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    assert (tmp_path / ".lock").exists()  # the killed run could not remove its lock
     proc = _main(tmp_path, *RESUME)
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out
+    assert "took over the stale lock" in out and not (tmp_path / ".lock").exists()
     step_a, a = _restored_params(reference)
     step_b, b = _restored_params(tmp_path)
     assert step_a == step_b == 60
