@@ -130,6 +130,7 @@ def _finish(proc):
     return out
 
 
+@pytest.mark.slow
 def test_killed_runner_resumes_on_rerun_and_then_skips(tmp_path):
     run = tmp_path / "runs" / "paper_seed0"
     proc = _runner(tmp_path)
@@ -164,6 +165,7 @@ def test_killed_runner_resumes_on_rerun_and_then_skips(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_fresh_deletes_the_runs_and_starts_over(tmp_path):
     args = [
         "--base=configs/default.py", "--variants=", "--seeds=1", "--steps=2", "--eval_every=2",

@@ -23,6 +23,7 @@ import pytest
 from experiments import common
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 BASE = (
     "--config=configs/default.py",
     "--config.num_train_steps=30",

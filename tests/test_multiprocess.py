@@ -87,6 +87,7 @@ def params(workdir: Path) -> list[np.ndarray]:
     return jax.tree.leaves(common.restore_params(workdir)[1])
 
 
+@pytest.mark.slow
 def test_two_processes_of_two_devices_follow_one_process_of_four(tmp_path):
     args = [*DIGITS, "--config.num_train_steps=10"]
     launched(2, 2, args, tmp_path / "two")
@@ -102,6 +103,7 @@ def test_two_processes_of_two_devices_follow_one_process_of_four(tmp_path):
     assert two and two[-1]["test_examples"] == 360  # the whole test split, once
 
 
+@pytest.mark.slow
 def test_one_tower_per_process_equals_two_devices_in_one_process(tmp_path):
     # The paper's layout: each process holds one tower (mesh data 1, tower 2). Both feed the
     # whole batch; the global batch is the configured 8, not 4.
@@ -151,6 +153,7 @@ def _saved(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes_exactly(
     tmp_path, uninterrupted
 ):
@@ -170,6 +173,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_then_resumes_exactly(
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_sigkill_of_one_process_stops_the_other_with_one_line_then_resumes_exactly(
     tmp_path, uninterrupted
 ):

@@ -212,6 +212,7 @@ def uninterrupted(tmp_path_factory):
     return workdir, out
 
 
+@pytest.mark.slow
 def test_sigkill_between_checkpoints_then_rerun_is_bit_identical(tmp_path, uninterrupted):
     reference, out = uninterrupted
     assert "final eval_top1_error" in out
@@ -236,6 +237,7 @@ def test_sigkill_between_checkpoints_then_rerun_is_bit_identical(tmp_path, unint
     _same_events(reference, tmp_path)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(tmp_path, uninterrupted):
     reference, _ = uninterrupted
     proc = _main(tmp_path, *RESUME)
