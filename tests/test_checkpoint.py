@@ -8,6 +8,10 @@ import pytest
 
 from alexnet_jax import checkpoint
 
+# A failed restore leaves Orbax's other reads to end in an event loop that is gone; the library
+# drops those reports (checkpoint._quiet_abandoned_reads), pytest's own hook sees them first.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 
 def _state(value: float):
     """Random values (constant ones would compress to nothing), offset by `value`."""
