@@ -264,18 +264,18 @@ class Checkpointer:
                 raise self._disk_full(step, cause=f" ({_gist(e)})") from None
             raise
 
+    def _temporaries(self) -> list[str]:
+        """Folders of saves that Orbax has not committed (renamed to their step) yet."""
+        return glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*"))
+
     def _pending_steps(self) -> list[int]:
-        found = []
-        for path in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
-            head = os.path.basename(path).split(".")[0]
-            if head.isdigit():
-                found.append(int(head))
-        return sorted(found)
+        heads = (os.path.basename(path).split(".")[0] for path in self._temporaries())
+        return sorted(int(head) for head in heads if head.isdigit())
 
     def _remove_temporaries(self) -> None:
         if jax.process_index() != 0:
             return
-        for path in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+        for path in self._temporaries():
             shutil.rmtree(path, ignore_errors=True)
 
     # --- restoring ------------------------------------------------------------------------

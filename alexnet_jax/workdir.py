@@ -62,14 +62,20 @@ def check_path(workdir: str) -> None:
         )
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def flat_config(config: Any) -> dict[str, Any]:
+    """{'model.lrn': True, ...} of a ConfigDict or of a run's config.json dict, as JSON values."""
+    data = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
+
+    def flat(d: dict, prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    return flat(data, "")
 
 
 def config_changes(config: Any, workdir: str) -> tuple[dict, dict]:
@@ -84,17 +90,17 @@ def config_changes(config: Any, workdir: str) -> tuple[dict, dict]:
         return {}, {}
     try:
         with open(path) as f:
-            old = _flat(json.load(f))
+            old = flat_config(json.load(f))
     except (OSError, ValueError) as e:
         raise WorkdirError(
             f"{path} cannot be read ({e}); it is the record of the run in {workdir}: repair "
             "it, or use another --workdir."
         ) from None
-    new = _flat(json.loads(config.to_json_best_effort()))
+    new = flat_config(config)
     allowed, refused = {}, {}
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if a == b or (isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == b):
+        if a == b:
             continue
         may = any(key == f or (f.endswith(".") and key.startswith(f)) for f in MAY_CHANGE_ON_RESUME)
         (allowed if may else refused)[key] = (a, b)
@@ -103,8 +109,7 @@ def config_changes(config: Any, workdir: str) -> tuple[dict, dict]:
 
 def refuse_config_changes(refused: dict, workdir: str) -> None:
     if refused:
-        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in
-                           ((k, *v) for k, v in refused.items()))  # fmt: skip
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items())
         raise WorkdirError(
             f"--workdir={workdir} holds a run with another config ({listed}). Resuming would "
             "mix two experiments: use a new --workdir for this config, or rerun with the values "

@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from alexnet_jax import input_pipeline, metrics, sources, train
+from alexnet_jax import workdir as workdir_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -81,20 +82,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def flat_config(config: Any) -> dict[str, Any]:
-    """{'model.lrn': True, ...} of a ConfigDict or of a run's config.json, as JSON values."""
-    data = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
+flat_config = workdir_lib.flat_config  # {'model.lrn': True, ...} of a config or a config.json
 
-    def flat(d, prefix=""):
-        out = {}
-        for key, value in d.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
 
-    return flat(data)
+def subprocess_env(cpu_devices: int | None = None) -> dict:
+    """The environment for a `python -m alexnet_jax.*` subprocess on simulated CPU devices: the
+    repository importable, no multi-process variables inherited, `cpu_devices` devices (one
+    when None)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).parents[1]))
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS"):
+        env.pop(var, None)
+    if cpu_devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={cpu_devices}"
+    return env
 
 
 def config_differences(config: Any, workdir: str | Path) -> dict[str, tuple[Any, Any]]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import subprocess
@@ -46,7 +45,7 @@ ARGS = [
 
 
 def _start(workdir: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), XLA_FLAGS="")
+    env = common.subprocess_env()
     return subprocess.Popen(
         [sys.executable, "-m", "alexnet_jax.main", *ARGS, f"--workdir={workdir}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

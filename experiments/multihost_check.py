@@ -21,8 +21,6 @@ with --grad_sum=psum).
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +31,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from alexnet_jax import metrics
+from alexnet_jax import launch, metrics
 from experiments import common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,21 +49,6 @@ TOWERS = [
     "--config.mesh.data=1",
     "--config.mesh.tower=2",
 ]
-
-
-def _env(devices: int | None) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS"):
-        env.pop(var, None)
-    if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cmds: list[tuple[list[str], dict]], log: Path) -> float:
@@ -134,26 +117,58 @@ def main(argv=None) -> dict:
         towers.append(f"--config.mesh.grad_sum={args.grad_sum}")
     if args.steps > 0:
         every = max(1, args.steps // 2)
-        default += [f"--config.num_train_steps={args.steps}",
-                    f"--config.eval_every_steps={every}",
-                    f"--config.checkpoint_every_steps={every}"]  # fmt: skip
+        default += [
+            f"--config.num_train_steps={args.steps}",
+            f"--config.eval_every_steps={every}",
+            f"--config.checkpoint_every_steps={every}",
+        ]
     main_cmd = [sys.executable, "-m", "alexnet_jax.main"]
     launch_cmd = [sys.executable, "-m", "alexnet_jax.launch"]
-    port = _free_port()
+    port = launch.free_port()
     runs = {
-        "launch": [([*launch_cmd, "--processes=2", "--cpu_devices=2", "--", *default,
-                     f"--workdir={base / 'launch'}"], _env(None))],
+        "launch": [
+            (
+                [
+                    *launch_cmd,
+                    "--processes=2",
+                    "--cpu_devices=2",
+                    "--",
+                    *default,
+                    f"--workdir={base / 'launch'}",
+                ],
+                common.subprocess_env(),
+            )
+        ],
         "env": [
-            ([*main_cmd, "--distributed", *default, f"--workdir={base / 'env'}"],
-             dict(_env(2), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                  JAX_PROCESS_ID=str(i)))
+            (
+                [*main_cmd, "--distributed", *default, f"--workdir={base / 'env'}"],
+                dict(
+                    common.subprocess_env(2),
+                    JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                    JAX_NUM_PROCESSES="2",
+                    JAX_PROCESS_ID=str(i),
+                ),
+            )
             for i in range(2)
         ],
-        "one": [([*main_cmd, *default, f"--workdir={base / 'one'}"], _env(4))],
-        "towers_two": [([*launch_cmd, "--processes=2", "--cpu_devices=1", "--", *towers,
-                         f"--workdir={base / 'towers_two'}"], _env(None))],
-        "towers_one": [([*main_cmd, *towers, f"--workdir={base / 'towers_one'}"], _env(2))],
-    }  # fmt: skip
+        "one": [([*main_cmd, *default, f"--workdir={base / 'one'}"], common.subprocess_env(4))],
+        "towers_two": [
+            (
+                [
+                    *launch_cmd,
+                    "--processes=2",
+                    "--cpu_devices=1",
+                    "--",
+                    *towers,
+                    f"--workdir={base / 'towers_two'}",
+                ],
+                common.subprocess_env(),
+            )
+        ],
+        "towers_one": [
+            ([*main_cmd, *towers, f"--workdir={base / 'towers_one'}"], common.subprocess_env(2))
+        ],
+    }
     seconds = {}
     for name, cmds in runs.items():
         print(f"running {name} ...", flush=True)

@@ -44,16 +44,17 @@ NOISE = re.compile(
 )
 
 
-def _env() -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS"):
-        env.pop(var, None)
-    return env
-
-
 def _command(args: list[str], workdir: Path) -> list[str]:
-    return [sys.executable, "-m", "alexnet_jax.launch", "--processes=2", "--cpu_devices=2",
-            "--", *args, f"--workdir={workdir}"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "alexnet_jax.launch",
+        "--processes=2",
+        "--cpu_devices=2",
+        "--",
+        *args,
+        f"--workdir={workdir}",
+    ]
 
 
 def _children(pid: int) -> list[int]:
@@ -69,16 +70,28 @@ def _saved(workdir: Path) -> list[int]:
 
 
 def _complete(args, workdir: Path) -> str:
-    run = subprocess.run(_command(args, workdir), env=_env(), cwd=ROOT, capture_output=True,
-                         text=True, timeout=900)  # fmt: skip
+    run = subprocess.run(
+        _command(args, workdir),
+        env=common.subprocess_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if run.returncode:
         raise SystemExit(f"{workdir.name}: exit status {run.returncode}\n{run.stdout[-3000:]}")
     return run.stdout
 
 
 def _fault(args, workdir: Path, scenario: str, at_step: int) -> dict:
-    proc = subprocess.Popen(_command(args, workdir), env=_env(), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        _command(args, workdir),
+        env=common.subprocess_env(),
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     pids, lines = {}, []
     for line in proc.stdout:
         lines.append(line)
@@ -128,10 +141,15 @@ def main(argv=None) -> dict:
     logging.set_verbosity(logging.ERROR)
 
     every = max(1, args.steps // 3)
-    run_args = ["--config=configs/default.py", f"--config.num_train_steps={args.steps}",
-                f"--config.eval_every_steps={every}", f"--config.checkpoint_every_steps={every}",
-                "--config.log_every_steps=5", "--config.progress_bar=False",
-                "--peer_timeout_s=10"]  # fmt: skip
+    run_args = [
+        "--config=configs/default.py",
+        f"--config.num_train_steps={args.steps}",
+        f"--config.eval_every_steps={every}",
+        f"--config.checkpoint_every_steps={every}",
+        "--config.log_every_steps=5",
+        "--config.progress_bar=False",
+        "--peer_timeout_s=10",
+    ]
     base = Path(tempfile.mkdtemp(prefix="alexnet_jax_faults_"))
     out = common.results_dir("multiprocess", args.out)
     print("uninterrupted run ...", flush=True)
@@ -151,11 +169,16 @@ def main(argv=None) -> dict:
     command = "python -m experiments.multihost_faults" + (
         f" --steps={args.steps}" if args.steps != 60 else ""
     )
-    result = {"command": command, "machine": common.machine(), "args": run_args,
-              "scenarios": scenarios}  # fmt: skip
-    lines = [f"# {command}  ({result['machine']})",
-             "# python -m alexnet_jax.launch --processes=2 --cpu_devices=2 -- "
-             + " ".join(run_args)]  # fmt: skip
+    result = {
+        "command": command,
+        "machine": common.machine(),
+        "args": run_args,
+        "scenarios": scenarios,
+    }
+    lines = [
+        f"# {command}  ({result['machine']})",
+        "# python -m alexnet_jax.launch --processes=2 --cpu_devices=2 -- " + " ".join(run_args),
+    ]
     for name, s in scenarios.items():
         lines.append(
             f"{name}: signal after step {s['signal_after_step']}; exit statuses "
