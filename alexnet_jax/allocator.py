@@ -3,7 +3,7 @@
 glibc's malloc returns large freed blocks to the OS, so every XLA execution page-faults its big
 buffers in again: on a 2-core EPYC VM a 167 MB elementwise op took 55 ms with glibc and 13 ms
 with tcmalloc, and AlexNet's training step about twice as long, in JAX and PyTorch alike
-(README, Performance). `alexnet_jax.main` and `alexnet_jax.benchmark` call `preload_allocator`
+(README, Performance). `alexnet_jax.main` and `experiments.benchmark` call `preload_allocator`
 first thing, as PyTorch's CPU launcher (`torch.backends.xeon.run_cpu`) does.
 """
 
@@ -67,7 +67,7 @@ def preload_allocator(module: str, allocator: str = "auto", argv: Sequence[str] 
     is needed: `allocator` is 'system', tcmalloc is already loaded, or ('auto') none was found.
 
     Args:
-      module: the module to run again (e.g. 'alexnet_jax.benchmark').
+      module: the module to run again (e.g. 'experiments.benchmark').
       allocator: 'auto' (tcmalloc if found), 'tcmalloc' (required) or 'system' (never preload).
       argv: the command-line arguments to run it with.
 

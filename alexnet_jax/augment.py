@@ -38,7 +38,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 MEAN_MODES = ("image", "channel", "none")
@@ -344,8 +343,8 @@ def train_views(
       rng: one JAX PRNG key for this step (e.g. fold_in(base_key, step)).
       images_u8: (B, S, S, 3) uint8 images, S >= size.
       stats: the training-set statistics (may be None if cfg uses neither mean nor PCA).
-      cfg: `default_augment_config()` or any object with the same attributes; a Python value,
-        so close over it (or mark it static) under jit.
+      cfg: `config.augment` (configs/alexnet.py) or any object with the same attributes; a
+        Python value, so close over it (or mark it static) under jit.
       size: the patch side, 224 or 227 (static).
 
     Returns:
@@ -380,18 +379,3 @@ def eval_views(
     """
     x = subtract_mean(images_u8, stats, cfg.mean)
     return ten_crops(x, size) if ten_crop else center_crop(x, size)
-
-
-def default_augment_config() -> ml_collections.ConfigDict:
-    """The paper's augmentation settings (§2, §4.1); ablation configs switch single fields.
-
-    Returns:
-      A ConfigDict with fields mean, random_crop, flip, pca_color, pca_std.
-    """
-    cfg = ml_collections.ConfigDict()
-    cfg.mean = "image"  # 'image' per-pixel mean image (§2) | 'channel' | 'none'.
-    cfg.random_crop = True  # Random patches of the S x S image (§4.1); False = centre patch.
-    cfg.flip = True  # Left-right mirror with probability 1/2 (§4.1).
-    cfg.pca_color = True  # PCA colour noise, one RGB shift per image (§4.1).
-    cfg.pca_std = 0.1  # Standard deviation of the alphas (§4.1).
-    return cfg

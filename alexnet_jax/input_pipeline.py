@@ -29,7 +29,7 @@ iterator itself with `grain.checkpoint.CheckpointSave(it)` (it is a `grain.Datas
 Commands:
   python -m alexnet_jax.input_pipeline --config=configs/alexnet.py            # describe data
   python -m alexnet_jax.input_pipeline --config=configs/alexnet.py --prepare --out=DIR
-  python -m alexnet_jax.input_pipeline --config=configs/alexnet.py --bench
+  python -m experiments.input_pipeline_benchmark --config=configs/alexnet.py   # throughput
 """
 
 from __future__ import annotations
@@ -540,7 +540,9 @@ if __name__ == "__main__":
     _OUT = flags.DEFINE_string("out", None, "--prepare: destination directory.")
     _SPLITS = flags.DEFINE_list("splits", None, "--prepare: splits (default train and eval).")
     _QUALITY = flags.DEFINE_integer("quality", 95, "--prepare: JPEG quality.")
-    _BENCH = flags.DEFINE_bool("bench", False, "Print the host and device throughput report.")
+    _BENCH = flags.DEFINE_bool(
+        "bench", False, "Moved: python -m experiments.input_pipeline_benchmark."
+    )
 
     def main(argv: Sequence[str]) -> None:
         del argv
@@ -551,9 +553,10 @@ if __name__ == "__main__":
             prepare(config, _OUT.value, _SPLITS.value, quality=_QUALITY.value)
             print(f"Prepared. Train with --config.dataset=prepared:{_OUT.value}")
         elif _BENCH.value:
-            from experiments import input_pipeline_benchmark
-
-            input_pipeline_benchmark.run(config)
+            raise app.UsageError(
+                "--bench moved out of the library: run `python -m "
+                "experiments.input_pipeline_benchmark --config=...` from the repository root."
+            )
         else:
             _describe(config)
 

@@ -14,7 +14,7 @@ AlexNet (§3.5, Figure 2) is written once, as the computation of the towers a de
 With `tower_axis=None` the same code runs both towers side by side on one device;
 `alexnet_jax.parallel` runs it under `jax.shard_map` with one tower per device.
 
-Sizes follow PAPER.md: 224x224 inputs use cuda-convnet2's rounding (output sizes rounded up, so
+Sizes follow docs/paper.md: 224x224 inputs use cuda-convnet2's rounding (output sizes rounded up, so
 conv1 sees 3 zero pixels past the bottom and right edges and gives 55x55); 227x227 inputs (Caffe)
 need no padding. Both give 55-27-27-13-13-13-13-6 and 9216 inputs to fc6.
 """
@@ -44,7 +44,7 @@ LRN_KINDS = ("cross_map", "within_map")
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-    """One AlexNet layer as in the table of §3.5 (PAPER.md)."""
+    """One AlexNet layer as in the table of §3.5 (docs/paper.md)."""
 
     name: str
     features: int  # kernels over all towers, the paper's count; 0 for fc8 (= num_classes)
@@ -73,7 +73,8 @@ ALEXNET_LAYERS: tuple[Layer, ...] = (
     Layer("fc8", 0, sees="both", bias=0.0),
 )
 
-# Caffe's bvlc_alexnet (PAPER.md §5): bias 0.1 where the paper uses 1, fc6/fc7 weights std 0.005.
+# Caffe's bvlc_alexnet (docs/paper.md, Training): bias 0.1 where the paper uses 1, fc6/fc7
+# weights std 0.005.
 _CAFFE_BIAS = 0.1
 _CAFFE_FC_STD = {"fc6": 0.005, "fc7": 0.005}
 
@@ -335,13 +336,25 @@ class AlexNet(nn.Module):
         return logits
 
     def _normalize(self, x: Array, local: int) -> Array:
-        """LRN across the maps of each tower separately (each GPU normalized its own maps), or
-        the within-map normalization, which never mixes maps."""
-        constants = dict(size=self.lrn_size, alpha=self.lrn_alpha, beta=self.lrn_beta, k=self.lrn_k)
-        if self.lrn_kind == "within_map":
-            return within_map_norm(x, **constants)
-        towers_x = x.reshape(*x.shape[:-1], local, x.shape[-1] // local)
-        return local_response_norm(towers_x, **constants).reshape(x.shape)
+        return tower_norm(
+            x, local, self.lrn_kind, size=self.lrn_size, alpha=self.lrn_alpha,
+            beta=self.lrn_beta, k=self.lrn_k,
+        )  # fmt: skip
+
+
+def tower_norm(
+    x: Array, towers: int, kind: str, *, size: int, alpha: float, beta: float, k: float
+) -> Array:
+    """The response normalization of §3.3 on the channel-concatenated maps of `towers` towers.
+
+    'cross_map': LRN across the maps of each tower separately (each GPU normalized its own
+    maps); 'within_map': cuda-convnet's rnorm, which never mixes maps.
+    """
+    constants = dict(size=size, alpha=alpha, beta=beta, k=k)
+    if kind == "within_map":
+        return within_map_norm(x, **constants)
+    towers_x = x.reshape(*x.shape[:-1], towers, x.shape[-1] // towers)
+    return local_response_norm(towers_x, **constants).reshape(x.shape)
 
 
 class _TowerLayer(nn.Module):
@@ -392,7 +405,7 @@ class _TowerLayer(nn.Module):
 
 
 def _initializers(init: str, layer: Layer, receptive_field: int) -> tuple[Callable, float]:
-    """(kernel initializer, bias value) of one layer (§5; PAPER.md for Caffe's variant)."""
+    """(kernel initializer, bias value) of one layer (§5; docs/paper.md for Caffe's variant)."""
     if init == "lecun":
         return nn.initializers.normal(1.0 / math.sqrt(receptive_field)), 0.0
     if init == "caffe":
@@ -576,15 +589,15 @@ def create_model(
       An `AlexNet` or `CifarNet` module.
     """
     m = model_config
-    name = m.get("name", "alexnet")
+    name = m.name
     _activation(m.activation)
     _check_init(m.init)
-    _check_lrn_kind(m.get("lrn_kind", "cross_map"))
+    _check_lrn_kind(m.lrn_kind)
     common = dict(
         num_classes=m.num_classes,
         activation=m.activation,
         lrn=m.lrn,
-        lrn_kind=m.get("lrn_kind", "cross_map"),
+        lrn_kind=m.lrn_kind,
         lrn_size=m.lrn_size,
         lrn_alpha=m.lrn_alpha,
         lrn_beta=m.lrn_beta,
@@ -592,8 +605,8 @@ def create_model(
         weight_init=m.init,
     )
     if name == "alexnet":
-        tower_widths(m.towers, m.num_classes, m.get("one_tower_kernels", "half"))
-        if m.towers != 1 and m.get("one_tower_kernels", "half") != "half":
+        tower_widths(m.towers, m.num_classes, m.one_tower_kernels)
+        if m.towers != 1 and m.one_tower_kernels != "half":
             raise ValueError(
                 f"model.one_tower_kernels={m.one_tower_kernels!r} chooses the widths of the "
                 f"one-tower net; with model.towers={m.towers} it would be ignored. Set "
@@ -601,12 +614,12 @@ def create_model(
             )
         return AlexNet(
             towers=m.towers,
-            one_tower_kernels=m.get("one_tower_kernels", "half"),
+            one_tower_kernels=m.one_tower_kernels,
             pool_window=m.pool_window,
             dropout_rate=m.dropout_rate,
-            grouped_conv=m.get("grouped_conv", False),
-            conv1_matmul=m.get("conv1_matmul", True),
-            compute_dtype=m.get("compute_dtype", "float32"),
+            grouped_conv=m.grouped_conv,
+            conv1_matmul=m.conv1_matmul,
+            compute_dtype=m.compute_dtype,
             tower_axis=tower_axis,
             data_axis=data_axis,
             **common,
@@ -614,7 +627,7 @@ def create_model(
     if name in CIFAR_NETS:
         _check_cifar_init(m.init)
         for field, unused in _ALEXNET_ONLY.items():
-            if m.get(field, unused) != unused:
+            if m[field] != unused:
                 raise ValueError(
                     f"model.{field}={m[field]!r} is an AlexNet switch; the {name!r} net (a "
                     f"cuda-convnet layer file) does not have it. Set model.{field}={unused!r}."

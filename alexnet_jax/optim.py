@@ -21,17 +21,13 @@ measure that difference. In Optax terms the two are the same three transformatio
 different order: decay, scale by -lr, momentum trace (paper) versus decay, momentum trace,
 scale by -lr (optax).
 
-The rate lives in the optimizer state (`optax.inject_hyperparams`), so the training loop
-changes it between steps without recompiling: the paper's rule divides it by 10 when the
-validation error stops improving, which a function of the step cannot express. All four
-schedules therefore run on the host in `LearningRateSchedule`, and the loop does
-
-    opt_state = set_learning_rate(opt_state, schedule.learning_rate(step))
-    state, metrics = train_step(state, batch)       # jitted once
-    if step % eval_every == 0:
-        schedule.on_eval(step, validation_error)
-
-saving `schedule.state_dict()` (plain JSON) with each checkpoint.
+The rate lives in the optimizer state (`optax.inject_hyperparams`). The fixed schedules
+('step', 'cosine', 'constant') are Optax schedules evaluated inside the jitted step at the
+update's count, so they cost the host nothing and resume with the state. The paper's rule
+(§5, 'plateau') divides the rate by 10 when the validation error stops improving, which no
+function of the step can express: `Plateau` watches the evaluations on the host, and the
+training loop writes the new rate into the state with `set_learning_rate` when it drops
+(`train.py`); its small state is saved as JSON with each checkpoint.
 """
 
 from __future__ import annotations
@@ -132,19 +128,59 @@ def optax_sgd(
     )
 
 
-def create_optimizer(optimizer_config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Builds the SGD of §5 with the learning rate held in the optimizer state.
+def learning_rate_schedule(
+    optimizer_config: ml_collections.ConfigDict, *, steps_per_epoch: int, total_steps: int
+) -> optax.Schedule | float:
+    """The rate of each step as an Optax schedule, or the constant start of 'plateau'.
+
+    'constant': the initial rate throughout. 'step': multiplied by `step_factor` at each epoch
+    in `step_epochs` (rounded to steps once, so resumed runs agree on the boundaries).
+    'cosine': 0.5 * lr0 * (1 + cos(pi * step / total_steps)), 0 from total_steps on.
+    'plateau': a float; `Plateau` changes it between steps, since a function of the step
+    cannot see the validation error.
+
+    Raises:
+      ValueError: for an unknown schedule name or settings it cannot use.
+    """
+    c = optimizer_config
+    _check_choice("schedule", c.schedule, SCHEDULES)
+    lr0 = float(c.learning_rate)
+    if c.schedule == "step":
+        if steps_per_epoch < 1:
+            raise ValueError(f"schedule='step' needs steps_per_epoch >= 1, got {steps_per_epoch}.")
+        boundaries: dict[int, float] = {}
+        for epoch in c.step_epochs:  # two epochs on one step multiply their factors there
+            b = round(epoch * steps_per_epoch)
+            boundaries[b] = boundaries.get(b, 1.0) * float(c.step_factor)
+        return optax.piecewise_constant_schedule(lr0, boundaries)
+    if c.schedule == "cosine":
+        if total_steps < 1:
+            raise ValueError(f"schedule='cosine' needs total_steps >= 1, got {total_steps}.")
+        return optax.cosine_decay_schedule(lr0, total_steps)
+    if c.schedule == "constant":
+        return optax.constant_schedule(lr0)
+    return lr0  # 'plateau'
+
+
+def create_optimizer(
+    optimizer_config: ml_collections.ConfigDict, *, steps_per_epoch: int = 1, total_steps: int = 1
+) -> optax.GradientTransformation:
+    """Builds the SGD of §5 with its learning-rate schedule inside the optimizer state.
 
     Args:
       optimizer_config: `config.optimizer`; reads learning_rate (the initial rate), momentum,
-        weight_decay, update_rule ('paper' | 'optax') and weight_decay_on ('all' | 'weights').
+        weight_decay, update_rule ('paper' | 'optax'), weight_decay_on ('all' | 'weights') and
+        the schedule fields (`learning_rate_schedule`).
+      steps_per_epoch: training steps per epoch ('step' converts epochs with it).
+      total_steps: steps in the run ('cosine' reaches 0 there).
 
     Returns:
-      An `optax.inject_hyperparams` transformation; read and change its rate with
-      `get_learning_rate` and `set_learning_rate`.
+      An `optax.inject_hyperparams` transformation. A fixed schedule is evaluated on the
+      device at the update's own count; under 'plateau' the rate is a state value that
+      `set_learning_rate` changes. `get_learning_rate` reads the rate of the last update.
 
     Raises:
-      ValueError: if update_rule or weight_decay_on is not one of the allowed names.
+      ValueError: if a name is not one of the allowed ones, or the schedule cannot be built.
     """
     _check_choice("update_rule", optimizer_config.update_rule, UPDATE_RULES)
     _check_choice("weight_decay_on", optimizer_config.weight_decay_on, WEIGHT_DECAY_ON)
@@ -156,15 +192,22 @@ def create_optimizer(optimizer_config: ml_collections.ConfigDict) -> optax.Gradi
     return optax.inject_hyperparams(
         factory, static_args=("momentum", "weight_decay", "weight_decay_mask")
     )(
-        learning_rate=float(optimizer_config.learning_rate),
+        learning_rate=learning_rate_schedule(
+            optimizer_config, steps_per_epoch=steps_per_epoch, total_steps=total_steps
+        ),
         momentum=float(optimizer_config.momentum),
         weight_decay=float(optimizer_config.weight_decay),
         weight_decay_mask=mask,
     )
 
 
+def _injected(path: tuple[Any, ...], value: Any) -> bool:
+    """The injected rate itself, not a schedule's own state stored under the same name."""
+    return len(path) >= 2 and getattr(path[-2], "name", None) == "hyperparams"
+
+
 def get_learning_rate(opt_state: optax.OptState) -> jax.Array:
-    """The learning rate the next update will use.
+    """The learning rate of the last update (before any update: of the first one).
 
     Args:
       opt_state: the state of `create_optimizer`'s transformation, alone or nested in a larger
@@ -177,7 +220,7 @@ def get_learning_rate(opt_state: optax.OptState) -> jax.Array:
       ValueError: if the state holds no injected learning rate.
     """
     # Searching by name (not a fixed path) finds the rate for both rules and in wrapped states.
-    lr = optax.tree_utils.tree_get(opt_state, "learning_rate")
+    lr = optax.tree_utils.tree_get(opt_state, "learning_rate", filtering=_injected)
     if lr is None:
         raise ValueError(
             "No injected 'learning_rate' in the optimizer state: build it with create_optimizer."
@@ -186,7 +229,8 @@ def get_learning_rate(opt_state: optax.OptState) -> jax.Array:
 
 
 def set_learning_rate(opt_state: optax.OptState, learning_rate: Any) -> optax.OptState:
-    """Returns a copy of the state whose next update uses `learning_rate`.
+    """Returns a copy of the state whose next update uses `learning_rate` (under 'plateau'; a
+    fixed schedule overwrites the rate at every update).
 
     The new value takes the dtype of the old one, so a jitted step that receives the state sees
     the same abstract value and is not traced again.
@@ -200,105 +244,55 @@ def set_learning_rate(opt_state: optax.OptState, learning_rate: Any) -> optax.Op
     """
     old = get_learning_rate(opt_state)
     new = jnp.asarray(learning_rate, dtype=jnp.asarray(old).dtype)
-    return optax.tree_utils.tree_set(opt_state, learning_rate=new)
+    return optax.tree_utils.tree_set(opt_state, _injected, learning_rate=new)
 
 
 # --------------------------------------------------------------------------------------------
-# Schedules. §5: "divide the learning rate by 10 when the validation error rate stopped
+# The plateau rule. §5: "divide the learning rate by 10 when the validation error rate stopped
 # improving with the current learning rate ... reduced three times prior to termination."
 # --------------------------------------------------------------------------------------------
 
 
-class LearningRateSchedule:
-    """The learning rate for each step, run on the host.
+class Plateau:
+    """The validation-plateau rule of §5, on the host: it sees evaluations, not steps.
 
-    'plateau' (§5): the rate is multiplied by `plateau_factor` when the validation error has not
-    improved on its best by more than `plateau_min_delta` for `plateau_patience` consecutive
-    evaluations, at most `plateau_max_drops` times. After a drop the count of evaluations
-    without improvement restarts from zero; the best error is kept (as in PyTorch's
-    ReduceLROnPlateau), so the lower rate has to beat the error reached before it.
-    'step': multiplied by `step_factor` at each epoch in `step_epochs`.
-    'constant': the initial rate throughout.
-    'cosine': 0.5 * lr0 * (1 + cos(pi * step / total_steps)), lr0 at step 0, 0 at total_steps.
+    The rate is multiplied by `plateau_factor` when the validation error has not improved on its
+    best by more than `plateau_min_delta` for `plateau_patience` consecutive evaluations, at
+    most `plateau_max_drops` times. After a drop the count of evaluations without improvement
+    restarts from zero; the best error is kept (as in PyTorch's ReduceLROnPlateau), so the lower
+    rate has to beat the error reached before it.
+
+    Not `optax.contrib.reduce_on_plateau`: that transformation counts its patience in update
+    calls and reads a loss passed to every update, while §5 counts validation evaluations, which
+    happen on the host every `eval_every_steps` steps. The training loop writes the new rate into
+    the optimizer state (`set_learning_rate`) only when this object drops it, so between drops
+    no value travels from the host to the step.
     """
 
-    def __init__(
-        self,
-        schedule: str,
-        base_learning_rate: float,
-        *,
-        steps_per_epoch: int = 1,
-        total_steps: int = 1,
-        step_epochs: Sequence[float] = (30, 60, 80),
-        step_factor: float = 0.1,
-        plateau_patience: int = 2,
-        plateau_factor: float = 0.1,
-        plateau_max_drops: int = 3,
-        plateau_min_delta: float = 0.0,
-    ):
-        """Validates the settings; see the class docstring for their meaning.
-
-        Args:
-          schedule: 'plateau' | 'step' | 'constant' | 'cosine'.
-          base_learning_rate: the rate at step 0.
-          steps_per_epoch: training steps per epoch ('step' converts epochs with it).
-          total_steps: steps in the run ('cosine' reaches 0 there).
-          step_epochs: epochs at which 'step' multiplies the rate by step_factor.
-          step_factor: the factor of each 'step' drop.
-          plateau_patience: evaluations without improvement before a 'plateau' drop.
-          plateau_factor: the factor of each 'plateau' drop.
-          plateau_max_drops: the most 'plateau' drops in a run.
-          plateau_min_delta: how much lower than the best an error must be to count as better.
-
-        Raises:
-          ValueError: for an unknown schedule name or settings it cannot use.
-        """
-        _check_choice("schedule", schedule, SCHEDULES)
-        if schedule == "step" and steps_per_epoch < 1:
-            raise ValueError(f"schedule='step' needs steps_per_epoch >= 1, got {steps_per_epoch}.")
-        if schedule == "cosine" and total_steps < 1:
-            raise ValueError(f"schedule='cosine' needs total_steps >= 1, got {total_steps}.")
-        if schedule == "plateau" and plateau_patience < 1:
+    def __init__(self, optimizer_config: ml_collections.ConfigDict):
+        """Reads learning_rate and the plateau_* fields of `config.optimizer`."""
+        c = optimizer_config
+        self.base_learning_rate = float(c.learning_rate)
+        self.patience = int(c.plateau_patience)
+        self.factor = float(c.plateau_factor)
+        self.max_drops = int(c.plateau_max_drops)
+        self.min_delta = float(c.plateau_min_delta)
+        if self.patience < 1:
             raise ValueError(
-                f"config.optimizer.plateau_patience must be >= 1, got {plateau_patience}."
+                f"config.optimizer.plateau_patience must be >= 1, got {self.patience}."
             )
-        self.schedule = schedule
-        self.base_learning_rate = float(base_learning_rate)
-        self.total_steps = int(total_steps)
-        # Boundaries in steps, rounded once so that resumed runs agree on them.
-        self.step_boundaries = sorted(round(e * steps_per_epoch) for e in step_epochs)
-        self.step_factor = float(step_factor)
-        self.plateau_patience = int(plateau_patience)
-        self.plateau_factor = float(plateau_factor)
-        self.plateau_max_drops = int(plateau_max_drops)
-        self.plateau_min_delta = float(plateau_min_delta)
-        # Plateau state: what a checkpoint must hold for a resumed run to continue exactly.
+        # What a checkpoint must hold for a resumed run to continue exactly.
         self.best_error: float | None = None
         self.num_bad_evals = 0
         self.drop_steps: list[int] = []
 
-    def learning_rate(self, step: int) -> float:
-        """The rate the update at `step` should use.
-
-        Args:
-          step: the index of the next training step (0-based).
-
-        Returns:
-          The learning rate, a Python float.
-        """
-        lr0 = self.base_learning_rate
-        if self.schedule == "plateau":
-            return lr0 * self.plateau_factor ** len(self.drop_steps)
-        if self.schedule == "step":
-            passed = sum(step >= b for b in self.step_boundaries)
-            return lr0 * self.step_factor**passed
-        if self.schedule == "cosine":
-            t = min(max(step, 0), self.total_steps) / self.total_steps
-            return 0.5 * lr0 * (1.0 + math.cos(math.pi * t))
-        return lr0
+    @property
+    def learning_rate(self) -> float:
+        """The rate after the drops so far."""
+        return self.base_learning_rate * self.factor ** len(self.drop_steps)
 
     def on_eval(self, step: int, error: float) -> bool:
-        """Records a validation evaluation; only 'plateau' reacts to it.
+        """Records a validation evaluation.
 
         Args:
           step: the training step at which the evaluation ran (kept with each drop).
@@ -308,85 +302,43 @@ class LearningRateSchedule:
         Returns:
           True if the rate was dropped by this evaluation.
         """
-        if self.schedule != "plateau":
-            return False
         error = float(error)
         if math.isfinite(error) and (
-            self.best_error is None or error < self.best_error - self.plateau_min_delta
+            self.best_error is None or error < self.best_error - self.min_delta
         ):
             self.best_error = error
             self.num_bad_evals = 0
             return False
         self.num_bad_evals += 1
-        if (
-            self.num_bad_evals >= self.plateau_patience
-            and len(self.drop_steps) < self.plateau_max_drops
-        ):
+        if self.num_bad_evals >= self.patience and len(self.drop_steps) < self.max_drops:
             self.drop_steps.append(int(step))
             self.num_bad_evals = 0
             return True
         return False
 
     def state_dict(self) -> dict[str, Any]:
-        """The mutable state, JSON-serialisable, for checkpoints.
-
-        Returns:
-          A dict of the schedule name, best error (None before any evaluation), the count of
-          evaluations without improvement and the steps at which the rate dropped.
-        """
+        """The mutable state, JSON-serialisable, for checkpoints: the best error (None before
+        any evaluation), the evaluations without improvement since the last drop or best, and
+        the steps at which the rate dropped."""
         return {
-            "schedule": self.schedule,
+            "schedule": "plateau",
             "best_error": self.best_error,
             "num_bad_evals": self.num_bad_evals,
             "drop_steps": list(self.drop_steps),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restores what `state_dict` returned, so a resumed run continues the schedule.
-
-        Args:
-          state: a dict from `state_dict` (possibly through JSON).
+        """Restores what `state_dict` returned, so a resumed run continues the rule.
 
         Raises:
-          ValueError: if it was saved by a different kind of schedule.
+          ValueError: if it was saved by a run with another schedule.
         """
-        if state["schedule"] != self.schedule:
+        if state.get("schedule") != "plateau":
             raise ValueError(
-                f"Schedule state saved for {state['schedule']!r}, this run uses "
-                f"config.optimizer.schedule={self.schedule!r}."
+                f"Schedule state saved for {state.get('schedule')!r}, this run uses "
+                "config.optimizer.schedule='plateau'."
             )
         best = state["best_error"]
         self.best_error = None if best is None else float(best)
         self.num_bad_evals = int(state["num_bad_evals"])
         self.drop_steps = [int(s) for s in state["drop_steps"]]
-
-
-def create_schedule(
-    optimizer_config: ml_collections.ConfigDict, *, steps_per_epoch: int, total_steps: int
-) -> LearningRateSchedule:
-    """Builds the schedule named by `config.optimizer.schedule`.
-
-    Args:
-      optimizer_config: `config.optimizer` (learning_rate, schedule, step_*, plateau_*).
-      steps_per_epoch: training steps per epoch.
-      total_steps: training steps in the run.
-
-    Returns:
-      A LearningRateSchedule starting at `optimizer_config.learning_rate`.
-
-    Raises:
-      ValueError: if the schedule name is unknown.
-    """
-    c = optimizer_config
-    return LearningRateSchedule(
-        c.schedule,
-        c.learning_rate,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-        step_epochs=tuple(c.step_epochs),
-        step_factor=c.step_factor,
-        plateau_patience=c.plateau_patience,
-        plateau_factor=c.plateau_factor,
-        plateau_max_drops=c.plateau_max_drops,
-        plateau_min_delta=c.plateau_min_delta,
-    )

@@ -46,7 +46,7 @@ def mesh_shape(mesh_config: Any, model_config: Any, num_devices: int) -> tuple[i
     Raises:
       ValueError: the mesh does not fit the devices or the model, with the fix in the message.
     """
-    towers = model_config.towers if model_config.get("name", "alexnet") == "alexnet" else 1
+    towers = model_config.towers if model_config.name == "alexnet" else 1
     tower = mesh_config.tower
     if tower == 0:
         tower = towers if towers > 1 and num_devices % towers == 0 else 1
@@ -138,7 +138,7 @@ def process_rows(mesh: Mesh, batch_size: int) -> tuple[int, int]:
 
 def param_spec(model_config: Any) -> P:
     """PartitionSpec of every parameter: AlexNet's leading tower axis over 'tower', else none."""
-    return P("tower") if model_config.get("name", "alexnet") == "alexnet" else P()
+    return P("tower") if model_config.name == "alexnet" else P()
 
 
 def shard(tree: Any, mesh: Mesh, specs: Any) -> Any:

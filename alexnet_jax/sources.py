@@ -689,24 +689,41 @@ def create_source(config: Any, split: str) -> Source:
     return SlicedSource(source, split)
 
 
+DATASET_KINDS = ("tfds", "folder", "prepared")  # 'kind:argument' datasets
+PLAIN_DATASETS = ("digits", "synthetic")  # datasets named without an argument
+
+
+def parse_dataset(dataset: str) -> tuple[str, str]:
+    """Splits `config.dataset` into (kind, argument): 'tfds:imagenet2012' -> ('tfds',
+    'imagenet2012'), 'digits' -> ('digits', '').
+
+    Raises:
+      ValueError: not one of the forms below, with the forms in the message.
+    """
+    kind, _, arg = dataset.partition(":")
+    if (kind in PLAIN_DATASETS and not arg and ":" not in dataset) or (
+        kind in DATASET_KINDS and arg
+    ):
+        return kind, arg
+    raise ValueError(
+        f"dataset={dataset!r} is not a dataset name: use 'tfds:<name>' (e.g. "
+        "tfds:imagenet2012), 'folder:<path>', 'prepared:<dir>', 'digits' or 'synthetic'."
+    )
+
+
 def _create_base_source(config: Any, split: str) -> Source:
     """The source of one whole (unsliced) split; see `create_source`."""
-    dataset, size = config.dataset, int(config.resize_size)
-    kind, _, arg = dataset.partition(":")
-    if kind == "digits" and not arg:
+    size = int(config.resize_size)
+    kind, arg = parse_dataset(config.dataset)
+    if kind == "digits":
         return DigitsSource(split, size)
-    if kind == "synthetic" and not arg:
+    if kind == "synthetic":
         return SyntheticSource(split, size, config.synthetic_examples, config.synthetic_classes)
-    if kind == "folder" and arg:
+    if kind == "folder":
         return FolderSource(arg, split, size, config.folder_val_fraction)
-    if kind == "prepared" and arg:
+    if kind == "prepared":
         return PreparedSource(arg, split, size)
-    if kind == "tfds" and arg:
-        return TfdsSource(arg, split, size, config.data_dir)
-    raise ValueError(
-        f"config.dataset={dataset!r}: expected 'tfds:<name>', 'folder:<path>', "
-        "'prepared:<dir>', 'digits' or 'synthetic'"
-    )
+    return TfdsSource(arg, split, size, config.data_dir)
 
 
 _LOGGED: set[str] = set()

@@ -45,7 +45,7 @@ def layer_table(config: Any) -> list[Row]:
 
     params, inter = jax.eval_shape(run)
     outputs = {name.removesuffix("_out"): v[0].shape[1:] for name, v in inter.items()}
-    alexnet = config.model.get("name", "alexnet") == "alexnet"
+    alexnet = config.model.name == "alexnet"
     sees = {layer.name: layer.sees for layer in models.ALEXNET_LAYERS}
 
     rows = [Row("input", "", "", (size, size, 3), 0, 0)]
@@ -111,7 +111,7 @@ def format_table(rows: list[Row], title: str = "") -> str:
 
 def describe(config: Any) -> str:
     m = config.model
-    name = m.get("name", "alexnet")
+    name = m.name
     what = f"{name}, towers={m.towers}" if name == "alexnet" else name
     if name == "alexnet" and m.towers == 1:
         what += f" ({m.get('one_tower_kernels', 'half')} kernels)"

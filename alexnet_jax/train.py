@@ -52,8 +52,6 @@ class TrainState:
 
 # --- Configuration checks ----------------------------------------------------------------------
 
-DATASET_KINDS = ("tfds", "folder", "prepared")  # 'kind:argument' datasets (alexnet_jax/sources.py)
-
 
 def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
     """Raises one ValueError listing every problem of `config`, before anything is compiled."""
@@ -67,19 +65,14 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
             return None
 
     check(lambda: models.create_model(config.model))
-    if config.model.get("name", "alexnet") == "alexnet":
+    if config.model.name == "alexnet":
         check(lambda: models.check_image_size(config.image_size, config.model.pool_window))
     if config.image_size > config.resize_size:
         problems.append(
             f"image_size={config.image_size} is larger than resize_size={config.resize_size}: "
             "crops are taken from the resized image; raise resize_size or lower image_size."
         )
-    kind, _, arg = config.dataset.partition(":")
-    if not (config.dataset in ("digits", "synthetic") or (kind in DATASET_KINDS and arg)):
-        problems.append(
-            f"dataset={config.dataset!r} is not a dataset name: use 'tfds:<name>' (e.g. "
-            "tfds:imagenet2012), 'folder:<path>', 'prepared:<dir>', 'digits' or 'synthetic'."
-        )
+    check(lambda: sources.parse_dataset(config.dataset))
     shape = check(lambda: parallel.mesh_shape(config.mesh, config.model, num_devices))
     if config.mesh.grad_sum not in parallel.GRAD_SUMS:
         problems.append(
@@ -97,7 +90,8 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
         )
     problems += _split_problems(config)
     check(lambda: optim.create_optimizer(config.optimizer))
-    check(lambda: optim.create_schedule(config.optimizer, steps_per_epoch=1, total_steps=1))
+    if config.optimizer.schedule == "plateau":
+        check(lambda: optim.Plateau(config.optimizer))
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "batch_size"):
         if config[field] <= 0:
             problems.append(f"{field} must be positive, got {config[field]}.")
@@ -191,11 +185,20 @@ def create_train_state(
     )
 
 
-def make_train_step(config: Any, mesh: jax.sharding.Mesh, tx: optax.GradientTransformation):
-    """The jitted training step `(state, images_u8, labels, stats, lr) -> (state, metrics)`.
+def make_train_step(
+    config: Any,
+    mesh: jax.sharding.Mesh,
+    tx: optax.GradientTransformation,
+    *,
+    augment_on_device: bool = True,
+):
+    """The jitted training step `(state, images_u8, labels, stats) -> (state, metrics)`.
 
-    Augmentation (§4.1) runs on the device inside the step; `lr` is the rate this step uses
-    (a traced scalar, so schedule changes never recompile).
+    Augmentation (§4.1) runs on the device inside the step. The learning rate comes from the
+    optimizer state (`optim.create_optimizer`) and is returned as `metrics['learning_rate']`.
+    `augment_on_device=False` takes `images` as the network's float inputs (image_size square,
+    mean already subtracted) and ignores `stats`: the same step without augmentation, which is
+    what the benchmarks time against frameworks that augment elsewhere.
     """
     apply = parallel.sharded_apply(config.model, mesh, train=True, grad_sum=config.mesh.grad_sum)
 
@@ -206,28 +209,54 @@ def make_train_step(config: Any, mesh: jax.sharding.Mesh, tx: optax.GradientTran
         # would).
         return jax.lax.with_sharding_constraint(per_example, NamedSharding(mesh, P()))
 
-    def train_step(state, images, labels, stats, lr):
+    def train_step(state, images, labels, stats):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         aug_rng, dropout_rng = jax.random.split(rng)
-        x = augment.train_views(aug_rng, images, stats, config.augment, config.image_size)
+        if augment_on_device:
+            x = augment.train_views(aug_rng, images, stats, config.augment, config.image_size)
+        else:
+            x = images
 
         def loss_fn(params):
             logits = apply(params, x, dropout_rng)
             return jnp.mean(whole(metrics.cross_entropy(logits, labels))), logits
 
         (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        opt_state = optim.set_learning_rate(state.opt_state, lr)
-        updates, opt_state = tx.update(grads, opt_state, state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         out = {
             "train_loss": loss,
             "train_top1_error": 1.0 - jnp.mean(whole(metrics.topk_correct(logits, labels, 1))),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
+            "learning_rate": optim.get_learning_rate(opt_state),  # the rate this update used
         }
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
     return jax.jit(train_step, donate_argnums=(0,))
+
+
+def single_device_step(
+    config: Any, *, augment_on_device: bool = False, total_steps: int = 1
+) -> tuple[jax.sharding.Mesh, TrainState, Callable]:
+    """`make_train_step` on `jax.devices()[0]` alone, both towers side by side (mesh (1, 1)),
+    with the initial state of `config.seed`: the step that experiments/ time and run.
+
+    Args:
+      config: a full config; its mesh section is replaced by (1, 1).
+      augment_on_device: as in `make_train_step` (default off: images are the network's inputs).
+      total_steps: the run length the schedule is built for ('cosine' reaches 0 there).
+
+    Returns:
+      (mesh, state, step): call `step(state, images, labels, stats)` under `jax.set_mesh(mesh)`.
+    """
+    config = config.copy_and_resolve_references()
+    config.mesh.data, config.mesh.tower = 1, 1
+    mesh = parallel.make_mesh(config.mesh, config.model, jax.devices()[:1])
+    tx = optim.create_optimizer(config.optimizer, total_steps=total_steps)
+    with jax.set_mesh(mesh):
+        state = create_train_state(config, mesh, tx, jax.random.key(config.seed))
+    return mesh, state, make_train_step(config, mesh, tx, augment_on_device=augment_on_device)
 
 
 def make_eval_step(config: Any, mesh: jax.sharding.Mesh):
@@ -464,10 +493,10 @@ def _train_and_evaluate(
                 f.write(text)
             os.replace(path + ".tmp", path)
     steps_per_epoch, total_steps = num_steps(config, len(train_source))
-    tx = optim.create_optimizer(config.optimizer)
-    schedule = optim.create_schedule(
+    tx = optim.create_optimizer(
         config.optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps
     )
+    plateau = optim.Plateau(config.optimizer) if config.optimizer.schedule == "plateau" else None
     tested = (
         f", {len(test_source):,} test ({config.test_split}, once at the end)" if test_source else ""
     )
@@ -490,7 +519,8 @@ def _train_and_evaluate(
         start, window = None, []
         if restored is not None:
             start, state, schedule_state, data_state = restored
-            schedule.load_state_dict(schedule_state)
+            if plateau is not None:
+                plateau.load_state_dict(schedule_state)
             if "iterator" in data_state:  # since the metrics window is saved with it
                 train_iter.set_state(data_state["iterator"])
                 window = data_state["window"]
@@ -503,7 +533,7 @@ def _train_and_evaluate(
             stats=stats,
             steps_per_epoch=steps_per_epoch,
             total_steps=total_steps,
-            schedule=schedule,
+            plateau=plateau,
             checkpointer=checkpointer,
             writer=metrics.MetricWriter(workdir, resume_step=start or 0),
             train_step=make_train_step(config, mesh, tx),
@@ -536,7 +566,7 @@ class _Run:
     stats: augment.DataStats
     steps_per_epoch: int
     total_steps: int
-    schedule: optim.LearningRateSchedule
+    plateau: optim.Plateau | None
     checkpointer: checkpoint.Checkpointer
     writer: metrics.MetricWriter
     train_step: Callable
@@ -552,17 +582,23 @@ class _Run:
                 self.eval_step, params, batches, self.stats, self.mesh, self.config.batch_size
             )
 
-    def evaluate(self, step: int, params: Any) -> dict[str, float]:
-        """One evaluation pass, logged, fed to the plateau schedule, printed."""
-        result = self._pass(self.eval_source, params)
+    def evaluate(self, step: int, state: TrainState) -> tuple[dict[str, float], TrainState]:
+        """One evaluation pass, logged, printed and fed to the plateau rule, which may write a
+        lower learning rate into the returned state."""
+        result = self._pass(self.eval_source, state.params)
         self.writer.write(step, result)
         say(_format_eval(step, result, f"eval ({self.config.eval_split})"))
-        if self.schedule.on_eval(step, result["eval_top1_error"]):
-            say(
-                f"step {step}: validation error stopped improving; learning rate now "
-                f"{self.schedule.learning_rate(step):g}"
-            )
-        return result
+        if self.plateau is not None and self.plateau.on_eval(step, result["eval_top1_error"]):
+            lr = self.plateau.learning_rate
+            say(f"step {step}: validation error stopped improving; learning rate now {lr:g}")
+            state = state.replace(opt_state=_with_learning_rate(state.opt_state, lr))
+        return result, state
+
+    def schedule_state(self) -> dict[str, Any]:
+        """What the checkpoint keeps of the schedule: the plateau rule's state, or its name."""
+        if self.plateau is not None:
+            return self.plateau.state_dict()
+        return {"schedule": self.config.optimizer.schedule}
 
     def _logged_at(self, step: int) -> dict[str, float]:
         """The evaluation (and test) results metrics.jsonl already holds for `step`."""
@@ -614,8 +650,7 @@ class _Run:
                 images, labels = _global_batch(
                     batch, self.mesh, ("image", "label"), config.batch_size
                 )
-                lr = self.schedule.learning_rate(step)
-                state, out = self.train_step(state, images, labels, self.stats, lr)
+                state, out = self.train_step(state, images, labels, self.stats)
                 step += 1
                 if pending is not None:
                     window.append(_checked(*pending, self.checkpointer))
@@ -632,8 +667,12 @@ class _Run:
                 pending = None
                 if log_now:
                     now = time.perf_counter()
-                    summary = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                    summary["learning_rate"] = lr
+                    summary = {
+                        k: float(np.mean([w[k] for w in window]))
+                        for k in window[0]
+                        if k != "learning_rate"
+                    }
+                    summary["learning_rate"] = lr = window[-1]["learning_rate"]  # the last step's
                     summary["images_per_sec"] = (
                         (step - tick_step) * config.batch_size / (now - tick)
                     )
@@ -651,16 +690,16 @@ class _Run:
                             min(self.total_steps, (step // every + 1) * every)
                         )
                 if eval_now:
-                    result = self.evaluate(step, state.params)
+                    result, state = self.evaluate(step, state)
                 if save_now:
                     data_state = {"iterator": train_iter.get_state(), "window": window}
-                    self.checkpointer.save(step, state, self.schedule.state_dict(), data_state)
+                    self.checkpointer.save(step, state, self.schedule_state(), data_state)
                 if stop:
                     say(f"SIGTERM: saved the checkpoint of step {step} and stopped.")
                     break
         bar.close()
         if step >= self.total_steps and not result:  # a finished run started again
-            result = self.evaluate(step, state.params)
+            result, state = self.evaluate(step, state)
         if step >= self.total_steps and self.test_source is not None:
             done = self._logged_at(step)
             if "test_top1_error" in done:  # logged before this rerun
@@ -681,6 +720,16 @@ class _Run:
         self.writer.write(step, result)
         say(_format_eval(step, values, f"TEST ({self.config.test_split}, reported once)"))
         return result
+
+
+def _with_learning_rate(opt_state: Any, learning_rate: float) -> Any:
+    """`opt_state` with a new rate placed where the old one was (same dtype and sharding, so
+    the jitted step is not compiled again); one host-to-device copy, at a plateau drop only."""
+    old = optim.get_learning_rate(opt_state)
+    new = jax.make_array_from_callback(
+        (), old.sharding, lambda _: np.asarray(learning_rate, old.dtype)
+    )
+    return optim.set_learning_rate(opt_state, new)
 
 
 def _format_eval(step: int, result: dict[str, float], what: str) -> str:

@@ -14,38 +14,28 @@ import argparse
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from alexnet_jax import metrics, models, optim, parallel
+from alexnet_jax import models, train
 from configs import alexnet as alexnet_config
 
 
 def run(dtype: str, batch: int, steps: int, lr: float) -> tuple[np.ndarray, list[float]]:
+    """Logits at initialisation and the losses of `steps` steps of the project's training step
+    (`train.single_device_step`) on one fixed batch, computing in `dtype`."""
     config = alexnet_config.get_config()
     config.model.compute_dtype = dtype
     config.optimizer.learning_rate = lr
+    config.optimizer.schedule = "constant"
+    mesh, state, step = train.single_device_step(config)
     model = models.create_model(config.model)
-    params = parallel.init_params(config.model, (227, 227, 3), jax.random.key(0))
     images = 60.0 * jax.random.normal(jax.random.key(1), (batch, 227, 227, 3))
     labels = jnp.arange(batch) % 1000
-    tx = optim.create_optimizer(config.optimizer)
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, rng):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
-            return jnp.mean(metrics.cross_entropy(logits, labels))
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    logits = np.asarray(model.apply({"params": params}, images))
+    logits = np.asarray(model.apply({"params": state.params}, images))
     losses = []
-    for i in range(steps):
-        params, opt_state, loss = step(params, opt_state, jax.random.key(100 + i))
-        losses.append(float(loss))
+    with jax.set_mesh(mesh):
+        for _ in range(steps):
+            state, out = step(state, images, labels, None)
+            losses.append(float(out["train_loss"]))
     return logits, losses
 
 

@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     from alexnet_jax import augment, optim, parallel, train
     from configs import alexnet, default
     from experiments import common
-    from experiments.timing import median_seconds
+    from experiments.timing import interleaved_medians
 
     nets = {}
     config = default.get_config()
@@ -77,19 +77,19 @@ def main(argv=None) -> dict:
                 )
                 step = train.make_train_step(config, mesh, tx)
                 state = [train.create_train_state(config, mesh, tx, jax.random.key(0))]
-                lr = jnp.float32(config.optimizer.learning_rate)
 
                 def run(step=step, state=state, images=images, labels=labels, stats=stats,
-                        lr=lr, mesh=mesh):  # fmt: skip
+                        mesh=mesh):  # fmt: skip
                     with jax.set_mesh(mesh):
-                        state[0], out = step(state[0], images, labels, stats, lr)
+                        state[0], out = step(state[0], images, labels, stats)
                     return out
 
                 steps[mode] = (run, dict(mesh.shape))
         times = {mode: [] for mode in steps}
         for _ in range(args.rounds):
-            for mode, (run, _) in steps.items():
-                times[mode].append(median_seconds(run, args.repeats))
+            fns = {mode: run for mode, (run, _) in steps.items()}
+            for mode, seconds in interleaved_medians(fns, 1, args.repeats).items():
+                times[mode].append(seconds)
         med = {mode: float(np.median(t)) for mode, t in times.items()}
         rows.append(
             {

@@ -13,14 +13,13 @@ full-size ImageNet image), then measures in one process:
      `--prepare` step saves;
   2. the device augmentation of §2/§4.1 (`augment.train_views`: mean image, random crop, flip,
      PCA colour), jitted, per batch of 128 uint8 256x256 images;
-  3. the configured model's training step (forward, backward, SGD update), jitted, at a small
-     batch, scaled per image.
+  3. the project's training step for the config (`train.single_device_step`: augmentation,
+     forward, backward, the SGD of §5), jitted, at a small batch, scaled per image.
 
 Only ratios within one run mean anything (this machine's speed drifts by 30%). Run from the
 repository root:
 
   python -m experiments.input_pipeline_benchmark --config=configs/alexnet.py
-  python -m alexnet_jax.input_pipeline --config=configs/alexnet.py --bench     # the same
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from alexnet_jax import input_pipeline
-from experiments.timing import median_seconds
+from experiments.timing import interleaved_medians
 
 PHOTO_SIZE = (640, 427)  # (width, height) of the bundled photos.
 
@@ -115,53 +114,57 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def augment_seconds(config: Any, batch: int, repeats: int) -> float:
-    """Median seconds of jitted `augment.train_views` on a (batch, S, S, 3) uint8 batch."""
-    import jax
+def _uint8_batch(config: Any, batch: int) -> tuple[Any, Any]:
+    """A (batch, S, S, 3) uint8 batch and data statistics like a dataset's, on the device."""
     import jax.numpy as jnp
 
     from alexnet_jax import augment
 
     s = config.resize_size
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.integers(0, 256, (batch, s, s, 3), dtype=np.uint8))
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (batch, s, s, 3), np.uint8))
     stats = augment.DataStats(
         mean_image=jnp.full((s, s, 3), 120.0, jnp.float32),
         pca_eigvals=jnp.array([4000.0, 400.0, 40.0], jnp.float32),
         pca_eigvecs=jnp.eye(3, dtype=jnp.float32),
     )
+    return images, stats
+
+
+def augment_seconds(config: Any, batch: int, repeats: int) -> float:
+    """Median seconds of jitted `augment.train_views` on a (batch, S, S, 3) uint8 batch."""
+    import jax
+
+    from alexnet_jax import augment
+
+    images, stats = _uint8_batch(config, batch)
     views = jax.jit(
         lambda key, x, st: augment.train_views(key, x, st, config.augment, config.image_size)
     )
     key = jax.random.key(0)
-    return median_seconds(lambda: views(key, images, stats), repeats)
+    fn = lambda: views(key, images, stats)  # noqa: E731
+    return interleaved_medians({"augment": fn}, 1, repeats)["augment"]
 
 
 def train_step_seconds(config: Any, batch: int, repeats: int) -> float:
-    """Median seconds of one jitted SGD training step of `config.model` on `batch` images."""
+    """Median seconds of the project's training step (`train.single_device_step`, augmentation
+    on the device included) of `config` on a batch of `batch` uint8 images."""
     import jax
-    import jax.numpy as jnp
 
-    from alexnet_jax import models
+    from alexnet_jax import train
 
-    model = models.create_model(config.model)
-    size = config.image_size
-    images = jnp.asarray(np.random.default_rng(0).normal(size=(batch, size, size, 3)), jnp.float32)
-    labels = jnp.arange(batch) % config.model.num_classes
-    params = jax.jit(lambda r: model.init(r, images[:1])["params"])(jax.random.key(0))
+    config = config.copy_and_resolve_references()
+    config.batch_size = batch
+    mesh, state, step = train.single_device_step(config, augment_on_device=True)
+    images, stats = _uint8_batch(config, batch)
+    labels = jax.numpy.arange(batch) % config.model.num_classes
+    holder = [state]
 
-    @jax.jit
-    def step(params, images, labels, key):
-        def loss_fn(p):
-            logits = model.apply({"params": p}, images, train=True, rngs={"dropout": key})
-            onehot = jax.nn.one_hot(labels, logits.shape[-1])
-            return -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), axis=-1))
+    def run_step():
+        holder[0], out = step(holder[0], images, labels, stats)
+        return out
 
-        grads = jax.grad(loss_fn)(params)
-        return jax.tree.map(lambda p, g: p - 0.01 * g, params, grads)
-
-    key = jax.random.key(1)
-    return median_seconds(lambda: step(params, images, labels, key), repeats)
+    with jax.set_mesh(mesh):
+        return interleaved_medians({"train": run_step}, 1, repeats)["train"]
 
 
 def run(
@@ -241,7 +244,8 @@ def run(
         f"{aug * 1e3:.1f} | {aug_per_image * 1e3:.2f} | {aug_per_image / step_per_image:.1%} |"
     )
     print(
-        f"| training step of model.name={config.model.name!r}, batch {model_batch} | "
+        f"| training step (train.make_train_step) of model.name={config.model.name!r}, "
+        f"batch {model_batch} | "
         f"{step * 1e3:.0f} | {step_per_image * 1e3:.1f} | 100% |"
     )
     best = max(v for k, v in results.items() if k.startswith("host_256"))

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from alexnet_jax import input_pipeline, parallel, train
 from experiments import common
 
-# (table, set, model, top-1 error %, top-5 error %), PAPER.md.
+# (table, set, model, top-1 error %, top-5 error %), docs/paper.md (Results).
 PAPER_ROWS = (
     ("Table 1", "ILSVRC-2010 test", "1 CNN, 10 patches", 37.5, 17.0),
     ("Table 1", "ILSVRC-2010 test", "1 CNN, single patch (§4.1)", 39.0, 18.3),

@@ -1,6 +1,6 @@
 """Where the time of one AlexNet training step goes, op by op, on the current JAX device.
 
-Runs the paper network's training step (the same step as `python -m alexnet_jax.benchmark`:
+Runs the paper network's training step (the same step as `python -m experiments.benchmark`:
 forward, backward, the paper's SGD update) under `jax.profiler`, sums the time of every XLA
 operation over a few steps and prints the largest ones with what they compute (the shape and
 kind of each fused operation, read from the compiled HLO).
@@ -25,8 +25,9 @@ import tempfile
 import jax
 import numpy as np
 
-from alexnet_jax import allocator, benchmark
+from alexnet_jax import allocator
 from configs import alexnet as alexnet_config
+from experiments import benchmark
 
 
 def op_times(trace_dir: str, steps: int) -> collections.Counter:

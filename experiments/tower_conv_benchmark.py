@@ -16,39 +16,32 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from alexnet_jax import models, parallel
+from alexnet_jax import models, train
 from configs import alexnet as alexnet_config
-from experiments.timing import median_seconds
+from experiments.timing import interleaved_medians
 
 
 def measure(grouped: bool, batch: int, size: int, repeats: int) -> dict[str, float]:
-    mc = alexnet_config.get_model_config()
-    mc.grouped_conv = grouped
-    model = models.create_model(mc)
-    params = parallel.init_params(mc, (size, size, 3), jax.random.key(0))
+    """Images/s of the project's training step (`train.single_device_step`) and of inference."""
+    config = alexnet_config.get_config()
+    config.model.grouped_conv = grouped
+    config.image_size = size
+    mesh, state, step = train.single_device_step(config)
+    model = models.create_model(config.model)
+    params = jax.tree.map(jnp.copy, state.params)
     images = 60.0 * jax.random.normal(jax.random.key(1), (batch, size, size, 3))
     labels = jnp.arange(batch) % 1000
-    tx = optax.sgd(0.01, momentum=0.9)
-    opt_state = tx.init(params)
+    holder = [state]
 
-    @jax.jit
-    def train_step(params, opt_state):
-        def loss_fn(p):
-            logits = model.apply(
-                {"params": p}, images, train=True, rngs={"dropout": jax.random.key(2)}
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-        grads = jax.grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+    def train_step():
+        holder[0], out = step(holder[0], images, labels, None)
+        return out
 
     infer = jax.jit(lambda p: model.apply({"params": p}, images))
-    train_s = median_seconds(lambda: train_step(params, opt_state), repeats)
-    infer_s = median_seconds(lambda: infer(params), repeats)
-    return {"train_images_per_sec": batch / train_s, "infer_images_per_sec": batch / infer_s}
+    with jax.set_mesh(mesh):
+        s = interleaved_medians({"train": train_step, "infer": lambda: infer(params)}, 1, repeats)
+    return {"train_images_per_sec": batch / s["train"], "infer_images_per_sec": batch / s["infer"]}
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import augment
+from configs import alexnet as alexnet_config
 from tests.helpers import random_stats
 
 S, SIZE = 12, 8  # Small stand-ins for 256 -> 224: (12 - 8 + 1)**2 = 25 possible offsets.
@@ -30,7 +31,7 @@ def _random_stats(seed: int = 0, s: int = S) -> augment.DataStats:
 
 
 def _cfg(**overrides):
-    cfg = augment.default_augment_config()
+    cfg = alexnet_config.get_augment_config()
     cfg.update(overrides)
     return cfg
 
@@ -200,7 +201,7 @@ def test_train_views_all_off_is_centre_crop():
 def test_eval_views():
     stats = _random_stats()
     images = _random_images(9, 3)
-    cfg = augment.default_augment_config()
+    cfg = alexnet_config.get_augment_config()
     centred = augment.subtract_mean(images, stats, "image")
     ten = augment.eval_views(images, stats, cfg, SIZE, ten_crop=True)
     assert ten.shape == (3, 10, SIZE, SIZE, 3) and ten.dtype == jnp.float32
@@ -212,7 +213,7 @@ def test_eval_views():
 def test_same_key_same_output_different_keys_differ():
     stats = _random_stats()
     images = _random_images(10, 16)
-    cfg = augment.default_augment_config()
+    cfg = alexnet_config.get_augment_config()
     a = augment.train_views(jax.random.key(5), images, stats, cfg, SIZE)
     b = augment.train_views(jax.random.key(5), images, stats, cfg, SIZE)
     c = augment.train_views(jax.random.key(6), images, stats, cfg, SIZE)
@@ -226,7 +227,7 @@ def test_same_key_same_output_different_keys_differ():
 def test_jit_matches_eager(batch):
     stats = _random_stats()
     images = _random_images(11, batch)
-    cfg = augment.default_augment_config()
+    cfg = alexnet_config.get_augment_config()
     key = jax.random.key(7)
     train = jax.jit(functools.partial(augment.train_views, cfg=cfg, size=SIZE))
     np.testing.assert_allclose(
@@ -260,8 +261,8 @@ def test_images_smaller_than_crop_raise_at_trace_time():
         jax.jit(lambda k, x: augment.train_views(k, x, None, cfg, SIZE))(jax.random.key(0), images)
 
 
-def test_default_augment_config_is_the_paper():
-    cfg = augment.default_augment_config()
+def test_augment_config_is_the_paper():
+    cfg = alexnet_config.get_augment_config()
     assert cfg.mean == "image"
     assert cfg.random_crop and cfg.flip and cfg.pca_color
     assert cfg.pca_std == 0.1

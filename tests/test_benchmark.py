@@ -1,6 +1,7 @@
-"""Tests of alexnet_jax.benchmark: the JAX-only run, the PyTorch twin's equivalence, tcmalloc.
+"""Tests of experiments/benchmark.py and experiments/torch_reference.py: the JAX-only run,
+the PyTorch twin's equivalence, tcmalloc.
 
-No timing is asserted (STYLE.md: benchmarks print ratios, tests check numbers that cannot
+No timing is asserted (benchmarks print ratios, tests check numbers that cannot
 drift). PyTorch is optional: the tests that need it skip without it.
 """
 
@@ -13,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import allocator, benchmark, models, parallel
+from alexnet_jax import allocator, models, parallel
+from experiments import benchmark
+from experiments import torch_reference as ref
 
 REQUIRED_KEYS = (
     "jax_train_images_per_sec",
@@ -74,7 +77,7 @@ def test_jax_only_run_writes_every_key(jax_only):
     assert written == json.loads(json.dumps(returned))
     assert (written["batch_size"], written["image_size"], written["dtype"]) == (2, 227, "float32")
     assert (written["repeats"], written["warmup"]) == (1, 1)
-    assert shlex.split(written["command"])[1:] == ["-m", "alexnet_jax.benchmark", *argv]
+    assert shlex.split(written["command"])[1:] == ["-m", "experiments.benchmark", *argv]
     assert written["device"].startswith("cpu: ")
     assert written["allocator"] == allocator.allocator_in_use()
     assert written["versions"]["jax"] == jax.__version__
@@ -138,12 +141,12 @@ def test_torch_twin_gives_our_logits(image_size, paper_params):
     shape = (2, image_size, image_size, 3)
     images = (60.0 * np.random.default_rng(0).standard_normal(shape)).astype(np.float32)
     ours = jax.jit(models.create_model(config.model).apply)({"params": params}, images)
-    twin = benchmark.torch_alexnet(config.model, image_size)
-    copy = benchmark.torch_alexnet(config.model, image_size)
-    benchmark.copy_jax_params(params, twin, image_size)
-    assert benchmark.max_rel_diff(ours, benchmark.torch_logits(twin, images)) < 1e-4
+    twin = ref.torch_alexnet(config.model, image_size)
+    copy = ref.torch_alexnet(config.model, image_size)
+    ref.copy_jax_params(params, twin, image_size)
+    assert benchmark.max_rel_diff(ours, ref.torch_logits(twin, images)) < 1e-4
     # The check can fail: PyTorch's own initialisation gives other logits.
-    assert benchmark.max_rel_diff(ours, benchmark.torch_logits(copy, images)) > 0.5
+    assert benchmark.max_rel_diff(ours, ref.torch_logits(copy, images)) > 0.5
 
 
 def _torch_lrn(norm, x_nhwc, g_nhwc, towers):
@@ -151,7 +154,7 @@ def _torch_lrn(norm, x_nhwc, g_nhwc, towers):
     import torch
 
     x = torch.tensor(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)), requires_grad=True)
-    y = benchmark.torch_lrn_per_tower(norm, x, towers)
+    y = ref.torch_lrn_per_tower(norm, x, towers)
     (y * torch.tensor(g_nhwc.transpose(0, 3, 1, 2))).sum().backward()
     return y.detach().numpy().transpose(0, 2, 3, 1), x.grad.numpy().transpose(0, 2, 3, 1)
 
@@ -163,16 +166,16 @@ def test_torch_lrn_per_tower_matches_ours():
     # Large activations, so that the alpha term moves the output by several percent.
     x = (np.maximum(rng.standard_normal((2, 9, 9, 96)), 0.0) * 40.0).astype(np.float32)
     g = rng.standard_normal(x.shape).astype(np.float32)
-    ours = benchmark.jax_lrn_per_tower(x, model_config)
-    our_grad = jax.grad(lambda x: (benchmark.jax_lrn_per_tower(x, model_config) * g).sum())(x)
-    theirs, their_grad = _torch_lrn(benchmark.torch_lrn_module(model_config), x, g, 2)
+    ours = benchmark._jax_lrn(x, model_config)
+    our_grad = jax.grad(lambda x: (benchmark._jax_lrn(x, model_config) * g).sum())(x)
+    theirs, their_grad = _torch_lrn(ref.torch_lrn_module(model_config), x, g, 2)
     assert benchmark.max_rel_diff(ours, theirs) < 1e-5
     assert benchmark.max_rel_diff(our_grad, their_grad) < 1e-5
     # The test tells the layers apart: the paper's alpha passed unconverted, or one window
     # across both towers, give other outputs.
     unconverted = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)
     assert benchmark.max_rel_diff(ours, _torch_lrn(unconverted, x, g, 2)[0]) > 1e-3
-    norm = benchmark.torch_lrn_module(model_config)
+    norm = ref.torch_lrn_module(model_config)
     assert benchmark.max_rel_diff(ours, _torch_lrn(norm, x, g, 1)[0]) > 1e-3
 
 

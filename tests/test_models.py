@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from alexnet_jax import models, parallel
-from tests.helpers import cross_entropy, digit_images, model_config, rel_err
+from tests.helpers import digit_images, mean_cross_entropy, model_config, rel_err
 
 
 def _count(params) -> int:
@@ -32,13 +32,13 @@ def _shapes(mc, size, batch=1):
         # conv1 11*11*3*96+96 = 34,944; conv2 5*5*48*256+256 = 307,456; conv3 3*3*256*384+384 =
         # 885,120; conv4 3*3*192*384+384 = 663,936; conv5 3*3*192*256+256 = 442,624;
         # fc6 9216*4096+4096 = 37,752,832; fc7 4096*4096+4096 = 16,781,312;
-        # fc8 4096*1000+1000 = 4,097,000. Sum: 60,965,224 (PAPER.md, Caffe's bvlc_alexnet).
+        # fc8 4096*1000+1000 = 4,097,000. Sum: 60,965,224 (docs/paper.md, Caffe's bvlc_alexnet).
         ({}, 60_965_224),
         # One tower, half the kernels of conv1-conv4 (§3.2 footnote 2): conv1 11*11*3*48+48 =
         # 17,472; conv2 5*5*48*128+128 = 153,728; conv3 3*3*128*192+192 = 221,376; conv4
         # 3*3*192*192+192 = 331,968; conv5 3*3*192*256+256 = 442,624; fc as above.
         ({"towers": 1}, 59_798_312),
-        # One tower, the paper's widths, no grouping (PAPER.md): 62,378,344.
+        # One tower, the paper's widths, no grouping (docs/paper.md): 62,378,344.
         ({"towers": 1, "one_tower_kernels": "full"}, 62_378_344),
     ],
 )
@@ -232,7 +232,7 @@ def _sgd_losses(mc, images, labels, steps, lr, seed=0):
     def step(params, opt_state, rng):
         def loss_fn(p):
             logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
-            return cross_entropy(logits, labels)
+            return mean_cross_entropy(logits, labels)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)

@@ -227,25 +227,25 @@ EVAL_EVERY = 1000
 def _plateau(**overrides):
     c = alexnet_config.get_config().optimizer
     c.update(overrides)
-    return optim.create_schedule(c, steps_per_epoch=EVAL_EVERY, total_steps=100 * EVAL_EVERY)
+    return optim.Plateau(c)
 
 
-def _feed(schedule, errors, start=0):
+def _feed(plateau, errors, start=0):
     """on_eval for each error; returns the indices that dropped the rate and the rates."""
     drops, rates = [], []
     for i, err in enumerate(errors, start):
-        if schedule.on_eval((i + 1) * EVAL_EVERY, err):
+        if plateau.on_eval((i + 1) * EVAL_EVERY, err):
             drops.append(i)
-        rates.append(schedule.learning_rate((i + 1) * EVAL_EVERY))
+        rates.append(plateau.learning_rate)
     return drops, rates
 
 
 def test_plateau_drops_at_the_expected_evaluations():
-    schedule = _plateau()
-    assert schedule.learning_rate(0) == 0.01
-    drops, rates = _feed(schedule, ERRORS)
+    plateau = _plateau()
+    assert plateau.learning_rate == 0.01
+    drops, rates = _feed(plateau, ERRORS)
     assert drops == DROPS_AT
-    assert schedule.drop_steps == [(i + 1) * EVAL_EVERY for i in DROPS_AT]
+    assert plateau.drop_steps == [(i + 1) * EVAL_EVERY for i in DROPS_AT]
     expected = [0.01 * 0.1 ** sum(d <= i for d in DROPS_AT) for i in range(len(ERRORS))]
     assert rates == pytest.approx(expected, rel=1e-12)
     assert rates[-1] == pytest.approx(1e-5)
@@ -280,12 +280,29 @@ def test_plateau_state_dict_round_trip_continues_identically(split):
 
 def test_load_state_dict_refuses_another_schedule():
     with pytest.raises(ValueError, match="schedule"):
-        _plateau(schedule="step").load_state_dict(_plateau().state_dict())
+        _plateau().load_state_dict({"schedule": "step"})
+
+
+def _rates_used(c, steps, *, steps_per_epoch, total_steps):
+    """The rate each of `steps` jitted updates used, the optimizer left alone by the host."""
+    tx = optim.create_optimizer(c, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    params = {"w": jnp.zeros(2)}
+
+    @jax.jit
+    def update(opt_state):
+        _, opt_state = tx.update({"w": jnp.ones(2)}, opt_state, params)
+        return opt_state, optim.get_learning_rate(opt_state)
+
+    opt_state, rates = tx.init(params), []
+    for _ in range(steps):
+        opt_state, lr = update(opt_state)
+        rates.append(float(lr))
+    return rates
 
 
 def test_step_schedule_at_its_boundaries():
     c = _optimizer_config(schedule="step", learning_rate=0.01)
-    schedule = optim.create_schedule(c, steps_per_epoch=100, total_steps=9000)
+    schedule = optim.learning_rate_schedule(c, steps_per_epoch=100, total_steps=9000)
     # Default boundaries: epochs 30, 60, 80 = steps 3000, 6000, 8000.
     expected = {
         0: 0.01,
@@ -298,29 +315,39 @@ def test_step_schedule_at_its_boundaries():
         8999: 1e-5,
     }
     for step, lr in expected.items():
-        assert schedule.learning_rate(step) == pytest.approx(lr, rel=1e-12), step
-    assert not schedule.on_eval(100, 1.0) and not schedule.on_eval(200, 2.0)
-    assert schedule.learning_rate(0) == 0.01
+        assert float(schedule(step)) == pytest.approx(lr, rel=1e-6), step
+    # The optimizer itself follows it, step by step on the device: boundaries at steps 4 and 8
+    # (epochs 2 and 4 of 2 steps), and two epochs on one step multiply their factors there.
+    c.step_epochs = (2, 4)
+    want = [0.01] * 4 + [1e-3] * 4 + [1e-4] * 4
+    assert _rates_used(c, 12, steps_per_epoch=2, total_steps=12) == pytest.approx(want, rel=1e-6)
+    c.step_epochs = (2, 2.1)
+    want = [0.01] * 4 + [1e-4] * 4
+    assert _rates_used(c, 8, steps_per_epoch=2, total_steps=8) == pytest.approx(want, rel=1e-6)
 
 
 def test_cosine_and_constant_schedules():
     c = _optimizer_config(schedule="cosine", learning_rate=0.01)
-    schedule = optim.create_schedule(c, steps_per_epoch=10, total_steps=1000)
-    assert schedule.learning_rate(0) == 0.01
-    assert schedule.learning_rate(500) == pytest.approx(0.005)
-    assert schedule.learning_rate(250) == pytest.approx(0.005 * (1 + math.cos(math.pi / 4)))
-    assert schedule.learning_rate(1000) == pytest.approx(0.0, abs=1e-15)
-    assert schedule.learning_rate(5000) == pytest.approx(0.0, abs=1e-15)
-    reference = optax.cosine_decay_schedule(0.01, 1000)
+    rates = _rates_used(c, 1001, steps_per_epoch=10, total_steps=1000)
+    assert rates[0] == pytest.approx(0.01)
+    assert rates[500] == pytest.approx(0.005, rel=1e-6)
+    assert rates[250] == pytest.approx(0.005 * (1 + math.cos(math.pi / 4)), rel=1e-6)
+    assert rates[1000] == pytest.approx(0.0, abs=1e-12)
     for step in (1, 123, 999):
-        # Optax computes in float32: near the end its rate is off by ~6e-11 in absolute terms.
-        assert schedule.learning_rate(step) == pytest.approx(float(reference(step)), abs=1e-9)
+        assert rates[step] == pytest.approx(0.005 * (1 + math.cos(math.pi * step / 1000)), abs=1e-9)
+    schedule = optim.learning_rate_schedule(c, steps_per_epoch=10, total_steps=1000)
+    assert float(schedule(5000)) == pytest.approx(0.0, abs=1e-12)
 
-    constant = optim.create_schedule(
-        _optimizer_config(schedule="constant"), steps_per_epoch=10, total_steps=1000
+    constant = _optimizer_config(schedule="constant")
+    assert _rates_used(constant, 5, steps_per_epoch=10, total_steps=1000) == pytest.approx(
+        [0.01] * 5
     )
-    assert [constant.learning_rate(s) for s in (0, 999, 10**6)] == [0.01] * 3
-    assert not any(constant.on_eval(s, 1.0) for s in range(5))
+
+
+def test_plateau_rate_is_held_in_the_state_until_set():
+    c = _optimizer_config(schedule="plateau", learning_rate=0.01)
+    assert _rates_used(c, 3, steps_per_epoch=10, total_steps=1000) == pytest.approx([0.01] * 3)
+    assert optim.learning_rate_schedule(c, steps_per_epoch=1, total_steps=1) == 0.01
 
 
 @pytest.mark.parametrize(
@@ -334,9 +361,6 @@ def test_cosine_and_constant_schedules():
 def test_invalid_names_raise_naming_field_and_choices(field, value, allowed):
     c = _optimizer_config(**{field: value})
     with pytest.raises(ValueError) as info:
-        if field == "schedule":
-            optim.create_schedule(c, steps_per_epoch=10, total_steps=100)
-        else:
-            optim.create_optimizer(c)
+        optim.create_optimizer(c, steps_per_epoch=10, total_steps=100)
     message = str(info.value)
     assert f"config.optimizer.{field}" in message and allowed in message and repr(value) in message

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import models, parallel
-from tests.helpers import cross_entropy, digit_images, model_config, rel_err
+from tests.helpers import digit_images, mean_cross_entropy, model_config, rel_err
 
 BATCH = 4
 
@@ -36,7 +36,7 @@ def _one_device(mc, params, images, labels, rng):
 
     def loss_fn(p):
         logits = model.apply({"params": p}, images, train=True, rngs={"dropout": rng})
-        return cross_entropy(logits, labels), logits
+        return mean_cross_entropy(logits, labels), logits
 
     return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
 
@@ -46,7 +46,7 @@ def _sharded_step(mc, mesh):
 
     def loss_fn(p, images, labels, rng):
         logits = apply(p, images, rng)
-        return cross_entropy(logits, labels), logits
+        return mean_cross_entropy(logits, labels), logits
 
     return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
 
@@ -231,7 +231,7 @@ def test_grad_sum_sums_over_the_replicas_with_its_collective(setup, grad_sum):
     _, grads1 = _one_device(mc, params, images, labels, rng)
     mesh = parallel.make_mesh(_mesh_config(4, 1), mc)  # 4 replicas: 2 would take psum
     apply = parallel.sharded_apply(mc, mesh, train=True, grad_sum=grad_sum)
-    step = jax.jit(jax.grad(lambda p, x, y: cross_entropy(apply(p, x, rng), y)))
+    step = jax.jit(jax.grad(lambda p, x, y: mean_cross_entropy(apply(p, x, rng), y)))
     with jax.set_mesh(mesh):
         args = (
             parallel.shard(params, mesh, parallel.param_spec(mc)),
@@ -259,7 +259,7 @@ def test_two_replicas_sum_with_psum_in_either_mode(setup):
     mc, params, images, labels = setup
     mesh = parallel.make_mesh(_mesh_config(2, 1), mc)
     apply = parallel.sharded_apply(mc, mesh, train=True, grad_sum="ordered")
-    step = jax.jit(jax.grad(lambda p, x, y: cross_entropy(apply(p, x, jax.random.key(7)), y)))
+    step = jax.jit(jax.grad(lambda p, x, y: mean_cross_entropy(apply(p, x, jax.random.key(7)), y)))
     with jax.set_mesh(mesh):
         hlo = (
             step.lower(

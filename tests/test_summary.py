@@ -31,7 +31,7 @@ def test_summary_command_prints_the_paper_count():
         timeout=300,
     ).stdout
     assert "60,965,224 parameters" in out
-    assert "724,406,816" in out  # multiply-adds per image (PAPER.md: about 724M)
+    assert "724,406,816" in out  # multiply-adds per image (docs/paper.md: about 724M)
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     for layer, shape in [
         ("conv1", "55x55x96"),
@@ -72,7 +72,7 @@ def test_table_shapes_for_both_input_sizes(size):
         # 111,974,400; conv3 13^2*1152*192 = 37,380,096; conv4 13^2*1728*192 = 56,070,144;
         # conv5 13^2*1728*256 = 74,760,192; fc 37,748,736 + 16,777,216 + 4,096,000.
         ({"towers": 1}, 59_798_312, 391_514_384),
-        # Ungrouped: conv2 and conv4/conv5 read all maps, 36% more multiply-adds (PAPER.md).
+        # Ungrouped: conv2 and conv4/conv5 read all maps, 36% more multiply-adds (docs/paper.md).
         ({"towers": 1, "one_tower_kernels": "full"}, 62_378_344, 1_135_256_096),
     ],
 )

@@ -1,6 +1,6 @@
 """AlexNet in JAX against the identical network in PyTorch, timed in one process.
 
-  python -m alexnet_jax.benchmark [--batch 128] [--image-size 227] [--repeats 5] [--warmup 2]
+  python -m experiments.benchmark [--batch 128] [--image-size 227] [--repeats 5] [--warmup 2]
       [--json results.json | --json -] [--skip-torch] [--dtype float32|bfloat16]
       [--allocator auto|tcmalloc|system] [--lrn-only] [--matmul-size 4096]
 
@@ -11,10 +11,12 @@ else on the CPU with its default thread count):
 
 * the training step of the paper's network (configs/alexnet.py: both towers side by side,
   dropout on, mean cross-entropy, the SGD of §5 with momentum 0.9, weight decay 5e-4 and the
-  rate inside the momentum) on fixed random images (N(0, 1) x 60) and labels. JAX: one jitted
-  step with the state donated. PyTorch: the same layers (`torch_alexnet`: grouped convolutions
-  for the own-tower layers conv2/4/5, `nn.LocalResponseNorm` per tower), eager, with
-  `torch.optim.SGD` (constant rate: the same update as §5);
+  rate inside the momentum) on fixed random images (N(0, 1) x 60) and labels. JAX: the
+  project's own step (`train.single_device_step`, the state donated) without its on-device
+  augmentation, plus its norms of the gradient and parameters. PyTorch: the same layers
+  (`experiments/torch_reference.py`: grouped convolutions for the own-tower layers
+  conv2/4/5, `nn.LocalResponseNorm` per tower), eager, with `torch.optim.SGD` (constant
+  rate: the same update as §5);
 * inference: `model.apply(..., train=False)` jitted, against `model.eval()` under
   `torch.inference_mode()`;
 * LRN (§3.3) forward+backward, per tower, on conv1- and conv2-shaped post-ReLU activations:
@@ -60,7 +62,6 @@ import os
 import platform
 import re
 import shlex
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,13 +70,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from alexnet_jax.allocator import ALLOCATORS, allocator_in_use, preload_allocator
+from experiments.timing import interleaved_medians
+from experiments.torch_reference import (
+    copy_jax_params,
+    torch_alexnet,
+    torch_device,
+    torch_logits,
+    torch_lrn_module,
+    torch_lrn_per_tower,
+    torch_sync,
+)
 
 if TYPE_CHECKING:
     import jax
     import ml_collections
     import torch
 
-MODULE = "alexnet_jax.benchmark"
+MODULE = "experiments.benchmark"
 DTYPES = ("float32", "bfloat16")
 # What `measure_models` measures: all None with --lrn-only, the torch ones with --skip-torch.
 MODEL_KEYS = (
@@ -99,37 +110,6 @@ TORCH_MISSING = (
 def say(message: str) -> None:
     """A progress line on stderr (measurements take tens of seconds on a CPU)."""
     print(message, file=sys.stderr, flush=True)
-
-
-# --- Timing ------------------------------------------------------------------------------------
-
-
-def interleaved_medians(
-    fns: dict[str, Callable[[], Any]], warmup: int, repeats: int
-) -> dict[str, float]:
-    """Median seconds of each function, the functions called in turn, round after round.
-
-    Alternating keeps the comparison fair when the machine's speed drifts. Each function must
-    wait for its own device work before it returns.
-
-    Args:
-      fns: name -> function of no arguments.
-      warmup: untimed rounds first.
-      repeats: timed rounds.
-
-    Returns:
-      name -> median seconds.
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # --- The JAX side ------------------------------------------------------------------------------
@@ -160,23 +140,12 @@ def xla_flops(compiled: Any) -> float | None:
     return float(flops) if flops and flops > 0 else None
 
 
-def jax_lrn_per_tower(x: jax.Array, model_config: Any) -> jax.Array:
-    """Our LRN within each tower of channel-concatenated NHWC maps (as `models.AlexNet`)."""
-    from alexnet_jax import lrn
-
-    m, towers = model_config, model_config.towers
-    y = lrn.local_response_norm(
-        x.reshape(*x.shape[:-1], towers, x.shape[-1] // towers),
-        size=m.lrn_size,
-        alpha=m.lrn_alpha,
-        beta=m.lrn_beta,
-        k=m.lrn_k,
-    )
-    return y.reshape(x.shape)
-
-
 def jax_alexnet(config: Any, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Our AlexNet on `jax.devices()[0]`: parameters and the compiled training/inference steps.
+
+    The training step is the project's own (`train.single_device_step`: `train.make_train_step`
+    on a (1, 1) mesh, both towers on the device) without the on-device augmentation, which
+    the PyTorch side does not have either.
 
     Returns:
       A dict with 'params' (initialised from config.seed), 'train' (a function of no arguments
@@ -185,50 +154,30 @@ def jax_alexnet(config: Any, images: np.ndarray, labels: np.ndarray) -> dict[str
     """
     import jax
     import jax.numpy as jnp
-    import optax
 
-    from alexnet_jax import metrics, models, optim, parallel
+    from alexnet_jax import models, train
 
-    device = jax.devices()[0]
+    mesh, state, step = train.single_device_step(config)
     model = models.create_model(config.model)
-    tx = optim.create_optimizer(config.optimizer)
-    params = parallel.init_params(config.model, images.shape[1:], jax.random.key(config.seed))
-    params = jax.device_put(params, device)
-    x, y = jax.device_put((images, labels.astype(np.int32)), device)
-    dropout_key = jax.random.key(config.seed + 1)
-
-    def train_step(state, images, labels):
-        def loss_fn(p):
-            rngs = {"dropout": jax.random.fold_in(dropout_key, state["step"])}
-            logits = model.apply({"params": p}, images, train=True, rngs=rngs)
-            return jnp.mean(metrics.cross_entropy(logits.astype(jnp.float32), labels))
-
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
+    # The step donates its state, so inference keeps a copy of the initial parameters.
+    params = jax.tree.map(jnp.copy, state.params)
+    x, y = jax.device_put((images, labels.astype(np.int32)), jax.devices()[0])
 
     def infer(params, images):
         return model.apply({"params": params}, images, train=False)
 
-    # The step donates its state, so it trains a copy: `params` stays for inference.
-    train_params = jax.tree.map(jnp.copy, params)
-    state = {
-        "params": train_params,
-        "opt_state": jax.jit(tx.init)(train_params),
-        "step": jax.device_put(jnp.zeros((), jnp.int32), device),
-    }
-    start = time.perf_counter()
-    train_c = jax.jit(train_step, donate_argnums=0).lower(state, x, y).compile()
-    train_compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    infer_c = jax.jit(infer).lower(params, x).compile()
-    infer_compile_s = time.perf_counter() - start
+    with jax.set_mesh(mesh):
+        start = time.perf_counter()
+        train_c = step.lower(state, x, y, None).compile()
+        train_compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        infer_c = jax.jit(infer).lower(params, x).compile()
+        infer_compile_s = time.perf_counter() - start
 
     def run_train() -> None:
         nonlocal state
-        state, loss = train_c(state, x, y)
-        jax.block_until_ready((state, loss))
+        state, out = train_c(state, x, y, None)
+        jax.block_until_ready((state, out))
 
     return {
         "params": params,
@@ -240,145 +189,6 @@ def jax_alexnet(config: Any, images: np.ndarray, labels: np.ndarray) -> dict[str
         "train_compile_s": train_compile_s,
         "infer_compile_s": infer_compile_s,
     }
-
-
-# --- The PyTorch side --------------------------------------------------------------------------
-
-
-def torch_lrn_module(model_config: Any) -> torch.nn.Module:
-    """`torch.nn.LocalResponseNorm` with our LRN's constants (its alpha is ours times n)."""
-    from torch import nn
-
-    from alexnet_jax import lrn
-
-    m = model_config
-    alpha = lrn.to_torch_alpha(m.lrn_alpha, m.lrn_size)
-    return nn.LocalResponseNorm(m.lrn_size, alpha=alpha, beta=m.lrn_beta, k=m.lrn_k)
-
-
-def torch_lrn_per_tower(norm: torch.nn.Module, x: torch.Tensor, towers: int) -> torch.Tensor:
-    """LRN within each tower of NCHW maps: (B, C, H, W) viewed as (B*towers, C/towers, H, W)."""
-    b, c, h, w = x.shape
-    return norm(x.view(b * towers, c // towers, h, w)).view(b, c, h, w)
-
-
-def torch_alexnet(model_config: Any, image_size: int) -> torch.nn.Module:
-    """Our AlexNet in PyTorch, NCHW, built from the same layer table (`models.ALEXNET_LAYERS`).
-
-    With the paper's config: conv1 3->96 k11 s4; conv2 96->256 k5 p2 groups=2; conv3 256->384
-    k3 p1; conv4 384->384 k3 p1 groups=2; conv5 384->256 k3 p1 groups=2; fc6 9216->4096; fc7
-    4096->4096; fc8 4096->1000; ReLU after each but fc8, LRN per tower after conv1 and conv2,
-    3/2 max pooling after conv1, conv2 and conv5, dropout on the outputs of fc6 and fc7 (like
-    ours; torchvision's AlexNet drops the inputs of fc6 and fc7 instead). Weights are PyTorch's
-    defaults; `copy_jax_params` puts ours in.
-    """
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-    from alexnet_jax import models
-
-    m = model_config
-    if m.get("name", "alexnet") != "alexnet" or m.activation != "relu":
-        raise ValueError("torch_alexnet builds the paper's AlexNet (name 'alexnet', ReLU) only.")
-    towers = m.towers
-    widths = models.tower_widths(towers, m.num_classes, m.get("one_tower_kernels", "half"))
-    pool5 = models.spatial_sizes(image_size, m.pool_window)["pool5"]
-    pad = models.conv1_padding(image_size)
-
-    class TorchAlexNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.layers = nn.ModuleDict()
-            features = 3
-            for layer in models.ALEXNET_LAYERS:
-                out = widths[layer.name] * towers
-                if layer.is_conv:
-                    groups = towers if layer.sees == "own" else 1
-                    self.layers[layer.name] = nn.Conv2d(
-                        features, out, layer.kernel, layer.stride, layer.padding, groups=groups
-                    )
-                else:
-                    if features == widths["conv5"] * towers:  # fc6 reads the flattened pool5.
-                        features *= pool5 * pool5
-                    self.layers[layer.name] = nn.Linear(features, out)
-                features = out
-            self.lrn = torch_lrn_module(m)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if pad:  # cuda-convnet's rounding for 224 inputs, as in models.conv1_padding.
-                x = F.pad(x, (0, pad, 0, pad))
-            for layer in models.ALEXNET_LAYERS:
-                x = self.layers[layer.name](x if layer.is_conv else torch.flatten(x, 1))
-                if layer.name == "fc8":
-                    return x[:, : m.num_classes]
-                x = F.relu(x, inplace=True)
-                if layer.lrn and m.lrn:
-                    x = torch_lrn_per_tower(self.lrn, x, towers)
-                if layer.dropout:
-                    x = F.dropout(x, m.dropout_rate, self.training)
-                if layer.pool:
-                    x = F.max_pool2d(x, m.pool_window, 2)
-            return x
-
-    return TorchAlexNet()
-
-
-def copy_jax_params(params: Any, torch_model: torch.nn.Module, image_size: int) -> None:
-    """Copies our AlexNet parameters into `torch_alexnet`'s model, so both compute the same.
-
-    Conv kernels (towers, kh, kw, cin, cout per tower) become (towers * cout, cin, kh, kw), tower
-    t in output channels [t*cout, (t+1)*cout) (with groups=towers for the own-tower layers that is
-    exactly PyTorch's grouping); fc kernels (towers, in, out per tower) become (towers * out, in),
-    fc6's inputs permuted from our NHWC flattening (h, w, c) to PyTorch's (c, h, w).
-    """
-    import torch
-
-    from alexnet_jax import models
-
-    first_fc = True
-    for layer in models.ALEXNET_LAYERS:
-        kernel = np.asarray(params[layer.name]["kernel"], np.float32)
-        bias = np.asarray(params[layer.name]["bias"], np.float32).reshape(-1)
-        if layer.is_conv:
-            w = np.moveaxis(kernel, 0, 3).reshape(*kernel.shape[1:4], -1).transpose(3, 2, 0, 1)
-        else:
-            w = np.moveaxis(kernel, 0, 1).reshape(kernel.shape[1], -1)  # (in, out), as ours.
-            if first_fc:
-                side = models.spatial_sizes(image_size)["pool5"]
-                w = w.reshape(side, side, -1, w.shape[-1]).transpose(2, 0, 1, 3)
-                w = w.reshape(-1, w.shape[-1])
-                first_fc = False
-            w = w.T
-        module = torch_model.layers[layer.name]
-        with torch.no_grad():
-            module.weight.copy_(torch.tensor(w))  # torch.tensor copies: ours are read-only.
-            module.bias.copy_(torch.tensor(bias))
-
-
-def torch_device() -> torch.device:
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def torch_sync(device: torch.device) -> None:
-    """Waits for the device's queued work (CUDA is asynchronous; the CPU is not)."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def torch_logits(torch_model: torch.nn.Module, images_nhwc: np.ndarray) -> np.ndarray:
-    """float32 inference logits of the PyTorch model on NHWC images."""
-    import torch
-
-    device = next(torch_model.parameters()).device
-    torch_model.eval()
-    with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
-        return torch_model(x.to(device)).float().cpu().numpy()
 
 
 def max_rel_diff(a: Any, b: Any) -> float:
@@ -435,7 +245,7 @@ def lrn_shapes(config: Any, batch: int) -> dict[str, tuple[int, int, int, int]]:
 
     m = config.model
     sizes = models.spatial_sizes(config.image_size, m.pool_window)
-    widths = models.tower_widths(m.towers, m.num_classes, m.get("one_tower_kernels", "half"))
+    widths = models.tower_widths(m.towers, m.num_classes, m.one_tower_kernels)
     return {n: (batch, sizes[n], sizes[n], widths[n] * m.towers) for n in ("conv1", "conv2")}
 
 
@@ -450,9 +260,7 @@ def measure_lrn(config: Any, batch: int, args: argparse.Namespace) -> dict[str, 
     for name, shape in lrn_shapes(config, batch).items():
         x = np.maximum(rng.standard_normal(shape, np.float32), 0.0) * 10.0  # post-ReLU
         g = rng.standard_normal(shape, np.float32)
-        fwd_bwd = jax.jit(
-            jax.value_and_grad(lambda x, g: jnp.sum(jax_lrn_per_tower(x, config.model) * g))
-        )
+        fwd_bwd = jax.jit(jax.value_and_grad(lambda x, g: jnp.sum(_jax_lrn(x, config.model) * g)))
         jx, jg = jax.device_put((x, g), device)
         fns = {"jax": lambda jx=jx, jg=jg, f=fwd_bwd: jax.block_until_ready(f(jx, jg))}
         if not args.skip_torch:
@@ -465,6 +273,15 @@ def measure_lrn(config: Any, batch: int, args: argparse.Namespace) -> dict[str, 
             "torch_ms": ms.get("torch"),
         }
     return results
+
+
+def _jax_lrn(x: jax.Array, m: Any) -> jax.Array:
+    """Our LRN on conv-shaped NHWC maps, within each tower, as the model runs it."""
+    from alexnet_jax import models
+
+    return models.tower_norm(
+        x, m.towers, m.lrn_kind, size=m.lrn_size, alpha=m.lrn_alpha, beta=m.lrn_beta, k=m.lrn_k
+    )
 
 
 def _torch_lrn_fwd_bwd(model_config: Any, x: np.ndarray, g: np.ndarray) -> Callable[[], None]:
@@ -641,7 +458,7 @@ def _float32_logits(config: Any, jx: dict[str, Any], images: np.ndarray) -> np.n
     copy of the model (the identity check compares arithmetic, not rounding)."""
     import jax
 
-    if config.model.get("compute_dtype", "float32") == "float32":
+    if config.model.compute_dtype == "float32":
         return np.asarray(jx["infer"]())
     from alexnet_jax import models
 
