@@ -41,6 +41,7 @@ def plateau_run(tmp_path_factory):
     return args, results, root / "runs" / "paper_seed0", root / "out"
 
 
+@pytest.mark.slow
 def test_plateau_schedule_drops_the_rate_when_validation_stalls(plateau_run):
     _, _, run, _ = plateau_run
     events = metrics.read_metrics(str(run))
@@ -52,12 +53,14 @@ def test_plateau_schedule_drops_the_rate_when_validation_stalls(plateau_run):
     assert drops, (lr, evals)
 
 
+@pytest.mark.slow
 def test_checkpoints_are_written_at_the_cadence(plateau_run):
     _, _, run, _ = plateau_run
     steps = {int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()}
     assert {2, 4, 6} <= steps
 
 
+@pytest.mark.slow
 def test_base_given_as_a_config_path(plateau_run):
     _, results, run, out = plateau_run
     data = json.loads((out / "results.json").read_text())
@@ -68,6 +71,7 @@ def test_base_given_as_a_config_path(plateau_run):
     assert "| paper | `-` |" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_switches_run_by_the_base_network_not_its_name(tmp_path):
     cifar = ablations.plan(
         ablations.load_base("configs/cifar10_lrn.py"), ["no_lrn", "one_tower"], 2, tmp_path
@@ -81,6 +85,7 @@ def test_switches_run_by_the_base_network_not_its_name(tmp_path):
     assert alexnet["one_tower"]["runs"][0][1].model.towers == 1
 
 
+@pytest.mark.slow
 def test_changed_config_on_a_run_folder_is_refused(plateau_run, capsys):
     args, _, run, _ = plateau_run
     with pytest.raises(SystemExit) as refused:

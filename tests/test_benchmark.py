@@ -71,6 +71,7 @@ def jax_only(tmp_path_factory):
     return argv, returned, json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_jax_only_run_writes_every_key(jax_only):
     argv, returned, written = jax_only
     assert set(REQUIRED_KEYS) <= set(written)
@@ -83,6 +84,7 @@ def test_jax_only_run_writes_every_key(jax_only):
     assert written["versions"]["jax"] == jax.__version__
 
 
+@pytest.mark.slow
 def test_jax_only_run_measures_positive_numbers(jax_only):
     *_, r = jax_only
     for key in (
@@ -112,6 +114,7 @@ def test_jax_only_run_measures_positive_numbers(jax_only):
     assert fraction == pytest.approx(r["jax_train_gflops_per_sec"] / r["matmul_peak_gflops"])
 
 
+@pytest.mark.slow
 def test_jax_only_run_leaves_torch_keys_null(jax_only):
     *_, r = jax_only
     for key in TORCH_KEYS:

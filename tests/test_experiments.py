@@ -25,6 +25,7 @@ def digits_run(ablation_quick):
     return ablation_quick[2] / "paper_seed0"
 
 
+@pytest.mark.slow
 def test_relu_vs_tanh_quick(tmp_path):
     summary = relu_vs_tanh.main(["--quick", "--dataset=digits", f"--out={tmp_path}"])
     data = json.loads((tmp_path / "results.json").read_text())
@@ -59,6 +60,7 @@ def test_ablation_switches_come_from_the_ablation_configs():
     assert ablations.switch("tanh") == {"model.activation": "tanh"}
 
 
+@pytest.mark.slow
 def test_ablations_quick(ablation_quick):
     results, out, runs = ablation_quick
     assert len(results["paper"]["runs"]) == 1 and len(results["no_lrn"]["runs"]) == 1
@@ -80,6 +82,7 @@ def test_ablations_quick(ablation_quick):
     assert again["no_lrn"]["runs"][0][key] == no_lrn[key]
 
 
+@pytest.mark.slow
 def test_paper_tables(digits_run, tmp_path):
     result = paper_tables.main([f"--workdir={digits_run}", f"--out={tmp_path}"])
     assert result["eval_examples"] == 360
@@ -95,6 +98,7 @@ def test_paper_tables(digits_run, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_neighbors(digits_run, tmp_path):
     summary = neighbors.main([f"--workdir={digits_run}", f"--out={tmp_path}", "--queries=2"])
     assert summary["layer"] == "local4_out"
@@ -108,6 +112,7 @@ def test_nearest_is_euclidean():
     np.testing.assert_array_equal(neighbors.nearest(np.array([[9.0, 0.0]]), keys, 2), [[1, 2]])
 
 
+@pytest.mark.slow
 def test_filters_of_a_two_tower_alexnet(tmp_path):
     """A freshly initialised two-tower AlexNet saved as a run: config.json and a checkpoint."""
     import jax

@@ -279,6 +279,7 @@ def tfds_dir(tmp_path_factory):
     return data_dir
 
 
+@pytest.mark.slow
 def test_tfds_source_reads_array_record_without_tensorflow(tfds_dir):
     tf_before = "tensorflow" in sys.modules
     config = _config(dataset="tfds:alexnet_jax_test_images", data_dir=tfds_dir, resize_size=12)
@@ -373,6 +374,7 @@ def test_eval_pass_is_ordered_padded_and_split_over_processes():
     assert sorted(seen) == [i for i in range(21) if i != 5]
 
 
+@pytest.mark.slow
 def test_workers_change_nothing_and_restore_continues_exactly():
     """num_workers=2 (spawned processes) gives the batches of num_workers=0, and an iterator
     restored from a JSON round trip of get_state() continues with exactly the next batch, also
@@ -458,6 +460,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_exit_when_the_training_process_is_killed():
     """SIGKILL (preemption, OOM killer) leaves the Grain workers no chance to be stopped; they

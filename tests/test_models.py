@@ -124,6 +124,7 @@ def test_paper_initialisation(paper_params):
     assert not np.allclose(k[0], k[1])
 
 
+@pytest.mark.slow
 def test_caffe_initialisation():
     params = parallel.init_params(model_config(init="caffe"), (227, 227, 3), jax.random.key(0))
     assert np.all(np.asarray(params["conv2"]["bias"]) == np.float32(0.1))
@@ -155,6 +156,7 @@ def test_towers_see_only_what_the_paper_lets_them(paper_params):
     assert diff[..., :192].max() > 0 and diff[..., 192:].max() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("towers", [1, 2])
 def test_grouped_and_split_convolutions_agree(paper_params, towers):
     mc = model_config(towers=towers)
@@ -168,6 +170,7 @@ def test_grouped_and_split_convolutions_agree(paper_params, towers):
     assert rel_err(b, a) < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [224, 227])
 def test_conv1_as_matmul_agrees_with_the_convolution(paper_params, size):
     # 224 goes through cuda-convnet2's 3 zero pixels, 227 through none: both reach 55x55.
@@ -188,6 +191,7 @@ def test_conv1_as_matmul_agrees_with_the_convolution(paper_params, size):
     assert rel_err(ga["conv1"]["kernel"], gb["conv1"]["kernel"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close_to_float32_and_is_checked(paper_params):
     mc = model_config()
     images = _images()
@@ -202,6 +206,7 @@ def test_bfloat16_compute_stays_close_to_float32_and_is_checked(paper_params):
         models.create_model(mc).apply({"params": paper_params}, images)
 
 
+@pytest.mark.slow
 def test_dropout_masks_differ_between_towers_and_are_off_in_eval(paper_params):
     model = models.create_model(model_config())
     images = _images(batch=4)
@@ -245,6 +250,7 @@ def _sgd_losses(mc, images, labels, steps, lr, seed=0):
     return losses
 
 
+@pytest.mark.slow
 def test_full_size_alexnet_learns_a_fixed_batch():
     # Paper config at full size (227, 1000 classes, LRN, towers, paper init), dropout off so
     # the fixed batch can be fitted; batch 8 on the CPU. lr 0.01 oscillates on one fixed batch
@@ -256,6 +262,7 @@ def test_full_size_alexnet_learns_a_fixed_batch():
 
 # The learning rate that fits 16 digits in 30 steps depends on net, activation and init; these
 # are measured settings (loss after 30 steps: 0.21, 0.61, 0.00, 0.45).
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, activation, init, lr",
     [
@@ -297,6 +304,7 @@ def test_cifar_net_refuses_towers_and_dropout():
         models.create_model(model_config(name="cifar_fig1", num_classes=10))
 
 
+@pytest.mark.slow
 def test_cifar_lrn_switch_changes_the_output():
     mc = model_config(name="cifar_lrn", towers=1, dropout_rate=0.0, num_classes=10)
     params = parallel.init_params(mc, (32, 32, 3), jax.random.key(0))

@@ -83,6 +83,7 @@ def digits_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_max_train_and_max_queries_stop_the_streams(digits_run, monkeypatch):
     config, _, params = common.load_run(str(digits_run))
     config.num_workers = 0
@@ -111,6 +112,7 @@ def test_max_train_and_max_queries_stop_the_streams(digits_run, monkeypatch):
     assert found["feature"].ids.shape == (20, 3) and found["feature"].ids.max() < 70
 
 
+@pytest.mark.slow
 def test_main_matches_a_brute_force_search(digits_run, tmp_path):
     summary = neighbors.main(
         [
@@ -150,6 +152,7 @@ def test_main_matches_a_brute_force_search(digits_run, tmp_path):
     assert summary["pixel_label_agreement"] == pytest.approx(np.mean(ty[pix] == qy[:, None]))
 
 
+@pytest.mark.slow
 def test_memory_script_on_two_small_training_sets(tmp_path):
     from experiments import neighbors_memory
 

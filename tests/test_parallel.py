@@ -65,7 +65,14 @@ def _on_mesh(mc, mesh, params, images, labels, rng):
     return out, hlo
 
 
-@pytest.mark.parametrize("data, tower", [(1, 2), (2, 2), (2, 1)])
+@pytest.mark.parametrize(
+    "data, tower",
+    [
+        pytest.param(1, 2, marks=pytest.mark.slow),
+        (2, 2),
+        pytest.param(2, 1, marks=pytest.mark.slow),
+    ],
+)
 def test_mesh_gives_the_one_device_logits_and_gradients(setup, data, tower):
     """Dropout on: masks are drawn for the global batch, so they match across meshes too."""
     mc, params, images, labels = setup
@@ -129,6 +136,7 @@ def test_towers_exchange_activations_only_where_the_paper_gpus_did(setup):
         assert ops[op] == [], (op, ops[op])
 
 
+@pytest.mark.slow
 def test_cifar_net_runs_data_parallel():
     mc = model_config(name="cifar_lrn", towers=1, dropout_rate=0.0, num_classes=10)
     params = parallel.init_params(mc, (32, 32, 3), jax.random.key(0))
@@ -222,6 +230,7 @@ def _elements(hlo: str, op: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad_sum", ["ordered", "psum"])
 def test_grad_sum_sums_over_the_replicas_with_its_collective(setup, grad_sum):
     """Both give the one-device gradients; 'ordered' moves them with an all-to-all and an
@@ -254,6 +263,7 @@ def test_grad_sum_sums_over_the_replicas_with_its_collective(setup, grad_sum):
         assert sum(reduced) >= quarter, reduced
 
 
+@pytest.mark.slow
 def test_two_replicas_sum_with_psum_in_either_mode(setup):
     """x0 + x1 does not depend on the order, so 'ordered' keeps psum's all-reduce there."""
     mc, params, images, labels = setup

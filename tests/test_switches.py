@@ -874,7 +874,11 @@ def test_every_config_field_is_documented(section):
     assert not missing, f"config.{section} fields missing from the docs' table: {missing}"
 
 
-@pytest.mark.parametrize("network", NETWORKS)
+# The full-size AlexNets take seconds per field: the fast tier checks the CIFAR nets only.
+@pytest.mark.parametrize(
+    "network",
+    [pytest.param(n, marks=pytest.mark.slow) if n.startswith("alexnet") else n for n in NETWORKS],
+)
 @pytest.mark.parametrize("field", documented_fields("model"))
 def test_model_switch(field, network):
     MODEL_CHECKS[field](network)

@@ -65,6 +65,7 @@ def _restored_params(workdir):
     return step, jax.tree.map(np.asarray, state["params"])
 
 
+@pytest.mark.slow
 def test_one_step_of_full_size_alexnet(tmp_path):
     result = train.train_and_evaluate(_synthetic_alexnet(), str(tmp_path))
     events = metrics.read_metrics(str(tmp_path))
@@ -78,6 +79,7 @@ def test_one_step_of_full_size_alexnet(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_two_towers_on_two_devices_follow_the_one_device_trajectory(tmp_path):
     one = _synthetic_alexnet(num_train_steps=3)
     two = _synthetic_alexnet(num_train_steps=3, **{"mesh.tower": 2})
@@ -94,6 +96,7 @@ def test_two_towers_on_two_devices_follow_the_one_device_trajectory(tmp_path):
     assert loss["one"][0] != loss["one"][-1]
 
 
+@pytest.mark.slow
 def test_cifar_net_loss_falls_on_digits(tmp_path):
     config = _digits_config(
         num_train_steps=60, eval_every_steps=60, checkpoint_every_steps=60, log_every_steps=10
@@ -103,6 +106,7 @@ def test_cifar_net_loss_falls_on_digits(tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     config = _digits_config(
         num_train_steps=10, checkpoint_every_steps=5, eval_every_steps=10, log_every_steps=1
