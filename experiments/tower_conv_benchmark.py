@@ -34,13 +34,13 @@ def measure(grouped: bool, batch: int, size: int, repeats: int) -> dict[str, flo
     labels = jnp.arange(batch) % 1000
     holder = [state]
 
-    def train_step():
+    def run_step():
         holder[0], out = step(holder[0], images, labels, None)
         return out
 
     infer = jax.jit(lambda p: model.apply({"params": p}, images))
     with jax.set_mesh(mesh):
-        s = interleaved_medians({"train": train_step, "infer": lambda: infer(params)}, 1, repeats)
+        s = interleaved_medians({"train": run_step, "infer": lambda: infer(params)}, 1, repeats)
     return {"train_images_per_sec": batch / s["train"], "infer_images_per_sec": batch / s["infer"]}
 
 
