@@ -1,10 +1,12 @@
-"""The host memory allocator: finding tcmalloc and restarting a command with it preloaded.
+"""The host memory allocator: restarting a command with tcmalloc, or with glibc tuned.
 
-glibc's malloc returns large freed blocks to the OS, so every XLA execution page-faults its big
-buffers in again: on a 2-core EPYC VM a 167 MB elementwise op took 55 ms with glibc and 13 ms
-with tcmalloc, and AlexNet's training step about twice as long, in JAX and PyTorch alike
-(README, Performance). `alexnet_jax.main` and `experiments.benchmark` call `preload_allocator`
-first thing, as PyTorch's CPU launcher (`torch.backends.xeon.run_cpu`) does.
+glibc's malloc returns large freed blocks to the OS (blocks over 32 MiB are mmap'ed and unmapped
+on free, and the heap top is trimmed), so every XLA execution page-faults its big buffers in
+again. tcmalloc keeps them. Where tcmalloc is not installed (it comes from the system's package
+manager, not pip), glibc's own tunables keep them too: no mmap'ed blocks, no trimming, one
+arena (`GLIBC_TUNED`). `experiments/allocator_benchmark.py` measures the three against each
+other (docs/performance.md). `alexnet_jax.main` and `experiments.benchmark` call
+`preload_allocator` first thing, as PyTorch's CPU launcher (`torch.backends.xeon.run_cpu`) does.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ import sys
 import sysconfig
 from collections.abc import Sequence
 
-ALLOCATORS = ("auto", "tcmalloc", "system")
+ALLOCATORS = ("auto", "tcmalloc", "glibc_tuned", "system")
+# glibc keeps every freed block: none from mmap (so none unmapped), the heap top never trimmed,
+# one arena (the others are mmap'ed heaps that glibc shrinks on its own).
+GLIBC_TUNED = (
+    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=137438953472"
+)
 # Set in the environment of the re-executed process, so a preload that fails cannot loop.
 _PRELOAD_GUARD = "ALEXNET_JAX_ALLOCATOR_PRELOADED"
 
@@ -56,19 +63,25 @@ def allocator_in_use() -> str:
         found = re.search(rf"(/\S*lib{name}\S*\.so\S*)", maps)
         if found:
             return f"{name} ({found.group(1)})"
-    return "system (glibc malloc)" if sys.platform.startswith("linux") else "system"
+    if not sys.platform.startswith("linux"):
+        return "system"
+    if GLIBC_TUNED in os.environ.get("GLIBC_TUNABLES", ""):
+        return f"glibc_tuned (glibc malloc, GLIBC_TUNABLES={GLIBC_TUNED})"
+    return "system (glibc malloc)"
 
 
 def preload_allocator(module: str, allocator: str = "auto", argv: Sequence[str] = ()) -> None:
-    """Re-executes `python -m <module> <argv>` with tcmalloc preloaded, when that is asked for.
+    """Re-executes `python -m <module> <argv>` with the allocator asked for, when it is needed.
 
     Call it before jax or torch is imported: `os.execve` replaces the process, and the allocator
     must be in place before the frameworks allocate anything. Returns only when no re-execution
-    is needed: `allocator` is 'system', tcmalloc is already loaded, or ('auto') none was found.
+    is needed: `allocator` is 'system', the allocator asked for is already in use, or the
+    process was already re-executed once (a preload that did not take cannot loop).
 
     Args:
       module: the module to run again (e.g. 'experiments.benchmark').
-      allocator: 'auto' (tcmalloc if found), 'tcmalloc' (required) or 'system' (never preload).
+      allocator: 'auto' (tcmalloc when it is installed, else glibc with `GLIBC_TUNED`),
+        'tcmalloc' (required), 'glibc_tuned' or 'system' (glibc as it is, never re-executed).
       argv: the command-line arguments to run it with.
 
     Raises:
@@ -77,24 +90,34 @@ def preload_allocator(module: str, allocator: str = "auto", argv: Sequence[str] 
     """
     if allocator not in ALLOCATORS:
         raise ValueError(f"allocator must be one of {ALLOCATORS}, got {allocator!r}.")
-    if allocator == "system" or allocator_in_use().startswith("tcmalloc"):
+    in_use = allocator_in_use()
+    if allocator == "system" or in_use.startswith("tcmalloc"):
         return
-    path = find_tcmalloc()
-    if path is None or os.environ.get(_PRELOAD_GUARD):
-        if allocator == "tcmalloc":
-            raise SystemExit(
-                "--allocator tcmalloc: "
-                + ("no libtcmalloc found" if path is None else f"{path} did not load")
-                + "; install it (`apt-get install libtcmalloc-minimal4` on Debian/Ubuntu) or "
-                "use --allocator system."
-            )
+    if allocator == "glibc_tuned" and in_use.startswith("glibc_tuned"):
+        return
+    path = find_tcmalloc() if allocator in ("auto", "tcmalloc") else None
+    if allocator == "tcmalloc" and (path is None or os.environ.get(_PRELOAD_GUARD)):
+        raise SystemExit(
+            "--allocator tcmalloc: "
+            + ("no libtcmalloc found" if path is None else f"{path} did not load")
+            + "; install it (`apt-get install libtcmalloc-minimal4` on Debian/Ubuntu) or "
+            "use --allocator glibc_tuned (no install) or system."
+        )
+    if os.environ.get(_PRELOAD_GUARD) or not sys.platform.startswith("linux"):
         return
     env = dict(os.environ)
-    env["LD_PRELOAD"] = ":".join(p for p in (path, env.get("LD_PRELOAD", "")) if p)
     env[_PRELOAD_GUARD] = "1"
-    # XLA allocates each execution's temporaries as one block; at batch 128 that passes
-    # tcmalloc's 1 GiB "large alloc" report threshold, which would print a line per step.
-    env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
-    print(f"re-executing with LD_PRELOAD={env['LD_PRELOAD']}", file=sys.stderr, flush=True)
+    if path is not None:
+        env["LD_PRELOAD"] = ":".join(p for p in (path, env.get("LD_PRELOAD", "")) if p)
+        # XLA allocates each execution's temporaries as one block; at batch 128 that passes
+        # tcmalloc's 1 GiB "large alloc" report threshold, which would print a line per step.
+        env.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))
+        what = f"LD_PRELOAD={env['LD_PRELOAD']}"
+    else:
+        env["GLIBC_TUNABLES"] = ":".join(
+            t for t in (env.get("GLIBC_TUNABLES", ""), GLIBC_TUNED) if t
+        )
+        what = f"GLIBC_TUNABLES={env['GLIBC_TUNABLES']} (no tcmalloc found)"
+    print(f"re-executing with {what}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)

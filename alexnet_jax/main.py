@@ -10,9 +10,10 @@ latest checkpoint in --workdir. All the logic is in importable modules (`alexnet
 A refused run (bad config, data or workdir, a full disk, a NaN) ends with one line on stderr;
 `--verbosity=1` or ALEXNET_JAX_TRACEBACK=1 shows the traceback too.
 
-On Linux the run restarts itself once with tcmalloc preloaded when the machine has it
-(`--allocator=auto`): with glibc's malloc every XLA execution page-faults its large buffers
-again, which made AlexNet's CPU training step about twice as slow (README, Performance).
+On Linux the run restarts itself once with tcmalloc preloaded when the machine has it, else
+with glibc's malloc tuned to keep its freed blocks (`--allocator=auto`, alexnet_jax/allocator.py):
+with glibc's defaults every XLA execution page-faults its large buffers again, which slows
+AlexNet's CPU training step (docs/performance.md).
 """
 
 import os
@@ -28,6 +29,12 @@ from alexnet_jax import allocator, checkpoint, distributed, train
 # one line (exit status 1; 74 for a full disk) unless --verbosity=1 or ALEXNET_JAX_TRACEBACK=1.
 DELIBERATE = (ValueError, FileNotFoundError, FloatingPointError, checkpoint.DiskFullError)
 TRACEBACK_ENV = "ALEXNET_JAX_TRACEBACK"
+# Config fields that were replaced: a command line that still sets one is told the new field
+# (the locked config alone would only say that the old one does not exist).
+RENAMED_FIELDS = {
+    "model.conv1_matmul": "config.model.kernels: 'cpu' (conv1 as a matmul and the other "
+    "CPU-tuned ops), 'xla' (XLA's own convolutions and pooling) or 'auto' (by backend)",
+}
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -69,11 +76,22 @@ _ALLOCATOR = flags.DEFINE_enum(
     "allocator",
     "auto",
     list(allocator.ALLOCATORS),
-    "Host memory allocator: 'auto' restarts the run with tcmalloc preloaded when it is installed "
-    "(apt-get install libtcmalloc-minimal4), 'tcmalloc' requires it, 'system' keeps glibc malloc.",
+    "Host memory allocator: 'auto' restarts the run once with tcmalloc preloaded when it is "
+    "installed (apt-get install libtcmalloc-minimal4), else with glibc malloc tuned to keep its "
+    "freed blocks (GLIBC_TUNABLES, no install); 'tcmalloc' requires tcmalloc, 'glibc_tuned' "
+    "always tunes glibc, 'system' keeps glibc malloc as it is.",
 )
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def refuse_renamed_fields(argv: list[str]) -> None:
+    """Exits with one line when `argv` sets a field of RENAMED_FIELDS."""
+    for arg in argv:
+        for old, new in RENAMED_FIELDS.items():
+            if arg.split("=", 1)[0] == f"--config.{old}":
+                print(f"error: --config.{old} was replaced by {new}.", file=sys.stderr)
+                sys.exit(1)
 
 
 def main(argv: list[str]) -> None:
@@ -135,4 +153,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    refuse_renamed_fields(sys.argv[1:])
     app.run(main)

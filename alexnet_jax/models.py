@@ -182,6 +182,26 @@ def _check_init(init: str) -> None:
         raise ValueError(f"model.init must be one of {INITS}, got {init!r}.")
 
 
+KERNELS = ("auto", "cpu", "xla")
+
+
+def resolve_kernels(kernels: str) -> str:
+    """'cpu' or 'xla' for `model.kernels`: 'auto' is 'cpu' on JAX's CPU backend, else 'xla'.
+
+    The CPU-tuned ops (alexnet_jax/ops.py) were written and measured against XLA's CPU
+    convolutions; on a GPU or TPU, XLA's own convolutions (cuDNN on NVIDIA) and pooling
+    gradient are the natural choice.
+    """
+    if kernels not in KERNELS:
+        raise ValueError(
+            f"model.kernels={kernels!r} is not one of {KERNELS}: 'auto' chooses by backend, "
+            "'cpu' the CPU-tuned ops, 'xla' XLA's own convolutions and pooling."
+        )
+    if kernels == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "xla"
+    return kernels
+
+
 def _check_compute_dtype(dtype: str) -> None:
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(
@@ -211,9 +231,12 @@ class AlexNet(nn.Module):
       grouped_conv: how a device computes the own-tower convolutions (conv2, conv4, conv5) of
         the several towers it holds: one grouped convolution (`feature_group_count`) or one
         ordinary convolution per tower. Same numbers; only speed differs.
-      conv1_matmul: compute conv1 as space-to-depth + one matmul (`ops.strided_conv`) instead
-        of `lax.conv_general_dilated`. Same numbers to float rounding; several times faster on
-        a CPU, where the library convolution handles 3 channels at stride 4 poorly.
+      kernels: which implementation of the convolutions and pooling runs (`resolve_kernels`):
+        'cpu' (conv1 as space-to-depth + one matmul, `ops.conv2d` with its kernel gradient as a
+        matmul, `ops.max_pool` with its closed-form gradient), 'xla' (`lax.conv_general_dilated`
+        and `lax.reduce_window` with XLA's own gradients, what cuDNN backs on a GPU) or 'auto'
+        ('cpu' when JAX's default backend is the CPU, else 'xla'). Same numbers to float
+        rounding (tests/test_models.py); only speed differs.
       compute_dtype: 'float32' (default, the paper's arithmetic) or 'bfloat16': the inputs of
         every convolution and matmul are rounded to bfloat16 and multiplied with float32
         accumulation; parameters, activations between layers, LRN, the loss and the optimizer
@@ -237,7 +260,7 @@ class AlexNet(nn.Module):
     dropout_rate: float = 0.5
     weight_init: str = "paper"
     grouped_conv: bool = False
-    conv1_matmul: bool = True
+    kernels: str = "auto"
     compute_dtype: str = "float32"
     tower_axis: str | None = None
     data_axis: str | None = None
@@ -297,6 +320,7 @@ class AlexNet(nn.Module):
         act = _activation(self.activation)
         widths = tower_widths(self.towers, self.num_classes, self.one_tower_kernels)
         local, tower0 = self._local_towers()
+        kernels = resolve_kernels(self.kernels)
 
         pad = conv1_padding(images.shape[1])
         x = jnp.pad(images, ((0, 0), (0, pad), (0, pad), (0, 0))) if pad else images
@@ -312,7 +336,7 @@ class AlexNet(nn.Module):
                 local,
                 self.weight_init,
                 self.grouped_conv,
-                self.conv1_matmul,
+                kernels,
                 self.compute_dtype,
                 name=layer.name,
             )(x)
@@ -326,7 +350,7 @@ class AlexNet(nn.Module):
                 x = self._dropout(x, local, tower0, train)
             self.sow("intermediates", f"{layer.name}_out", x)
             if layer.pool:
-                x = ops.max_pool(x, self.pool_window, 2)
+                x = _max_pool(x, self.pool_window, kernels)
                 self.sow("intermediates", f"pool{layer.name[-1]}_out", x)
         if self.tower_axis is not None:
             # This device's towers' share of fc8; `parallel.sharded_apply` assembles the logits.
@@ -365,7 +389,7 @@ class _TowerLayer(nn.Module):
     local: int  # towers held by this device
     weight_init: str
     grouped_conv: bool
-    conv1_matmul: bool
+    kernels: str  # 'cpu' or 'xla' (resolved)
     compute_dtype: str
 
     @nn.compact
@@ -388,11 +412,11 @@ class _TowerLayer(nn.Module):
             # Every tower reads the same input: one matmul against the towers' kernels side by side.
             stacked = jnp.moveaxis(kernel, 0, 1).reshape(fan_in, -1)
             return jnp.matmul(x, stacked, preferred_element_type=ops.accumulation_dtype(x)) + bias
-        conv = _conv(layer)
+        conv = _conv(layer, self.kernels)
         if not own:
             # conv1 and conv3 read every tower's maps: one convolution with the kernels stacked.
             stacked = jnp.moveaxis(kernel, 0, 3).reshape(*kernel.shape[1:4], -1)
-            if layer.stride > 1 and layer.padding == 0 and self.conv1_matmul:
+            if layer.stride > 1 and layer.padding == 0 and self.kernels == "cpu":
                 return ops.strided_conv(x, stacked, layer.stride) + bias
             return conv(x, stacked) + bias
         if local == 1:
@@ -415,9 +439,9 @@ def _initializers(init: str, layer: Layer, receptive_field: int) -> tuple[Callab
     return nn.initializers.normal(0.01), layer.bias
 
 
-def _conv(layer: Layer) -> Callable[..., Array]:
+def _conv(layer: Layer, kernels: str) -> Callable[..., Array]:
     def conv(x: Array, kernel: Array, feature_group_count: int = 1) -> Array:
-        if layer.stride == 1 and feature_group_count == 1:
+        if kernels == "cpu" and layer.stride == 1 and feature_group_count == 1:
             return ops.conv2d(x, kernel, layer.padding)
         return jax.lax.conv_general_dilated(
             x,
@@ -430,6 +454,13 @@ def _conv(layer: Layer) -> Callable[..., Array]:
         )
 
     return conv
+
+
+def _max_pool(x: Array, window: int, kernels: str) -> Array:
+    """Max pooling of stride 2: `ops.max_pool` ('cpu') or XLA's `reduce_window` ('xla')."""
+    if kernels == "cpu":
+        return ops.max_pool(x, window, 2)
+    return nn.max_pool(x, (window, window), strides=(2, 2), padding="VALID")
 
 
 # --- The CIFAR-10 nets of §3.1 (Figure 1) and §3.3 ---------------------------------------------
@@ -562,7 +593,7 @@ _ALEXNET_ONLY = {
     "one_tower_kernels": "half",
     "pool_window": 3,
     "grouped_conv": False,
-    "conv1_matmul": True,
+    "kernels": "auto",
     "compute_dtype": "float32",
 }
 
@@ -605,6 +636,7 @@ def create_model(
         weight_init=m.init,
     )
     if name == "alexnet":
+        resolve_kernels(m.kernels)
         tower_widths(m.towers, m.num_classes, m.one_tower_kernels)
         if m.towers != 1 and m.one_tower_kernels != "half":
             raise ValueError(
@@ -618,7 +650,7 @@ def create_model(
             pool_window=m.pool_window,
             dropout_rate=m.dropout_rate,
             grouped_conv=m.grouped_conv,
-            conv1_matmul=m.conv1_matmul,
+            kernels=m.kernels,
             compute_dtype=m.compute_dtype,
             tower_axis=tower_axis,
             data_axis=data_axis,

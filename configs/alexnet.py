@@ -29,7 +29,9 @@ def get_model_config() -> ml_collections.ConfigDict:
     m.num_classes = 1000  # Outputs of fc8.
     m.init = "paper"  # 'paper' (§5) | 'caffe' (bias 0.1, fc6/7 std 0.005) | 'lecun'.
     m.grouped_conv = False  # Own-tower convs as one grouped conv (True) or one per tower.
-    m.conv1_matmul = True  # conv1 as space-to-depth + matmul (same numbers, faster on CPU).
+    # 'auto': the CPU-tuned convolutions and pooling (alexnet_jax/ops.py) on the CPU, XLA's own
+    # elsewhere | 'cpu' | 'xla'. Same numbers either way; only speed differs.
+    m.kernels = "auto"
     m.compute_dtype = "float32"  # 'float32' (paper) | 'bfloat16' products, float32 sums.
     return m
 

@@ -2,7 +2,8 @@
 
   python -m experiments.benchmark [--batch 128] [--image-size 227] [--repeats 5] [--warmup 2]
       [--json results.json | --json -] [--skip-torch] [--dtype float32|bfloat16]
-      [--allocator auto|tcmalloc|system] [--lrn-only] [--matmul-size 4096]
+      [--kernels auto|cpu|xla] [--torch-compile]
+      [--allocator auto|tcmalloc|glibc_tuned|system] [--lrn-only] [--matmul-size 4096]
 
 PyTorch is an optional, benchmark-only dependency: `pip install -r requirements-bench.txt`.
 
@@ -115,12 +116,16 @@ def say(message: str) -> None:
 # --- The JAX side ------------------------------------------------------------------------------
 
 
-def benchmark_config(image_size: int, dtype: str = "float32") -> ml_collections.ConfigDict:
-    """The paper's config (configs/alexnet.py) at `image_size`, computing in `dtype`."""
+def benchmark_config(
+    image_size: int, dtype: str = "float32", kernels: str = "auto"
+) -> ml_collections.ConfigDict:
+    """The paper's config (configs/alexnet.py) at `image_size`, computing in `dtype`, with
+    `model.kernels=kernels`."""
     from configs import alexnet as alexnet_config
 
     config = alexnet_config.get_config()
     config.image_size = image_size
+    config.model.kernels = kernels
     if "compute_dtype" in config.model:
         config.model.compute_dtype = dtype
     elif dtype != "float32":
@@ -337,6 +342,8 @@ def environment(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
     import jaxlib
     import optax
 
+    from alexnet_jax import models
+
     device = jax.devices()[0]
     cpu = platform.processor() or platform.machine()
     try:
@@ -379,6 +386,9 @@ def environment(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
         "batch_size": args.batch,
         "image_size": args.image_size,
         "dtype": args.dtype,
+        "kernels": args.kernels,
+        "torch_compile": args.torch_compile,
+        "kernels_resolved": models.resolve_kernels(args.kernels),
         "repeats": args.repeats,
         "warmup": args.warmup,
         "matmul_size": args.matmul_size,
@@ -394,7 +404,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], out: Any = None) -> dict[
     """
     from alexnet_jax import models
 
-    config = benchmark_config(args.image_size, args.dtype)
+    config = benchmark_config(args.image_size, args.dtype, args.kernels)
     models.check_image_size(args.image_size, config.model.pool_window)
     r: dict[str, Any] = environment(args, argv)
     print(format_header(r), file=out or sys.stdout, flush=True)
@@ -441,6 +451,11 @@ def measure_models(config: Any, args: argparse.Namespace) -> dict[str, Any]:
                 f"IDENTITY CHECK FAILED: the logits differ by {diff:.2e} of their largest value "
                 "(> 1e-3): the two models are not the same network."
             )
+        if args.torch_compile:
+            import torch
+
+            say("torch.compile: the first (warm-up) calls compile PyTorch's model")
+            tm = torch.compile(tm)
         for phase, fn in torch_steps(config, tm, images, labels, args.dtype).items():
             fns[phase]["torch"] = fn
     for phase, phase_fns in fns.items():
@@ -507,7 +522,8 @@ def format_header(r: dict[str, Any]) -> str:
             f"# jax {v['jax']}, jaxlib {v['jaxlib']}, flax {v['flax']}, {torch_part}, "
             f"python {v['python']}",
             f"# AlexNet (configs/alexnet.py), batch {r['batch_size']}, {r['image_size']}x"
-            f"{r['image_size']}, {r['dtype']}; medians of {r['repeats']} after {r['warmup']} "
+            f"{r['image_size']}, {r['dtype']}, kernels {r['kernels']} ({r['kernels_resolved']}); "
+            f"medians of {r['repeats']} after {r['warmup']} "
             "warm-up calls, JAX and PyTorch alternating",
         ]
     )
@@ -573,10 +589,22 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-torch", action="store_true", help="Time JAX alone.")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="Compute dtype.")
     parser.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="Time PyTorch's model under torch.compile instead of eager.",
+    )
+    parser.add_argument(
+        "--kernels",
+        choices=("auto", "cpu", "xla"),
+        default="auto",
+        help="model.kernels: the CPU-tuned ops, XLA's own, or by backend (auto).",
+    )
+    parser.add_argument(
         "--allocator",
         choices=ALLOCATORS,
         default="auto",
-        help="auto: preload tcmalloc when found; tcmalloc: require it; system: glibc malloc.",
+        help="auto: tcmalloc when found, else glibc_tuned; tcmalloc: require it; glibc_tuned: "
+        "glibc malloc keeping its freed blocks (GLIBC_TUNABLES); system: glibc as it is.",
     )
     parser.add_argument("--lrn-only", action="store_true", help="Only the LRN comparison.")
     parser.add_argument("--matmul-size", type=int, default=4096, help="n of the peak matmul.")
@@ -603,8 +631,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(TORCH_MISSING)
     if command_line:
         preload_allocator(MODULE, args.allocator, argv)
-    elif args.allocator == "tcmalloc" and not allocator_in_use().startswith("tcmalloc"):
-        raise SystemExit(f"--allocator tcmalloc preloads at start: run `python -m {MODULE}`.")
+    elif args.allocator in ("tcmalloc", "glibc_tuned") and not allocator_in_use().startswith(
+        args.allocator
+    ):
+        raise SystemExit(f"--allocator {args.allocator} is set at start: run `python -m {MODULE}`.")
     out = sys.stderr if args.json == "-" else sys.stdout  # keep stdout pure JSON for '-'
     results = run(args, argv, out)
     print(format_table(results), file=out, flush=True)

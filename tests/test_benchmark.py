@@ -30,6 +30,8 @@ REQUIRED_KEYS = (
     "batch_size",
     "image_size",
     "dtype",
+    "kernels",
+    "kernels_resolved",
     "device",
     "allocator",
     "torch_threads",
@@ -185,6 +187,48 @@ def test_torch_lrn_per_tower_matches_ours():
 def test_find_tcmalloc_gives_none_or_a_file():
     path = allocator.find_tcmalloc()
     assert path is None or (os.path.isfile(path) and "tcmalloc" in os.path.basename(path))
+
+
+@pytest.mark.parametrize(
+    "asked, tcmalloc, expect",
+    [
+        ("auto", "/usr/lib/libtcmalloc_minimal.so.4", "LD_PRELOAD"),
+        ("auto", None, "GLIBC_TUNABLES"),
+        ("glibc_tuned", "/usr/lib/libtcmalloc_minimal.so.4", "GLIBC_TUNABLES"),
+        ("tcmalloc", "/usr/lib/libtcmalloc_minimal.so.4", "LD_PRELOAD"),
+    ],
+)
+def test_preload_allocator_reexecutes_once_with_what_was_asked(
+    monkeypatch, asked, tcmalloc, expect
+):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv(allocator._PRELOAD_GUARD, raising=False)
+    monkeypatch.setattr(allocator, "allocator_in_use", lambda: "system (glibc malloc)")
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: tcmalloc)
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda exe, args, env: calls.append((args, env)))
+    allocator.preload_allocator("experiments.benchmark", asked, ["--batch", "2"])
+    ((args, env),) = calls
+    assert args[1:] == ["-m", "experiments.benchmark", "--batch", "2"]
+    assert env[allocator._PRELOAD_GUARD] == "1"
+    if expect == "LD_PRELOAD":
+        assert env["LD_PRELOAD"] == tcmalloc and "GLIBC_TUNABLES" not in env
+    else:
+        assert env["GLIBC_TUNABLES"] == allocator.GLIBC_TUNED and "LD_PRELOAD" not in env
+    # The re-executed process (guard set) never re-executes again, and reports the tuning.
+    monkeypatch.setenv(allocator._PRELOAD_GUARD, "1")
+    allocator.preload_allocator("experiments.benchmark", "auto", [])
+    assert len(calls) == 1
+
+
+def test_glibc_tuning_is_reported_as_the_allocator_in_use(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", allocator.GLIBC_TUNED)
+    if allocator.allocator_in_use().startswith(("tcmalloc", "jemalloc")):
+        pytest.skip("a preloaded allocator is reported first")
+    assert allocator.allocator_in_use().startswith("glibc_tuned")
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    assert allocator.allocator_in_use() == "system (glibc malloc)"
 
 
 def test_preload_allocator_system_never_reexecutes():

@@ -143,3 +143,23 @@ def test_colourfulness_is_zero_for_grey_and_two_thirds_for_one_channel():
     red[..., 0] = np.random.default_rng(1).normal(size=(11, 11))
     # Energy in one channel: grey holds 1/3 of it, so 2/3 is off the grey axis (about the mean).
     assert filters.colourfulness(red) == pytest.approx(2 / 3, rel=0.05)
+
+
+@pytest.mark.slow
+def test_gpu_report_quick_runs_every_step(tmp_path):
+    from experiments import gpu_report
+
+    report = gpu_report.main(["--quick", "--out", str(tmp_path)])
+    assert set(report["harness"]) == {"b2_float32_auto", "b2_float32_cpu"}
+    for tag, run in report["harness"].items():
+        assert run is not None, (tmp_path / f"benchmark_{tag}.txt").read_text()
+        assert run["jax_train_images_per_sec"] > 0
+    assert report["harness"]["b2_float32_auto"]["kernels_resolved"] == "cpu"  # the CPU backend
+    assert report["harness"]["b2_float32_cpu"]["kernels"] == "cpu"
+    # The tests simulate 4 CPU devices (conftest), so the tower split is measured too.
+    assert report["environment"]["device_count"] >= 2
+    assert report["tower_split"]["ratio"] > 0, (tmp_path / "tower_split.txt").read_text()
+    assert report["input_pipeline"]["host_256_w0"] > 0
+    text = (tmp_path / "report.md").read_text()
+    assert "QUICK" in text and "Tower split" in text and "the input" in text
+    assert json.loads((tmp_path / "report.json").read_text())["quick"] is True

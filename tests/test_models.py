@@ -170,25 +170,55 @@ def test_grouped_and_split_convolutions_agree(paper_params, towers):
     assert rel_err(b, a) < 1e-6
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("size", [224, 227])
-def test_conv1_as_matmul_agrees_with_the_convolution(paper_params, size):
-    # 224 goes through cuda-convnet2's 3 zero pixels, 227 through none: both reach 55x55.
-    mc = model_config()
+@pytest.mark.parametrize(
+    "size, towers",
+    [
+        pytest.param(224, 2, marks=pytest.mark.slow),
+        (227, 2),
+        pytest.param(227, 1, marks=pytest.mark.slow),
+    ],
+)
+def test_cpu_and_xla_kernels_agree_in_logits_and_every_gradient(size, towers):
+    # The choice of model.kernels is speed only: the CPU-tuned ops (conv1 as a matmul, the
+    # convolutions' matmul kernel gradient, max pooling's closed-form gradient) give XLA's
+    # logits and gradients. 224 goes through cuda-convnet2's 3 zero pixels, 227 through none.
+    mc = model_config(towers=towers, dropout_rate=0.0)
     images = _images(size=size)
+    params = parallel.init_params(mc, (size, size, 3), jax.random.key(0))
 
-    def grads(conv1_matmul):
-        mc.conv1_matmul = conv1_matmul
+    def grads(kernels):
+        mc.kernels = kernels
         model = models.create_model(mc)
 
         def loss(p):
             return jnp.sum(model.apply({"params": p}, images) ** 2)
 
-        return jax.value_and_grad(loss)(paper_params)
+        return jax.jit(jax.value_and_grad(loss))(params)
 
-    (la, ga), (lb, gb) = grads(True), grads(False)
+    (la, ga), (lb, gb) = grads("cpu"), grads("xla")
     assert rel_err(la, lb) < 1e-5
-    assert rel_err(ga["conv1"]["kernel"], gb["conv1"]["kernel"]) < 1e-5
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ga), jax.tree.leaves(gb)):
+        assert rel_err(a, b) < 1e-4, jax.tree_util.keystr(path)
+
+
+def test_auto_kernels_follow_the_backend(monkeypatch):
+    assert models.resolve_kernels("auto") == "cpu"  # the tests run on the CPU backend
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert models.resolve_kernels("auto") == "xla"
+    assert models.resolve_kernels("cpu") == "cpu"
+    # And the model built with 'auto' then runs XLA's own ops: of the custom gradient rules
+    # only LRN's remain (2), where the CPU path adds those of 4 convolutions and 3 pools.
+    mc = model_config(towers=1, one_tower_kernels="half")
+    model = models.create_model(mc)
+    params = parallel.init_params(mc, (227, 227, 3), jax.random.key(0))
+
+    def custom_rules():
+        fn = lambda p: model.apply({"params": p}, _images(batch=1))  # noqa: E731
+        return str(jax.make_jaxpr(fn)(params)).count("custom_vjp_call[")
+
+    on_gpu = custom_rules()
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert (on_gpu, custom_rules()) == (2, 9)
 
 
 @pytest.mark.slow

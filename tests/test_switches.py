@@ -511,19 +511,31 @@ def check_grouped_conv(network):
     assert grouped(primitive_shapes(network)) == []
 
 
-def check_conv1_matmul(network):
+def check_kernels(network):
     if not _is_alexnet(network):
-        return refused(network, "conv1_matmul", False)
-    mc, params, inter, _ = run(network, conv1_matmul=False)
+        return refused(network, "kernels", "xla")
+    mc, params, inter, _ = run(network, kernels="xla")
     want = norm_ref(_alexnet_conv1(params, inter), mc, groups=_towers(network))
     assert rel(inter["conv1_out"], want) < 1e-5  # the same numbers ...
+    want = norm_ref(_alexnet_conv2(params, inter), mc, groups=_towers(network))
+    assert rel(inter["conv2_out"], want) < 1e-5
 
     def conv1_convs(found):
         return [s for p, s, _ in found if p == "conv_general_dilated" and s[1][:3] == (11, 11, 3)]
 
-    # ... computed as a library convolution (False) or space-to-depth + matmul (True).
-    assert len(conv1_convs(primitive_shapes(network, conv1_matmul=False))) == 1
-    assert conv1_convs(primitive_shapes(network)) == []
+    def custom(found):
+        return [p for p, _, _ in found if p.startswith("custom_vjp")]
+
+    # ... by other computations: 'xla' has conv1 as a library convolution and no custom
+    # gradients (the convolutions and pools are XLA's own); 'cpu' (and 'auto' on this CPU
+    # backend) has conv1 as space-to-depth + matmul and the ops' custom_vjp rules.
+    xla = primitive_shapes(network, kernels="xla")
+    assert len(conv1_convs(xla)) == 1 and custom(xla) == []
+    for kernels in ("cpu", "auto"):
+        found = primitive_shapes(network, kernels=kernels)
+        assert conv1_convs(found) == [] and len(custom(found)) >= 3 + 3  # 3 convs, 3 pools
+    with pytest.raises(ValueError, match="model.kernels"):
+        models.create_model(net_config(network, kernels="cudnn").model)
 
 
 def check_compute_dtype(network):
@@ -563,7 +575,7 @@ MODEL_CHECKS = {
     "num_classes": check_num_classes,
     "init": check_init,
     "grouped_conv": check_grouped_conv,
-    "conv1_matmul": check_conv1_matmul,
+    "kernels": check_kernels,
     "compute_dtype": check_compute_dtype,
 }
 
