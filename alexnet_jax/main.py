@@ -29,12 +29,6 @@ from alexnet_jax import allocator, checkpoint, distributed, train
 # one line (exit status 1; 74 for a full disk) unless --verbosity=1 or ALEXNET_JAX_TRACEBACK=1.
 DELIBERATE = (ValueError, FileNotFoundError, FloatingPointError, checkpoint.DiskFullError)
 TRACEBACK_ENV = "ALEXNET_JAX_TRACEBACK"
-# Config fields that were replaced: a command line that still sets one is told the new field
-# (the locked config alone would only say that the old one does not exist).
-RENAMED_FIELDS = {
-    "model.conv1_matmul": "config.model.kernels: 'cpu' (conv1 as a matmul and the other "
-    "CPU-tuned ops), 'xla' (XLA's own convolutions and pooling) or 'auto' (by backend)",
-}
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -83,15 +77,6 @@ _ALLOCATOR = flags.DEFINE_enum(
 )
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def refuse_renamed_fields(argv: list[str]) -> None:
-    """Exits with one line when `argv` sets a field of RENAMED_FIELDS."""
-    for arg in argv:
-        for old, new in RENAMED_FIELDS.items():
-            if arg.split("=", 1)[0] == f"--config.{old}":
-                print(f"error: --config.{old} was replaced by {new}.", file=sys.stderr)
-                sys.exit(1)
 
 
 def main(argv: list[str]) -> None:
@@ -153,5 +138,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    refuse_renamed_fields(sys.argv[1:])
+    renamed = train.renamed_field_message(sys.argv[1:])
+    if renamed:
+        print(f"error: {renamed}", file=sys.stderr)
+        sys.exit(1)
     app.run(main)

@@ -53,6 +53,23 @@ class TrainState:
 # --- Configuration checks ----------------------------------------------------------------------
 
 
+# Config fields that were replaced: a command line that still sets one is told the new field
+# (the locked config alone would only say that the old one does not exist).
+RENAMED_FIELDS = {
+    "model.conv1_matmul": "config.model.kernels: 'cpu' (conv1 as a matmul and the other "
+    "CPU-tuned ops), 'xla' (XLA's own convolutions and pooling) or 'auto' (by backend)",
+}
+
+
+def renamed_field_message(argv: list[str]) -> str | None:
+    """The one-line message for the first `--config.<field>` of `argv` that was replaced."""
+    for arg in argv:
+        for old, new in RENAMED_FIELDS.items():
+            if arg.split("=", 1)[0] == f"--config.{old}":
+                return f"--config.{old} was replaced by {new}."
+    return None
+
+
 def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
     """Raises one ValueError listing every problem of `config`, before anything is compiled."""
     problems = []

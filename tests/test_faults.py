@@ -191,6 +191,12 @@ def test_refused_data_leaves_the_workdir_untouched(tmp_path, finished, kind, mat
     assert tree_hash(workdir) == before
 
 
+def test_replaced_field_is_one_line_naming_the_new_one_and_writes_nothing(tmp_path):
+    line = one_line_error(cli(tmp_path / "run", "--config.model.conv1_matmul=False"))
+    assert "--config.model.conv1_matmul was replaced by config.model.kernels" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_workdir_that_is_a_file_is_one_line(tmp_path):
     path = tmp_path / "afile"
     path.write_text("x")

@@ -527,13 +527,14 @@ def check_kernels(network):
         return [p for p, _, _ in found if p.startswith("custom_vjp")]
 
     # ... by other computations: 'xla' has conv1 as a library convolution and no custom
-    # gradients (the convolutions and pools are XLA's own); 'cpu' (and 'auto' on this CPU
-    # backend) has conv1 as space-to-depth + matmul and the ops' custom_vjp rules.
+    # gradient rules but LRN's two (the convolutions and pools are XLA's own); 'cpu' (and
+    # 'auto' on this CPU backend) has conv1 as space-to-depth + matmul and adds the rules of
+    # the ops: at least 3 stride-1 convolutions and 3 pools.
     xla = primitive_shapes(network, kernels="xla")
-    assert len(conv1_convs(xla)) == 1 and custom(xla) == []
+    assert len(conv1_convs(xla)) == 1 and len(custom(xla)) == 2
     for kernels in ("cpu", "auto"):
         found = primitive_shapes(network, kernels=kernels)
-        assert conv1_convs(found) == [] and len(custom(found)) >= 3 + 3  # 3 convs, 3 pools
+        assert conv1_convs(found) == [] and len(custom(found)) >= 2 + 3 + 3
     with pytest.raises(ValueError, match="model.kernels"):
         models.create_model(net_config(network, kernels="cudnn").model)
 

@@ -267,3 +267,10 @@ def test_misspelt_config_field_is_refused(tmp_path):
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0
     assert "modle" in out
+
+
+def test_a_replaced_field_on_the_command_line_names_its_successor():
+    argv = ["--config=configs/alexnet.py", "--config.model.conv1_matmul=False"]
+    message = train.renamed_field_message(argv)
+    assert message.startswith("--config.model.conv1_matmul was replaced by config.model.kernels")
+    assert train.renamed_field_message(["--config.model.kernels=cpu", "--workdir=/x"]) is None
