@@ -117,7 +117,8 @@ def preload_allocator(module: str, allocator: str = "auto", argv: Sequence[str] 
         env["GLIBC_TUNABLES"] = ":".join(
             t for t in (env.get("GLIBC_TUNABLES", ""), GLIBC_TUNED) if t
         )
-        what = f"GLIBC_TUNABLES={env['GLIBC_TUNABLES']} (no tcmalloc found)"
+        what = f"GLIBC_TUNABLES={env['GLIBC_TUNABLES']}"
+        what += " (no tcmalloc found)" if allocator == "auto" else ""
     print(f"re-executing with {what}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)

@@ -282,6 +282,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def _missing(value: dict | None, absent: str, log: str) -> str | None:
+    """The line for a step that did not run (`absent`) or failed, else None."""
+    if value is None:
+        return absent
+    if "failed" in value:
+        return f"Failed (status {value['failed']}); see {log}."
+    return None
+
+
+def _tower_lines(t: dict) -> list[str]:
+    ips = t["images_per_sec"]
+    return [
+        f"Batch {t['batch']}, float32: both towers on one device {ips['one_device']:.1f} img/s, "
+        f"one tower per device (mesh {t['meshes']['two_devices']}) {ips['two_devices']:.1f} "
+        f"img/s: **{t['ratio']:.2f}x**."
+    ]
+
+
+def _pipeline_lines(p: dict) -> list[str]:
+    host = {k.split("_w")[-1]: v for k, v in p.items() if k.startswith("host_256_w")}
+    consumed = p["model_batch"] / p["train_step_ms"] * 1e3
+    best = max(host.values())
+    verdict = (
+        "the input keeps up."
+        if best >= consumed
+        else "**the input is the bottleneck** (more cores or workers, or prepared data)."
+    )
+    return [
+        "| num_workers | host images/s |",
+        "|---|---|",
+        *(f"| {w} | {v:,.0f} |" for w, v in host.items()),
+        "",
+        f"The training step (augmentation on the device included, batch {p['model_batch']}) "
+        f"consumes {consumed:,.0f} images/s; the host delivers up to {best:,.0f}: {verdict}",
+    ]
+
+
 def format_report(r: dict[str, Any]) -> str:
     env = r["environment"]
     v = env["versions"]
@@ -318,39 +355,16 @@ def format_report(r: dict[str, Any]) -> str:
             _fmt(h["infer_speedup_vs_torch"], ".2f"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    t = r["tower_split"]
-    lines += ["", "## Tower split", ""]
-    if t is None:
-        lines.append("One device on this host: not measured.")
-    elif "failed" in t:
-        lines.append(f"Failed (status {t['failed']}); see tower_split.txt.")
-    else:
-        ips = t["images_per_sec"]
-        lines.append(
-            f"Batch {t['batch']}, float32: both towers on one device {ips['one_device']:.1f} "
-            "img/s, "
-            f"one tower per device (mesh {t['meshes']['two_devices']}) {ips['two_devices']:.1f} "
-            f"img/s: **{t['ratio']:.2f}x**."
-        )
-    p = r["input_pipeline"]
-    lines += ["", "## Input pipeline (prepared 256x256 JPEGs)", ""]
-    if p is None:
-        lines.append("Skipped: Grain or ml_collections is not installed.")
-    elif "failed" in p:
-        lines.append(f"Failed (status {p['failed']}); see input_pipeline.txt.")
-    else:
-        lines += ["| num_workers | host images/s |", "|---|---|"]
-        lines += [f"| {k.split('_w')[-1]} | {v:,.0f} |" for k, v in p.items()
-                  if k.startswith("host_256_w")]  # fmt: skip
-        step_ms, batch = p["train_step_ms"], p["model_batch"]
-        best = max(v for k, v in p.items() if k.startswith("host_256_w"))
-        lines += [
-            "",
-            f"The training step (augmentation on the device included, batch {batch}) consumes "
-            f"{batch / step_ms * 1e3:,.0f} images/s; the host delivers up to {best:,.0f}: "
-            + ("the input keeps up." if best >= batch / step_ms * 1e3 else "**the input is the "
-               "bottleneck** (more cores or workers, or prepared data)."),
-        ]  # fmt: skip
+    sections = (
+        ("Tower split", r["tower_split"], "One device on this host: not measured.",
+         "tower_split.txt", _tower_lines),
+        ("Input pipeline (prepared 256x256 JPEGs)", r["input_pipeline"],
+         "Skipped: Grain or ml_collections is not installed.", "input_pipeline.txt",
+         _pipeline_lines),
+    )  # fmt: skip
+    for title, value, absent, log, body in sections:
+        note = _missing(value, absent, log)
+        lines += ["", f"## {title}", "", *([note] if note else body(value))]
     return "\n".join(lines) + "\n"
 
 
