@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -215,11 +216,29 @@ def restore_params(workdir_or_checkpoint: str | Path) -> tuple[int, Any]:
 
 
 def run_config(workdir: str | Path) -> Any:
-    """The ConfigDict a run was trained with (its workdir/config.json)."""
-    import ml_collections
+    """The ConfigDict a run was trained with (its workdir/config.json), on top of today's
+    configs/alexnet.py: a field added since the run has its default, and a field the code no
+    longer has is dropped with a note (the run's numbers do not depend on either: they are
+    speed switches or new options whose defaults keep the old behaviour)."""
+    from configs import alexnet
 
     with open(Path(workdir) / "config.json") as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = workdir_lib.flat_config(json.load(f))
+    config = alexnet.get_config()
+    current = workdir_lib.flat_config(config)
+    dropped = sorted(k for k in saved if k not in current)
+    if dropped:
+        print(f"note: {workdir}/config.json has fields this code no longer has, ignored: "
+              f"{', '.join(dropped)}", file=sys.stderr)  # fmt: skip
+    with config.unlocked():
+        for key, value in saved.items():
+            if key in current:
+                *path, leaf = key.split(".")
+                section = config
+                for p in path:
+                    section = section[p]
+                section[leaf] = tuple(value) if isinstance(section[leaf], tuple) else value
+    return config
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """Tables 1 and 2 (§6): a trained checkpoint's error with one centre patch and with the 10
 patches of §4.1 (four corners, centre, and their reflections; softmaxes averaged), printed
-beside the paper's rows.
+beside the paper's rows and the released 2012 code's own results (`CODE_ROWS`).
 
 The evaluation is the training system's own (`train.make_eval_step` and `train.evaluate`, the
 code that logs eval_* and eval10_* during training), run on the run's config.json.
@@ -32,6 +32,19 @@ PAPER_ROWS = (
     ("Table 2", "ILSVRC-2012 val", "7 CNNs*", 36.7, 15.4),
     ("reference", "ILSVRC-2012 val", "Caffe bvlc_alexnet, centre crop", 42.9, 19.8),
     ("reference", "ILSVRC-2012 val", "torchvision alexnet", 43.5, 20.9),
+)
+# The released 2012 code's own results (Computer History Museum release, mirrored on GitHub as
+# AlexNet-Source-Code): the closing `logprob: cost, top-1, top-5` note of each run's layer
+# parameter file, as fractions there, in percent here. (table, set, run, top-1 %, top-5 %).
+_V12, _T10 = "ILSVRC-2012 val", "ILSVRC-2010 test"
+CODE_ROWS = (
+    ("2012 code", _V12, "#145, epoch 91 (layers/layer-params-145.cfg)", 40.66, 18.21),
+    ("2012 code", _V12, "#145 continued to epoch 135, multiview (same file)", 40.25, 17.99),
+    ("2012 code", _V12, "#147 non-overlapping pool, multiview (-147.cfg)", 41.06, 18.51),
+    ("2012 code", _V12, "#148 no normalization, multiview (-148.cfg)", 42.03, 19.36),
+    ("2012 code", _T10, "#145-2010, multiview (-145-2010.cfg)", 37.47, 17.00),
+    ("2012 code", _T10, "#145-2010, centre patch (same file)", 39.02, 18.30),
+    ("2012 code", _T10, "#145-half, one tower, multiview (-145-half.cfg)", 39.17, 18.23),
 )
 
 
@@ -82,6 +95,7 @@ def main(argv=None) -> dict:
     result = evaluate(config, params, split)
     ours = f"ours: {config.model.name} step {step}, {config.dataset} '{split}'"
     rows = [[t, s, m, f"{e1:.1f}", f"{e5:.1f}"] for t, s, m, e1, e5 in PAPER_ROWS]
+    rows += [[t, s, m, f"{e1:.2f}", f"{e5:.2f}"] for t, s, m, e1, e5 in CODE_ROWS]
     for prefix, what in (("eval", "centre patch"), ("eval10", "10 patches")):
         rows.append(
             [
