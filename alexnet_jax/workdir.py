@@ -40,6 +40,10 @@ MAY_CHANGE_ON_RESUME = (
     "data_dir",
     "cache_dir",
     "mesh.",
+    # Speed-only switches (the same numbers either way, tested), and the one they replaced.
+    "model.kernels",
+    "model.grouped_conv",
+    "model.conv1_matmul",
 )
 
 

@@ -69,6 +69,21 @@ def test_config_changes_split_allowed_from_refused(tmp_path):
         workdir.refuse_config_changes(refused, str(tmp_path))
 
 
+def test_speed_only_switches_and_the_replaced_conv1_matmul_may_change(tmp_path):
+    old = json.loads(_config().to_json())
+    old["model"].update(conv1_matmul=True, grouped_conv=False)  # before model.kernels
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    new = _config()
+    new.model.kernels, new.model.grouped_conv = "auto", True
+    allowed, refused = workdir.config_changes(new, str(tmp_path))
+    assert refused == {}
+    assert allowed == {
+        "model.conv1_matmul": (True, "<absent>"),
+        "model.grouped_conv": (False, True),
+        "model.kernels": ("<absent>", "auto"),
+    }
+
+
 def test_no_recorded_config_accepts_anything(tmp_path):
     assert workdir.config_changes(_config(seed=5), str(tmp_path)) == ({}, {})
 
