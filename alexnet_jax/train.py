@@ -257,10 +257,23 @@ def single_device_step(
     config: Any, *, augment_on_device: bool = False, total_steps: int = 1
 ) -> tuple[jax.sharding.Mesh, TrainState, Callable]:
     """`make_train_step` on `jax.devices()[0]` alone, both towers side by side (mesh (1, 1)),
-    with the initial state of `config.seed`: the step that experiments/ time and run.
+    with the initial state of `config.seed`: the step that experiments/ time and run."""
+    return mesh_step(config, (1, 1), augment_on_device=augment_on_device, total_steps=total_steps)
+
+
+def mesh_step(
+    config: Any,
+    shape: tuple[int, int],
+    *,
+    augment_on_device: bool = False,
+    total_steps: int = 1,
+) -> tuple[jax.sharding.Mesh, TrainState, Callable]:
+    """`make_train_step` on the first data x tower devices, with the initial state of
+    `config.seed`.
 
     Args:
-      config: a full config; its mesh section is replaced by (1, 1).
+      config: a full config; its mesh section is replaced by `shape`.
+      shape: (data, tower) of the mesh.
       augment_on_device: as in `make_train_step` (default off: images are the network's inputs).
       total_steps: the run length the schedule is built for ('cosine' reaches 0 there).
 
@@ -268,8 +281,8 @@ def single_device_step(
       (mesh, state, step): call `step(state, images, labels, stats)` under `jax.set_mesh(mesh)`.
     """
     config = config.copy_and_resolve_references()
-    config.mesh.data, config.mesh.tower = 1, 1
-    mesh = parallel.make_mesh(config.mesh, config.model, jax.devices()[:1])
+    config.mesh.data, config.mesh.tower = shape
+    mesh = parallel.make_mesh(config.mesh, config.model, jax.devices()[: shape[0] * shape[1]])
     tx = optim.create_optimizer(config.optimizer, total_steps=total_steps)
     with jax.set_mesh(mesh):
         state = create_train_state(config, mesh, tx, jax.random.key(config.seed))

@@ -116,7 +116,7 @@ def _tower_split(batch: int, repeats: int) -> dict[str, Any]:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from alexnet_jax import optim, parallel, train
+    from alexnet_jax import train
     from configs import alexnet
     from experiments.timing import interleaved_medians
 
@@ -126,13 +126,10 @@ def _tower_split(batch: int, repeats: int) -> dict[str, Any]:
     images = (60 * rng.standard_normal((batch, 224, 224, 3))).astype(np.float32)
     labels = rng.integers(0, 1000, batch).astype(np.int32)
     fns, meshes = {}, {}
-    for name, (data, tower) in {"one_device": (1, 1), "two_devices": (1, 2)}.items():
-        config.mesh.data, config.mesh.tower = data, tower
-        mesh = parallel.make_mesh(config.mesh, config.model, jax.devices()[: data * tower])
-        tx = optim.create_optimizer(config.optimizer)
+    for name, shape in {"one_device": (1, 1), "two_devices": (1, 2)}.items():
+        mesh, state, step = train.mesh_step(config, shape)
+        state = [state]
         with jax.set_mesh(mesh):
-            state = [train.create_train_state(config, mesh, tx, jax.random.key(0))]
-            step = train.make_train_step(config, mesh, tx, augment_on_device=False)
             x, y = (jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (images, labels))
 
         def run(step=step, state=state, x=x, y=y, mesh=mesh):
