@@ -236,3 +236,10 @@ def test_preload_allocator_system_never_reexecutes():
     assert allocator.preload_allocator(benchmark.MODULE, "system", ["--lrn-only"]) is None
     with pytest.raises(ValueError, match="allocator must be one of"):
         allocator.preload_allocator(benchmark.MODULE, "mimalloc")
+
+
+def test_kernels_flag_reaches_the_timed_model():
+    # --kernels sets model.kernels of the config both frameworks' steps are built from.
+    assert benchmark.benchmark_config(227, kernels="xla").model.kernels == "xla"
+    args = benchmark.parse_args(["--kernels", "cpu"])
+    assert benchmark.benchmark_config(227, args.dtype, args.kernels).model.kernels == "cpu"
