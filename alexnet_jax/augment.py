@@ -330,14 +330,62 @@ def ten_crops(images: jax.Array, size: int) -> jax.Array:
     return jnp.stack(patches, axis=1)
 
 
+# The augmentations that can stop at an epoch (`config.augment.<name>_end_epoch`): the released
+# 2012 code switched its colour noise off at epoch 67 of run #145.
+END_EPOCH_FIELDS = ("random_crop", "flip", "pca_color")
+
+
+def end_steps(cfg: Any, steps_per_epoch: int | None) -> dict[str, int]:
+    """{augmentation: first step without it} for the augmentations `cfg` stops at an epoch.
+
+    `<name>_end_epoch` = -1 keeps the augmentation for the whole run; E >= 0 ends it at step
+    round(E * steps_per_epoch), the first step of epoch E.
+
+    Raises:
+      ValueError: for an end epoch that is not -1 or >= 0, one set on an augmentation that is
+        off, or one set without `steps_per_epoch`.
+    """
+    out = {}
+    for name in END_EPOCH_FIELDS:
+        end = cfg[f"{name}_end_epoch"]
+        if isinstance(end, bool) or not isinstance(end, (int, float)) or (end < 0 and end != -1):
+            raise ValueError(
+                f"augment.{name}_end_epoch must be -1 (the whole run) or an epoch >= 0, "
+                f"got {end!r}."
+            )
+        if end == -1:
+            continue
+        if not cfg[name]:
+            raise ValueError(
+                f"augment.{name}_end_epoch={end} ends an augmentation that is off "
+                f"(augment.{name}=False); set augment.{name}=True or the end epoch to -1."
+            )
+        if steps_per_epoch is None or steps_per_epoch < 1:
+            raise ValueError(
+                f"augment.{name}_end_epoch={end} needs the run's steps per epoch; pass "
+                "steps_per_epoch to the training step."
+            )
+        out[name] = round(end * steps_per_epoch)
+    return out
+
+
 def train_views(
-    rng: jax.Array, images_u8: jax.Array, stats: DataStats | None, cfg: Any, size: int
+    rng: jax.Array,
+    images_u8: jax.Array,
+    stats: DataStats | None,
+    cfg: Any,
+    size: int,
+    *,
+    step: jax.Array | int = 0,
+    steps_per_epoch: int | None = None,
 ) -> jax.Array:
     """The training-time pipeline of §2 and §4.1: mean, crop, flip, colour noise.
 
     Each step is switched by `cfg` so that the paper's ablations are one config change. The
     key is split into the same three per-purpose keys whatever is switched on, so two runs
-    that differ in one switch still draw the same crops and flips.
+    that differ in one switch still draw the same crops and flips. An augmentation with an end
+    epoch (`end_steps`) is applied while `step` is before it: after it the crop is the centre
+    patch, no image is flipped, no colour noise is added.
 
     Args:
       rng: one JAX PRNG key for this step (e.g. fold_in(base_key, step)).
@@ -346,18 +394,30 @@ def train_views(
       cfg: `config.augment` (configs/alexnet.py) or any object with the same attributes; a
         Python value, so close over it (or mark it static) under jit.
       size: the patch side, 224 or 227 (static).
+      step: the training step (may be traced); only read by end epochs.
+      steps_per_epoch: converts the end epochs to steps; needed only when one is set.
 
     Returns:
       (B, size, size, 3) float32.
     """
     crop_key, flip_key, color_key = jax.random.split(rng, 3)
+    ends = end_steps(cfg, steps_per_epoch)
+
+    def until_end(name, augmented, plain):
+        if name not in ends:
+            return augmented
+        return jnp.where(jnp.asarray(step) < ends[name], augmented, plain)
+
     # Mean before crop == crop(x - mean) with the same offset for image and mean (§2).
     x = subtract_mean(images_u8, stats, cfg.mean)
-    x = random_crop(crop_key, x, size) if cfg.random_crop else center_crop(x, size)
+    if cfg.random_crop:
+        x = until_end("random_crop", random_crop(crop_key, x, size), center_crop(x, size))
+    else:
+        x = center_crop(x, size)
     if cfg.flip:
-        x = random_flip(flip_key, x)
+        x = until_end("flip", random_flip(flip_key, x), x)
     if cfg.pca_color:
-        x = pca_color(color_key, x, stats, cfg.pca_std)
+        x = until_end("pca_color", pca_color(color_key, x, stats, cfg.pca_std), x)
     return x
 
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax import ops
-from alexnet_jax.lrn import local_response_norm, within_map_norm
+from alexnet_jax.lrn import from_convnet_scale, local_response_norm, within_map_norm
 
 Array = jax.Array
 
@@ -40,6 +40,12 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 # Response normalizations of cuda-convnet: 'cross_map' (its cmrnorm, the paper's LRN of §3.3,
 # across channels) and 'within_map' (its rnorm: each map over a size x size spatial window).
 LRN_KINDS = ("cross_map", "within_map")
+# How lrn_alpha and within_map_alpha are read: 'per_term' multiplies the plain sum of squares (the
+# paper's §3.3 formula); 'divided_by_n' is cuda-convnet's (and Caffe's, PyTorch's) `scale`, which
+# is divided by the number of terms in the window first: size across maps, size^2 within a map.
+ALPHA_CONVENTIONS = ("per_term", "divided_by_n")
+# The layers the paper normalizes (§3.3), the only ones the normalization switches may name.
+NORMALIZED_LAYERS = ("conv1", "conv2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +228,17 @@ class AlexNet(nn.Module):
       lrn_kind: 'cross_map' (the paper's, across the channels of a tower) or 'within_map'
         (cuda-convnet's rnorm: each map over an lrn_size x lrn_size spatial window).
       lrn_size, lrn_alpha, lrn_beta, lrn_k: its constants n, alpha, beta, k (paper: 5, 1e-4,
-        0.75, 2; alpha multiplies the plain sum of squares, see `alexnet_jax.lrn`).
+        0.75, 2; alpha multiplies the plain sum of squares, see `alexnet_jax.lrn`; `create_model`
+        converts other conventions with `per_term_alpha`).
+      lrn_before_relu: the layers (of conv1, conv2) whose normalizations run on the
+        pre-activation outputs, the activation coming after them: the released 2012 code's
+        conv1 (layers-145.cfg: rnorm1 reads conv1, which has no neuron; pool1 applies the ReLU).
+      within_map_after: the layers (of conv1, conv2) whose cross-map LRN is followed by a
+        within-map normalization (cuda-convnet's rnorm; the released code's cnorm2 after conv2),
+        with the constants within_map_size, within_map_alpha (per term), within_map_beta,
+        within_map_k. `lrn=False` removes it too, as the released no-normalization run #148 did.
+      init_std: (layer, std) pairs replacing the weight std of `weight_init` for those layers
+        (the released code's initW: 0.03 for conv3-conv5).
       pool_window: 3 (overlapping pooling, §3.4) or 2; the stride is 2 either way.
       dropout_rate: dropout on the outputs of fc6 and fc7 in training (§4.2).
       weight_init: `config.model.init`: 'paper' (N(0, 0.01) weights, bias 1 in conv2/4/5 and
@@ -256,6 +272,13 @@ class AlexNet(nn.Module):
     lrn_alpha: float = 1e-4
     lrn_beta: float = 0.75
     lrn_k: float = 2.0
+    lrn_before_relu: tuple[str, ...] = ()
+    within_map_after: tuple[str, ...] = ()
+    within_map_size: int = 5
+    within_map_alpha: float = 4e-5
+    within_map_beta: float = 0.75
+    within_map_k: float = 1.0
+    init_std: tuple[tuple[str, float], ...] = ()
     pool_window: int = 3
     dropout_rate: float = 0.5
     weight_init: str = "paper"
@@ -321,6 +344,7 @@ class AlexNet(nn.Module):
         widths = tower_widths(self.towers, self.num_classes, self.one_tower_kernels)
         local, tower0 = self._local_towers()
         kernels = resolve_kernels(self.kernels)
+        init_std = dict(self.init_std)
 
         pad = conv1_padding(images.shape[1])
         x = jnp.pad(images, ((0, 0), (0, pad), (0, pad), (0, 0))) if pad else images
@@ -338,14 +362,19 @@ class AlexNet(nn.Module):
                 self.grouped_conv,
                 kernels,
                 self.compute_dtype,
+                init_std.get(layer.name),
                 name=layer.name,
             )(x)
             if layer.name == "fc8":
                 break
+            # The table says where the paper normalizes; the module fields switch it (§3.3).
+            normalize = layer.lrn and self.lrn
+            before = normalize and layer.name in self.lrn_before_relu
+            if before:
+                x = self._normalizations(x, layer.name, local)
             x = act(x)
-            # The table says where the paper normalizes; the module field switches it (§3.3).
-            if layer.lrn and self.lrn:
-                x = self._normalize(x, local)
+            if normalize and not before:
+                x = self._normalizations(x, layer.name, local)
             if layer.dropout:
                 x = self._dropout(x, local, tower0, train)
             self.sow("intermediates", f"{layer.name}_out", x)
@@ -359,11 +388,21 @@ class AlexNet(nn.Module):
         self.sow("intermediates", "logits", logits)
         return logits
 
-    def _normalize(self, x: Array, local: int) -> Array:
-        return tower_norm(
+    def _normalizations(self, x: Array, name: str, local: int) -> Array:
+        """The LRN of layer `name` (§3.3) and, if `within_map_after` names it, the within-map
+        normalization after it; each is sown for the summary's table."""
+        x = tower_norm(
             x, local, self.lrn_kind, size=self.lrn_size, alpha=self.lrn_alpha,
             beta=self.lrn_beta, k=self.lrn_k,
         )  # fmt: skip
+        self.sow("intermediates", f"lrn{name[-1]}_out", x)
+        if name in self.within_map_after:
+            x = within_map_norm(
+                x, size=self.within_map_size, alpha=self.within_map_alpha,
+                beta=self.within_map_beta, k=self.within_map_k,
+            )  # fmt: skip
+            self.sow("intermediates", f"wnorm{name[-1]}_out", x)
+        return x
 
 
 def tower_norm(
@@ -391,6 +430,7 @@ class _TowerLayer(nn.Module):
     grouped_conv: bool
     kernels: str  # 'cpu' or 'xla' (resolved)
     compute_dtype: str
+    init_std: float | None = None  # replaces the weight std of `weight_init` (model.init_std)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -402,6 +442,8 @@ class _TowerLayer(nn.Module):
         else:
             shape = (local, fan_in, self.width)
         kernel_init, bias_value = _initializers(self.weight_init, layer, math.prod(shape[1:-1]))
+        if self.init_std is not None:
+            kernel_init = nn.initializers.normal(self.init_std)
         kernel = self.param("kernel", kernel_init, shape, jnp.float32)
         bias = self.param("bias", nn.initializers.constant(bias_value), (local, self.width))
         bias = bias.reshape(-1)  # (local * width,), tower-major like the outputs
@@ -590,6 +632,13 @@ def _check_cifar_init(init: str) -> None:
 # AlexNet's fields that the CIFAR nets do not have, with the value that means "not used": any
 # other value is refused rather than silently ignored.
 _ALEXNET_ONLY = {
+    "lrn_before_relu": (),
+    "within_map_after": (),
+    "within_map_size": 5,
+    "within_map_alpha": 4e-5,
+    "within_map_beta": 0.75,
+    "within_map_k": 1.0,
+    "init_std": (),
     "one_tower_kernels": "half",
     "pool_window": 3,
     "grouped_conv": False,
@@ -604,6 +653,77 @@ def _check_lrn_kind(kind: str) -> None:
             f"model.lrn_kind must be one of {LRN_KINDS}, got {kind!r}: 'cross_map' is the "
             "paper's LRN (§3.3), 'within_map' cuda-convnet's rnorm (spatial, each map alone)."
         )
+
+
+def per_term_alpha(alpha: float, size: int, kind: str, convention: str) -> float:
+    """The alpha multiplying the plain sum of squares, for `alpha` read in `convention`.
+
+    Args:
+      alpha: a configured alpha (`model.lrn_alpha` or `model.within_map_alpha`).
+      size: the window's `size`.
+      kind: 'cross_map' (size maps) or 'within_map' (a size x size window).
+      convention: 'per_term' (returned as it is: the paper's §3.3 formula) or 'divided_by_n'
+        (cuda-convnet's, Caffe's and PyTorch's `scale`/`alpha`, divided by the window's size
+        terms across maps or size^2 within a map: released layer.py's NormLayerParser).
+
+    Returns:
+      The per-term alpha the normalization layers take.
+    """
+    if convention not in ALPHA_CONVENTIONS:
+        raise ValueError(
+            f"model.lrn_alpha_convention must be one of {ALPHA_CONVENTIONS}, got "
+            f"{convention!r}: 'per_term' is the paper's alpha (§3.3), 'divided_by_n' "
+            "cuda-convnet's / Caffe's / PyTorch's, divided by the window's size first."
+        )
+    if convention == "per_term":
+        return float(alpha)
+    return from_convnet_scale(alpha, size, "cmrnorm" if kind == "cross_map" else "rnorm")
+
+
+def lrn_alpha(model_config) -> float:
+    """The per-term alpha of `model_config`'s LRN (`per_term_alpha` of lrn_alpha)."""
+    m = model_config
+    return per_term_alpha(m.lrn_alpha, m.lrn_size, m.lrn_kind, m.lrn_alpha_convention)
+
+
+def _check_layer_names(field: str, names, allowed: Sequence[str]) -> None:
+    """Raises unless `names` is a tuple/list of distinct names from `allowed`."""
+    if isinstance(names, str) or not isinstance(names, (tuple, list)):
+        raise ValueError(
+            f"model.{field} must be a tuple of layer names from {tuple(allowed)}, got "
+            f"{names!r}; e.g. ('conv1',)."
+        )
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise ValueError(
+            f"model.{field} names {bad}, not among {tuple(allowed)}: the layers the paper "
+            "normalizes (§3.3)."
+            if allowed == NORMALIZED_LAYERS
+            else f"model.{field} names {bad}, not layers of AlexNet {tuple(allowed)}."
+        )
+
+
+def _check_init_std(init_std) -> dict[str, float]:
+    """model.init_std as {layer: std}, or a ValueError naming what is wrong."""
+    layers = tuple(layer.name for layer in ALEXNET_LAYERS)
+    example = "(('conv3', 0.03), ('conv4', 0.03))"
+    if isinstance(init_std, str) or not isinstance(init_std, (tuple, list)):
+        raise ValueError(f"model.init_std must be (layer, std) pairs, e.g. {example}.")
+    out = {}
+    for pair in init_std:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(
+                f"model.init_std entry {pair!r} is not a (layer, std) pair: {example}."
+            )
+        name, std = pair
+        if name not in layers:
+            raise ValueError(f"model.init_std names {name!r}, not a layer of AlexNet {layers}.")
+        if isinstance(std, bool) or not isinstance(std, (int, float)) or not std > 0:
+            raise ValueError(f"model.init_std for {name} must be a positive std, got {std!r}.")
+        if name in out:
+            raise ValueError(f"model.init_std names {name!r} twice.")
+        out[name] = float(std)
+    return out
 
 
 def create_model(
@@ -630,7 +750,7 @@ def create_model(
         lrn=m.lrn,
         lrn_kind=m.lrn_kind,
         lrn_size=m.lrn_size,
-        lrn_alpha=m.lrn_alpha,
+        lrn_alpha=lrn_alpha(m),
         lrn_beta=m.lrn_beta,
         lrn_k=m.lrn_k,
         weight_init=m.init,
@@ -644,7 +764,24 @@ def create_model(
                 f"one-tower net; with model.towers={m.towers} it would be ignored. Set "
                 "model.towers=1 for the ungrouped net, or leave one_tower_kernels='half'."
             )
+        _check_layer_names("lrn_before_relu", m.lrn_before_relu, NORMALIZED_LAYERS)
+        _check_layer_names("within_map_after", m.within_map_after, NORMALIZED_LAYERS)
+        init_std = _check_init_std(m.init_std)
+        size = m.within_map_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(
+                f"model.within_map_size must be a positive integer, got {m.within_map_size!r}."
+            )
         return AlexNet(
+            lrn_before_relu=tuple(m.lrn_before_relu),
+            within_map_after=tuple(m.within_map_after),
+            within_map_size=m.within_map_size,
+            within_map_alpha=per_term_alpha(
+                m.within_map_alpha, m.within_map_size, "within_map", m.lrn_alpha_convention
+            ),
+            within_map_beta=m.within_map_beta,
+            within_map_k=m.within_map_k,
+            init_std=tuple(init_std.items()),
             towers=m.towers,
             one_tower_kernels=m.one_tower_kernels,
             pool_window=m.pool_window,
@@ -659,7 +796,7 @@ def create_model(
     if name in CIFAR_NETS:
         _check_cifar_init(m.init)
         for field, unused in _ALEXNET_ONLY.items():
-            if m[field] != unused:
+            if (tuple(m[field]) if isinstance(m[field], list) else m[field]) != unused:
                 raise ValueError(
                     f"model.{field}={m[field]!r} is an AlexNet switch; the {name!r} net (a "
                     f"cuda-convnet layer file) does not have it. Set model.{field}={unused!r}."

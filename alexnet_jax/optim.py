@@ -34,16 +34,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 UPDATE_RULES = ("paper", "optax")
 WEIGHT_DECAY_ON = ("all", "weights")
-SCHEDULES = ("plateau", "step", "constant", "cosine")
+SCHEDULES = ("plateau", "step", "constant", "cosine", "manual")
 
 
 def _check_choice(field: str, value: Any, allowed: Sequence[str]) -> None:
@@ -77,11 +78,93 @@ def weights_only_mask(params: optax.Params) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: _leaf_name(path) != "bias", params)
 
 
+def _path_name(path: tuple[Any, ...]) -> str:
+    """'conv1/kernel' for the pytree path of a Flax parameter."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _selects(key: str, name: str) -> bool:
+    """Whether a `layer_lr_multipliers` key ('conv1', 'conv1/bias') selects parameter `name`."""
+    return name == key or name.startswith(key + "/")
+
+
+class ParameterRatesState(NamedTuple):
+    """The update count the bias and per-layer rate schedules are evaluated at."""
+
+    count: jax.Array
+
+
+def scale_by_parameter_rates(
+    learning_rate: Any,
+    bias_learning_rate: optax.Schedule | None = None,
+    multipliers: Sequence[tuple[str, optax.Schedule]] = (),
+) -> optax.GradientTransformation:
+    """Scales each parameter's update by minus its own rate (the released 2012 code's epsW/epsB).
+
+    A weight's rate is `learning_rate`; a parameter named 'bias' takes `bias_learning_rate(count)`
+    instead when that is given (its own value and schedule, e.g. constant while the weights'
+    rate drops); then every multiplier whose key selects the parameter ('conv1' selects conv1's
+    kernel and bias, 'conv1/bias' the bias alone) multiplies the rate by its value at the count.
+
+    Args:
+      learning_rate: the weights' rate (a scalar: `create_optimizer` injects it).
+      bias_learning_rate: the biases' rate as a function of the update count, or None.
+      multipliers: (key, schedule of the count) pairs.
+
+    Returns:
+      A GradientTransformation; its init refuses keys that select no parameter.
+    """
+
+    def init(params):
+        names = [_path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+        for key, _ in multipliers:
+            if not any(_selects(key, n) for n in names):
+                layers = sorted({n.split("/")[0] for n in names})
+                raise ValueError(
+                    f"config.optimizer.layer_lr_multipliers names {key!r}, which selects no "
+                    f"parameter of this model; its layers are {layers} ('conv1' or "
+                    "'conv1/kernel', 'conv1/bias')."
+                )
+        return ParameterRatesState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        count = state.count
+
+        def scale(path, u):
+            name = _path_name(path)
+            rate = learning_rate
+            if bias_learning_rate is not None and _leaf_name(path) == "bias":
+                rate = bias_learning_rate(count)
+            for key, multiplier in multipliers:
+                if _selects(key, name):
+                    rate = rate * multiplier(count)
+            return (u * -jnp.asarray(rate, u.dtype)).astype(u.dtype)
+
+        updates = jax.tree_util.tree_map_with_path(scale, updates)
+        return updates, ParameterRatesState(count=optax.safe_increment(count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def _scale_by_rates(
+    learning_rate: Any,
+    bias_learning_rate: optax.Schedule | None,
+    multipliers: Sequence[tuple[str, optax.Schedule]],
+) -> optax.GradientTransformation:
+    """One rate for every parameter (the paper), or `scale_by_parameter_rates`."""
+    if bias_learning_rate is None and not multipliers:
+        return optax.scale_by_learning_rate(learning_rate)
+    return scale_by_parameter_rates(learning_rate, bias_learning_rate, multipliers)
+
+
 def paper_sgd(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float,
     weight_decay: float,
     weight_decay_mask: Any = None,
+    bias_learning_rate: optax.Schedule | None = None,
+    lr_multipliers: Sequence[tuple[str, optax.Schedule]] = (),
 ) -> optax.GradientTransformation:
     """The update of §5: v <- m v - d lr w - lr g; w <- w + v.
 
@@ -94,13 +177,15 @@ def paper_sgd(
       weight_decay: d; the decay term d * w joins the gradient before the rate scales it.
       weight_decay_mask: None to decay every parameter, or an Optax mask (pytree of bools or a
         function of the parameters) selecting the decayed leaves.
+      bias_learning_rate, lr_multipliers: per-parameter rates (`scale_by_parameter_rates`); a
+        parameter's decay is scaled by its own rate, as the released code's wc * epsW.
 
     Returns:
       A GradientTransformation whose updates are v, to be added with `optax.apply_updates`.
     """
     return optax.chain(
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
+        _scale_by_rates(learning_rate, bias_learning_rate, lr_multipliers),
         optax.trace(decay=momentum),
     )
 
@@ -110,6 +195,8 @@ def optax_sgd(
     momentum: float,
     weight_decay: float,
     weight_decay_mask: Any = None,
+    bias_learning_rate: optax.Schedule | None = None,
+    lr_multipliers: Sequence[tuple[str, optax.Schedule]] = (),
 ) -> optax.GradientTransformation:
     """Optax's usual form: u <- m u + (g + d w); w <- w - lr u (the rate outside).
 
@@ -117,15 +204,69 @@ def optax_sgd(
       learning_rate: the rate lr.
       momentum: m.
       weight_decay: d.
-      weight_decay_mask: as in `paper_sgd`.
+      weight_decay_mask, bias_learning_rate, lr_multipliers: as in `paper_sgd`.
 
     Returns:
-      `add_decayed_weights` chained with `optax.sgd`.
+      `add_decayed_weights` chained with `optax.sgd` (with per-parameter rates: the momentum
+      trace, then `scale_by_parameter_rates`).
     """
+    if bias_learning_rate is not None or lr_multipliers:
+        return optax.chain(
+            optax.add_decayed_weights(weight_decay, weight_decay_mask),
+            optax.trace(decay=momentum),
+            scale_by_parameter_rates(learning_rate, bias_learning_rate, lr_multipliers),
+        )
     return optax.chain(
         optax.add_decayed_weights(weight_decay, weight_decay_mask),
         optax.sgd(learning_rate, momentum=momentum),
     )
+
+
+def epoch_schedule(start: float, changes: Any, steps_per_epoch: int, field: str) -> optax.Schedule:
+    """A piecewise-constant schedule keyed by epochs: `start`, then each listed value from its
+    epoch on (the released 2012 code's hand-set rates, e.g. ((25, 1e-3), (51, 1e-4))).
+
+    Epochs are rounded to steps once (round(epoch * steps_per_epoch)); the values are looked up,
+    not multiplied, so each is exactly the configured float.
+
+    Args:
+      start: the value before the first listed epoch.
+      changes: (epoch, value) pairs, epochs >= 0 and increasing, values >= 0.
+      steps_per_epoch: training steps per epoch.
+      field: the config field, named in errors.
+
+    Raises:
+      ValueError: for pairs that are not (epoch, value), epochs not increasing, negative values.
+    """
+    example = "((25, 0.001), (51, 0.0001))"
+    if isinstance(changes, str) or not isinstance(changes, (tuple, list)):
+        raise ValueError(f"config.optimizer.{field} must be (epoch, value) pairs, e.g. {example}.")
+    epochs, values = [], [float(start)]
+    for pair in changes:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair
+        ):
+            raise ValueError(
+                f"config.optimizer.{field} entry {pair!r} is not an (epoch, value) pair of "
+                f"numbers, e.g. {example}."
+            )
+        epoch, value = pair
+        if epoch < 0 or (epochs and epoch <= epochs[-1]) or value < 0:
+            raise ValueError(
+                f"config.optimizer.{field}={tuple(changes)!r}: epochs must be >= 0 and "
+                f"increasing and values >= 0, e.g. {example}."
+            )
+        epochs.append(epoch)
+        values.append(float(value))
+    if steps_per_epoch < 1:
+        raise ValueError(f"config.optimizer.{field} needs steps_per_epoch >= 1.")
+    boundaries = np.array([round(e * steps_per_epoch) for e in epochs], np.int64)
+    table = np.array(values, np.float32)
+
+    def schedule(count):
+        return jnp.asarray(table)[jnp.searchsorted(boundaries, count, side="right")]
+
+    return schedule
 
 
 def learning_rate_schedule(
@@ -136,6 +277,7 @@ def learning_rate_schedule(
     'constant': the initial rate throughout. 'step': multiplied by `step_factor` at each epoch
     in `step_epochs` (rounded to steps once, so resumed runs agree on the boundaries).
     'cosine': 0.5 * lr0 * (1 + cos(pi * step / total_steps)), 0 from total_steps on.
+    'manual': the initial rate, then `manual_schedule`'s (epoch, rate) pairs (`epoch_schedule`).
     'plateau': a float; `Plateau` changes it between steps, since a function of the step
     cannot see the validation error.
 
@@ -159,6 +301,8 @@ def learning_rate_schedule(
         return optax.cosine_decay_schedule(lr0, total_steps)
     if c.schedule == "constant":
         return optax.constant_schedule(lr0)
+    if c.schedule == "manual":
+        return epoch_schedule(lr0, c.manual_schedule, steps_per_epoch, "manual_schedule")
     return lr0  # 'plateau'
 
 
@@ -184,13 +328,15 @@ def create_optimizer(
     """
     _check_choice("update_rule", optimizer_config.update_rule, UPDATE_RULES)
     _check_choice("weight_decay_on", optimizer_config.weight_decay_on, WEIGHT_DECAY_ON)
+    bias_rate, multipliers = parameter_rates(optimizer_config, steps_per_epoch)
     factory = paper_sgd if optimizer_config.update_rule == "paper" else optax_sgd
     # The paper decays every parameter (§5); Caffe's bvlc_alexnet sets decay_mult 0 on biases.
     mask = weights_only_mask if optimizer_config.weight_decay_on == "weights" else None
     # Only the rate is injected: momentum and decay stay Python constants of the compiled step,
     # and the mask is a function inject_hyperparams would otherwise take for a schedule.
+    static = ("momentum", "weight_decay", "weight_decay_mask")
     return optax.inject_hyperparams(
-        factory, static_args=("momentum", "weight_decay", "weight_decay_mask")
+        factory, static_args=static + ("bias_learning_rate", "lr_multipliers")
     )(
         learning_rate=learning_rate_schedule(
             optimizer_config, steps_per_epoch=steps_per_epoch, total_steps=total_steps
@@ -198,7 +344,60 @@ def create_optimizer(
         momentum=float(optimizer_config.momentum),
         weight_decay=float(optimizer_config.weight_decay),
         weight_decay_mask=mask,
+        bias_learning_rate=bias_rate,
+        lr_multipliers=multipliers,
     )
+
+
+def parameter_rates(
+    optimizer_config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> tuple[optax.Schedule | None, tuple[tuple[str, optax.Schedule], ...]]:
+    """The biases' own rate schedule (None: they follow the weights) and the per-layer
+    multiplier schedules of `config.optimizer` (bias_learning_rate, bias_manual_schedule,
+    layer_lr_multipliers), validated.
+
+    Raises:
+      ValueError: naming the field and what is wrong.
+    """
+    c = optimizer_config
+    bias = c.bias_learning_rate
+    if isinstance(bias, bool) or not isinstance(bias, (int, float)) or (bias < 0 and bias != -1):
+        raise ValueError(
+            f"config.optimizer.bias_learning_rate must be -1 (biases follow the weights' rate, "
+            f"the paper) or a rate >= 0 (the 2012 code's epsB, e.g. 0.02), got {bias!r}."
+        )
+    if bias == -1 and len(c.bias_manual_schedule):
+        raise ValueError(
+            "config.optimizer.bias_manual_schedule changes the biases' own rate; set "
+            "config.optimizer.bias_learning_rate >= 0 (e.g. 0.02) or leave the schedule empty."
+        )
+    bias_rate = (
+        None
+        if bias == -1
+        else epoch_schedule(bias, c.bias_manual_schedule, steps_per_epoch, "bias_manual_schedule")
+    )
+    multipliers = []
+    example = "(('conv1', 0.0),) or (('conv1', ((67, 0.1), (72, 0.0))),)"
+    entries = c.layer_lr_multipliers
+    if isinstance(entries, str) or not isinstance(entries, (tuple, list)):
+        raise ValueError(f"config.optimizer.layer_lr_multipliers must be pairs, e.g. {example}.")
+    for entry in entries:
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ValueError(
+                f"config.optimizer.layer_lr_multipliers entry {entry!r} is not a (layer, "
+                f"multiplier or (epoch, multiplier) pairs) pair, e.g. {example}."
+            )
+        key, value = entry
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value < 0:
+                raise ValueError(
+                    f"config.optimizer.layer_lr_multipliers: {key}'s multiplier must be >= 0, "
+                    f"got {value}."
+                )
+            value = ((0, value),)
+        field = f"layer_lr_multipliers[{key!r}]"
+        multipliers.append((key, epoch_schedule(1.0, value, steps_per_epoch, field)))
+    return bias_rate, tuple(multipliers)
 
 
 def _injected(path: tuple[Any, ...], value: Any) -> bool:

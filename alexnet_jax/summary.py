@@ -67,9 +67,35 @@ def layer_table(config: Any) -> list[Row]:
         else:  # dense (cin, cout)
             kdesc, macs = f"{kernel[0]} -> {kernel[1]}", math.prod(kernel) * towers
         rows.append(Row(name, tower_note, kdesc, out, count, macs))
+        if alexnet:
+            rows += _norm_rows(config.model, name, outputs)
         pool = f"pool{name[-1]}"
         if pool in outputs:
             rows.append(Row(pool, "", "max 3/2" if alexnet else "3/2", outputs[pool], 0, 0))
+    return rows
+
+
+def _norm_rows(m: Any, name: str, outputs: dict[str, tuple[int, ...]]) -> list[Row]:
+    """The response normalizations after AlexNet layer `name`, with their per-term constants."""
+    rows = []
+    where = " (before the ReLU)" if name in m.lrn_before_relu else ""
+    lrn = f"lrn{name[-1]}"
+    if lrn in outputs:
+        kind = "cross-map" if m.lrn_kind == "cross_map" else "within-map"
+        size = m.lrn_size if m.lrn_kind == "cross_map" else f"{m.lrn_size}x{m.lrn_size}"
+        desc = f"{kind} {size}, a={models.lrn_alpha(m):.3g} k={m.lrn_k:g} b={m.lrn_beta:g}"
+        towers = "per tower" if m.lrn_kind == "cross_map" else "per map"
+        rows.append(Row(lrn, towers, desc + where, outputs[lrn], 0, 0))
+    wnorm = f"wnorm{name[-1]}"
+    if wnorm in outputs:
+        alpha = models.per_term_alpha(
+            m.within_map_alpha, m.within_map_size, "within_map", m.lrn_alpha_convention
+        )
+        size = m.within_map_size
+        desc = (
+            f"within-map {size}x{size}, a={alpha:.3g} k={m.within_map_k:g} b={m.within_map_beta:g}"
+        )
+        rows.append(Row(wnorm, "per map", desc + where, outputs[wnorm], 0, 0))
     return rows
 
 

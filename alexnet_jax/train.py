@@ -107,6 +107,7 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
         )
     problems += _split_problems(config)
     check(lambda: optim.create_optimizer(config.optimizer))
+    check(lambda: augment.end_steps(config.augment, 1))
     if config.optimizer.schedule == "plateau":
         check(lambda: optim.Plateau(config.optimizer))
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "batch_size"):
@@ -208,6 +209,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     *,
     augment_on_device: bool = True,
+    steps_per_epoch: int | None = None,
 ):
     """The jitted training step `(state, images_u8, labels, stats) -> (state, metrics)`.
 
@@ -215,8 +217,11 @@ def make_train_step(
     optimizer state (`optim.create_optimizer`) and is returned as `metrics['learning_rate']`.
     `augment_on_device=False` takes `images` as the network's float inputs (image_size square,
     mean already subtracted) and ignores `stats`: the same step without augmentation, which is
-    what the benchmarks time against frameworks that augment elsewhere.
+    what the benchmarks time against frameworks that augment elsewhere. `steps_per_epoch`
+    places the augmentations' end epochs (`config.augment.*_end_epoch`), if any are set.
     """
+    if augment_on_device:
+        augment.end_steps(config.augment, steps_per_epoch)  # refuse a bad setting now
     apply = parallel.sharded_apply(config.model, mesh, train=True, grad_sum=config.mesh.grad_sum)
 
     def whole(per_example):
@@ -230,7 +235,10 @@ def make_train_step(
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         aug_rng, dropout_rng = jax.random.split(rng)
         if augment_on_device:
-            x = augment.train_views(aug_rng, images, stats, config.augment, config.image_size)
+            x = augment.train_views(
+                aug_rng, images, stats, config.augment, config.image_size,
+                step=state.step, steps_per_epoch=steps_per_epoch,
+            )  # fmt: skip
         else:
             x = images
 
@@ -254,11 +262,18 @@ def make_train_step(
 
 
 def single_device_step(
-    config: Any, *, augment_on_device: bool = False, total_steps: int = 1
+    config: Any,
+    *,
+    augment_on_device: bool = False,
+    total_steps: int = 1,
+    steps_per_epoch: int | None = None,
 ) -> tuple[jax.sharding.Mesh, TrainState, Callable]:
     """`make_train_step` on `jax.devices()[0]` alone, both towers side by side (mesh (1, 1)),
     with the initial state of `config.seed`: the step that experiments/ time and run."""
-    return mesh_step(config, (1, 1), augment_on_device=augment_on_device, total_steps=total_steps)
+    return mesh_step(
+        config, (1, 1), augment_on_device=augment_on_device, total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
 
 
 def mesh_step(
@@ -267,6 +282,7 @@ def mesh_step(
     *,
     augment_on_device: bool = False,
     total_steps: int = 1,
+    steps_per_epoch: int | None = None,
 ) -> tuple[jax.sharding.Mesh, TrainState, Callable]:
     """`make_train_step` on the first data x tower devices, with the initial state of
     `config.seed`.
@@ -276,6 +292,8 @@ def mesh_step(
       shape: (data, tower) of the mesh.
       augment_on_device: as in `make_train_step` (default off: images are the network's inputs).
       total_steps: the run length the schedule is built for ('cosine' reaches 0 there).
+      steps_per_epoch: converts epochs ('step', 'manual', end epochs) to steps; None: 1 for
+        the schedules, and end epochs are refused.
 
     Returns:
       (mesh, state, step): call `step(state, images, labels, stats)` under `jax.set_mesh(mesh)`.
@@ -283,10 +301,15 @@ def mesh_step(
     config = config.copy_and_resolve_references()
     config.mesh.data, config.mesh.tower = shape
     mesh = parallel.make_mesh(config.mesh, config.model, jax.devices()[: shape[0] * shape[1]])
-    tx = optim.create_optimizer(config.optimizer, total_steps=total_steps)
+    tx = optim.create_optimizer(
+        config.optimizer, steps_per_epoch=steps_per_epoch or 1, total_steps=total_steps
+    )
     with jax.set_mesh(mesh):
         state = create_train_state(config, mesh, tx, jax.random.key(config.seed))
-    return mesh, state, make_train_step(config, mesh, tx, augment_on_device=augment_on_device)
+    step = make_train_step(
+        config, mesh, tx, augment_on_device=augment_on_device, steps_per_epoch=steps_per_epoch
+    )
+    return mesh, state, step
 
 
 def make_eval_step(config: Any, mesh: jax.sharding.Mesh):
@@ -566,7 +589,7 @@ def _train_and_evaluate(
             plateau=plateau,
             checkpointer=checkpointer,
             writer=metrics.MetricWriter(workdir, resume_step=start or 0),
-            train_step=make_train_step(config, mesh, tx),
+            train_step=make_train_step(config, mesh, tx, steps_per_epoch=steps_per_epoch),
             eval_step=make_eval_step(config, mesh),
             eval_source=eval_source,
             test_source=test_source,

@@ -46,6 +46,27 @@ MAY_CHANGE_ON_RESUME = (
     "model.conv1_matmul",
 )
 
+# Fields added after runs were recorded, with the value (as JSON) that computes what the code did
+# before the field existed: a config.json without the field resumes when the field has that
+# value, and is refused (like any other change) when it has another.
+ADDED_FIELDS = {
+    "model.lrn_alpha_convention": "per_term",
+    "model.lrn_before_relu": [],
+    "model.within_map_after": [],
+    "model.within_map_size": 5,
+    "model.within_map_alpha": 4e-5,
+    "model.within_map_beta": 0.75,
+    "model.within_map_k": 1.0,
+    "model.init_std": [],
+    "optimizer.manual_schedule": [],
+    "optimizer.bias_learning_rate": -1.0,
+    "optimizer.bias_manual_schedule": [],
+    "optimizer.layer_lr_multipliers": [],
+    "augment.random_crop_end_epoch": -1,
+    "augment.flip_end_epoch": -1,
+    "augment.pca_color_end_epoch": -1,
+}
+
 
 class WorkdirError(ValueError):
     """A workdir that cannot be used as asked (the message says why and what to do)."""
@@ -104,7 +125,7 @@ def config_changes(config: Any, workdir: str) -> tuple[dict, dict]:
     allowed, refused = {}, {}
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if a == b:
+        if a == b or (key not in old and key in ADDED_FIELDS and b == ADDED_FIELDS[key]):
             continue
         may = any(key == f or (f.endswith(".") and key.startswith(f)) for f in MAY_CHANGE_ON_RESUME)
         (allowed if may else refused)[key] = (a, b)

@@ -21,13 +21,25 @@ def get_model_config() -> ml_collections.ConfigDict:
     m.lrn = True  # Local response normalization after conv1 and conv2 (§3.3).
     m.lrn_kind = "cross_map"  # 'cross_map' (§3.3, across channels) | 'within_map' (spatial).
     m.lrn_size = 5  # n: maps in the window (odd); within_map: the n x n spatial window.
-    m.lrn_alpha = 1e-4  # alpha, not divided by n (PyTorch/Caffe alpha = this x n).
+    m.lrn_alpha = 1e-4  # alpha, read in lrn_alpha_convention.
+    # 'per_term': alpha multiplies the plain sum of squares (§3.3) | 'divided_by_n': divided by
+    # the window's terms first (n across maps, n^2 within), as in cuda-convnet, Caffe, PyTorch.
+    m.lrn_alpha_convention = "per_term"
     m.lrn_beta = 0.75  # beta.
     m.lrn_k = 2.0  # k.
+    m.lrn_before_relu = ()  # Layers normalized before their ReLU (2012 code: ('conv1',)).
+    # Layers whose LRN is followed by a within-map normalization (2012 code: ('conv2',)), and its
+    # constants (alpha in lrn_alpha_convention; the default is the 2012 code's per-term 4e-5).
+    m.within_map_after = ()
+    m.within_map_size = 5  # The size x size spatial window.
+    m.within_map_alpha = 4e-5  # alpha.
+    m.within_map_beta = 0.75  # beta.
+    m.within_map_k = 1.0  # k (cuda-convnet's rnorm: 1).
     m.pool_window = 3  # 3: overlapping pooling (§3.4); 2: non-overlapping. Stride 2 either way.
     m.dropout_rate = 0.5  # On the outputs of fc6 and fc7 (§4.2); 0 disables.
     m.num_classes = 1000  # Outputs of fc8.
     m.init = "paper"  # 'paper' (§5) | 'caffe' (bias 0.1, fc6/7 std 0.005) | 'lecun'.
+    m.init_std = ()  # (layer, std) pairs replacing init's weight std (2012 code: conv3-5 0.03).
     m.grouped_conv = False  # Own-tower convs as one grouped conv (True) or one per tower.
     # 'auto': the CPU-tuned convolutions and pooling (alexnet_jax/ops.py) on the CPU, XLA's own
     # elsewhere | 'cpu' | 'xla'. Same numbers either way; only speed differs.
@@ -44,6 +56,11 @@ def get_augment_config() -> ml_collections.ConfigDict:
     cfg.flip = True  # Left-right mirror with probability 1/2 (§4.1).
     cfg.pca_color = True  # PCA colour noise, one RGB shift per image (§4.1).
     cfg.pca_std = 0.1  # Standard deviation of the alphas (§4.1).
+    # Epoch from which each augmentation stops (-1: the whole run); the 2012 code's run #145
+    # switched colour noise off at epoch 67. After it: centre patch, no flip, no colour noise.
+    cfg.random_crop_end_epoch = -1
+    cfg.flip_end_epoch = -1
+    cfg.pca_color_end_epoch = -1
     return cfg
 
 
@@ -94,6 +111,15 @@ def get_config() -> ml_collections.ConfigDict:
     # 'step': drops at these epochs; three in ~90 epochs like §5 (the 30/60/80 ImageNet recipe).
     config.optimizer.step_epochs = (30, 60, 80)
     config.optimizer.step_factor = 0.1  # 'step': rate multiplied by this at each boundary.
+    # 'manual': (epoch, rate) pairs, the rate from that epoch on (the 2012 code's hand-set rates).
+    config.optimizer.manual_schedule = ()
+    # -1: biases follow the weights' rate and schedule (§5). >= 0: their own rate (the 2012
+    # code's epsB=0.02), constant unless bias_manual_schedule lists (epoch, rate) changes.
+    config.optimizer.bias_learning_rate = -1.0
+    config.optimizer.bias_manual_schedule = ()
+    # (layer, multiplier) or (layer, ((epoch, multiplier), ...)) pairs scaling a layer's rates,
+    # 1 until the first listed epoch; 'conv1' or 'conv1/kernel', 'conv1/bias'. 0 freezes it.
+    config.optimizer.layer_lr_multipliers = ()
 
     config.augment = get_augment_config()  # §2, §4.1; each field an ablation.
 

@@ -284,8 +284,9 @@ def _jax_lrn(x: jax.Array, m: Any) -> jax.Array:
     """Our LRN on conv-shaped NHWC maps, within each tower, as the model runs it."""
     from alexnet_jax import models
 
+    alpha = models.lrn_alpha(m)
     return models.tower_norm(
-        x, m.towers, m.lrn_kind, size=m.lrn_size, alpha=m.lrn_alpha, beta=m.lrn_beta, k=m.lrn_k
+        x, m.towers, m.lrn_kind, size=m.lrn_size, alpha=alpha, beta=m.lrn_beta, k=m.lrn_k
     )
 
 

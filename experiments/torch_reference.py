@@ -22,10 +22,10 @@ def torch_lrn_module(model_config: Any) -> torch.nn.Module:
     """`torch.nn.LocalResponseNorm` with our LRN's constants (its alpha is ours times n)."""
     from torch import nn
 
-    from alexnet_jax import lrn
+    from alexnet_jax import lrn, models
 
     m = model_config
-    alpha = lrn.to_torch_alpha(m.lrn_alpha, m.lrn_size)
+    alpha = lrn.to_torch_alpha(models.lrn_alpha(m), m.lrn_size)
     return nn.LocalResponseNorm(m.lrn_size, alpha=alpha, beta=m.lrn_beta, k=m.lrn_k)
 
 
@@ -54,6 +54,11 @@ def torch_alexnet(model_config: Any, image_size: int) -> torch.nn.Module:
     m = model_config
     if m.name != "alexnet" or m.activation != "relu":
         raise ValueError("torch_alexnet builds the paper's AlexNet (name 'alexnet', ReLU) only.")
+    if m.lrn_before_relu or m.within_map_after:
+        raise ValueError(
+            "torch_alexnet normalizes after the ReLU and has no within-map normalization; "
+            "set model.lrn_before_relu=() and model.within_map_after=()."
+        )
     towers = m.towers
     widths = models.tower_widths(towers, m.num_classes, m.one_tower_kernels)
     pool5 = models.spatial_sizes(image_size, m.pool_window)["pool5"]

@@ -355,7 +355,7 @@ def test_plateau_rate_is_held_in_the_state_until_set():
     [
         ("update_rule", "sgd", "('paper', 'optax')"),
         ("weight_decay_on", "kernels", "('all', 'weights')"),
-        ("schedule", "linear", "('plateau', 'step', 'constant', 'cosine')"),
+        ("schedule", "linear", "('plateau', 'step', 'constant', 'cosine', 'manual')"),
     ],
 )
 def test_invalid_names_raise_naming_field_and_choices(field, value, allowed):

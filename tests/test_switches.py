@@ -136,11 +136,20 @@ def within_map_ref(a, n=3, alpha=5e-5 / 9, beta=0.75, k=1.0):
     return out
 
 
+def per_term(mc, alpha, n, kind):
+    """alpha per squared term: cuda-convnet's layer.py divides its scale by n (across maps) or
+    n^2 (within a map) when the config says `divided_by_n`."""
+    if mc.lrn_alpha_convention == "per_term":
+        return alpha
+    return alpha / (n if kind == "cross_map" else n * n)
+
+
 def norm_ref(a, mc, groups=1):
     """The normalization `config.model` asks for, or none."""
     if not mc.lrn:
         return np.asarray(a, np.float64)
-    args = dict(n=mc.lrn_size, alpha=mc.lrn_alpha, beta=mc.lrn_beta, k=mc.lrn_k)
+    args = dict(n=mc.lrn_size, alpha=per_term(mc, mc.lrn_alpha, mc.lrn_size, mc.lrn_kind))
+    args.update(beta=mc.lrn_beta, k=mc.lrn_k)
     if mc.lrn_kind == "within_map":
         return within_map_ref(a, **args)
     return lrn_ref(a, groups=groups, **args)
@@ -185,7 +194,7 @@ def _params(network: str, shape_key: tuple) -> dict:
     return jax.tree.map(np.asarray, params)
 
 
-_SHAPE_FIELDS = ("towers", "one_tower_kernels", "num_classes", "init", "name")
+_SHAPE_FIELDS = ("towers", "one_tower_kernels", "num_classes", "init", "name", "init_std")
 
 
 def _shape_key(network: str, overrides: dict) -> tuple:
@@ -413,6 +422,107 @@ def check_lrn_k(network):
     _check_norm_field(network, lrn_k=net_config(network).model.lrn_k + 1.0)
 
 
+def check_lrn_alpha_convention(network):
+    # The file's scale 5x (or 9x for a 3x3 window) the per-term alpha: the same layer again.
+    _check_norm_field(network, lrn_alpha_convention="divided_by_n")
+    with pytest.raises(ValueError, match="model.lrn_alpha_convention"):
+        models.create_model(net_config(network, lrn_alpha_convention="caffe").model)
+
+
+def _alexnet_pre(params, inter, name):
+    """conv1's or conv2's pre-activation outputs, from the model's own inputs to the layer."""
+    if name == "conv1":
+        return tower_conv_ref(
+            inter["input"], params["conv1"]["kernel"], params["conv1"]["bias"], "both", 4,
+            _CONV1_PAD,
+        )  # fmt: skip
+    return tower_conv_ref(
+        inter["pool1_out"], params["conv2"]["kernel"], params["conv2"]["bias"], "own", 1, (2, 2)
+    )
+
+
+def check_lrn_before_relu(network):
+    if not _is_alexnet(network):
+        return refused(network, "lrn_before_relu", ("conv1",))
+    mc, params, inter, _ = run(network, lrn_before_relu=("conv1",))
+    groups = _towers(network)
+    pre = _alexnet_pre(params, inter, "conv1")
+    # The 2012 code: rnorm1 reads conv1 (no neuron), pool1 applies the ReLU.
+    assert_switch(
+        inter["conv1_out"],
+        np.maximum(norm_ref(pre, mc, groups), 0),
+        norm_ref(np.maximum(pre, 0), mc, groups),
+    )
+    # conv2, not listed, still normalizes after its ReLU.
+    pre2 = _alexnet_pre(params, inter, "conv2")
+    assert rel(inter["conv2_out"], norm_ref(np.maximum(pre2, 0), mc, groups)) < 1e-5
+    with pytest.raises(ValueError, match="model.lrn_before_relu"):
+        models.create_model(net_config(network, lrn_before_relu=("conv3",)).model)
+
+
+def _within_map_check(network, against=None, **switch):
+    """conv2 with the 2012 code's extra within-map normalization, constants `switch`; the
+    unswitched computation has the default constants updated with `against`."""
+    if not _is_alexnet(network):
+        return refused(network, "within_map_after", ("conv2",))
+    mc, params, inter, _ = run(network, within_map_after=("conv2",), **switch)
+    default = net_config(network, **(against or {})).model
+    groups = _towers(network)
+    lrn2 = norm_ref(np.maximum(_alexnet_pre(params, inter, "conv2"), 0), mc, groups)
+
+    def within(m):
+        n = m.within_map_size
+        alpha = per_term(m, m.within_map_alpha, n, "within_map")
+        return within_map_ref(lrn2, n=n, alpha=alpha, beta=m.within_map_beta, k=m.within_map_k)
+
+    unswitched = lrn2 if not switch else within(default)
+    assert_switch(inter["conv2_out"], within(mc), unswitched)
+    return mc, params, inter
+
+
+def check_within_map_after(network):
+    if _within_map_check(network) is None:
+        return
+    # lrn=False removes both normalizations (run #148 of the 2012 code).
+    _, params, inter, _ = run(network, within_map_after=("conv2",), lrn=False)
+    assert rel(inter["conv2_out"], np.maximum(_alexnet_pre(params, inter, "conv2"), 0)) < 1e-6
+    with pytest.raises(ValueError, match="model.within_map_after"):
+        models.create_model(net_config(network, within_map_after=("conv5",)).model)
+
+
+def check_within_map_size(network):
+    if _is_alexnet(network):
+        _within_map_check(network, within_map_size=4)  # even: the extra row/column above/left
+        _within_map_check(network, within_map_size=3)
+    else:
+        refused(network, "within_map_size", 3)
+
+
+def check_within_map_alpha(network):
+    if not _is_alexnet(network):
+        return refused(network, "within_map_alpha", 1e-3)
+    _within_map_check(network, within_map_alpha=1e-3)
+    # ... and read in lrn_alpha_convention: the 2012 code's scale 0.001 over 5x5 terms.
+    _within_map_check(
+        network,
+        against={"within_map_alpha": 1e-3},  # the scale misread as a per-term alpha
+        within_map_alpha=1e-3,
+        lrn_alpha_convention="divided_by_n",
+    )
+
+
+def check_within_map_beta(network):
+    if not _is_alexnet(network):
+        return refused(network, "within_map_beta", 0.5)
+    _within_map_check(network, within_map_beta=0.5)
+
+
+def check_within_map_k(network):
+    if not _is_alexnet(network):
+        return refused(network, "within_map_k", 2.0)
+    _within_map_check(network, within_map_k=2.0)
+
+
 def check_lrn_kind(network):
     # Both kinds, the network's own and the other: a net that always used one would fail.
     for kind in models.LRN_KINDS:
@@ -493,6 +603,21 @@ def check_init(network):
     refused(network, "init", "caffe")
 
 
+def check_init_std(network):
+    if not _is_alexnet(network):
+        return refused(network, "init_std", (("conv3", 0.03),))
+    overrides = {"init_std": (("conv3", 0.03), ("fc7", 0.002))}
+    params = _params(network, _shape_key(network, overrides))
+    paper = _params(network, ())
+    for name, p in params.items():
+        std = dict(overrides["init_std"]).get(name, 0.01)
+        assert abs(np.std(p["kernel"]) / std - 1) < 0.05, (name, np.std(p["kernel"]), std)
+        np.testing.assert_array_equal(p["bias"], paper[name]["bias"])  # biases keep init's
+    for bad in ((("conv9", 0.03),), (("conv3", -1.0),), ("conv3", 0.03)):
+        with pytest.raises(ValueError, match="model.init_std"):
+            models.create_model(net_config(network, init_std=bad).model)
+
+
 def check_grouped_conv(network):
     if not _is_alexnet(network):
         return refused(network, "grouped_conv", True)
@@ -571,6 +696,14 @@ MODEL_CHECKS = {
     "lrn_alpha": check_lrn_alpha,
     "lrn_beta": check_lrn_beta,
     "lrn_k": check_lrn_k,
+    "lrn_alpha_convention": check_lrn_alpha_convention,
+    "lrn_before_relu": check_lrn_before_relu,
+    "within_map_after": check_within_map_after,
+    "within_map_size": check_within_map_size,
+    "within_map_alpha": check_within_map_alpha,
+    "within_map_beta": check_within_map_beta,
+    "within_map_k": check_within_map_k,
+    "init_std": check_init_std,
     "pool_window": check_pool_window,
     "dropout_rate": check_dropout_rate,
     "num_classes": check_num_classes,
@@ -590,12 +723,14 @@ def _stats():
     return random_stats(0, _S)
 
 
-def _augment(**switch):
+def _augment(step=0, steps_per_epoch=None, **switch):
     cfg = alexnet_config.get_augment_config()
     cfg.update(dict(random_crop=False, flip=False, pca_color=False))
     cfg.update(switch)
     images = np.random.default_rng(1).integers(0, 256, (_N, _S, _S, 3), dtype=np.uint8)
-    out = augment.train_views(jax.random.key(3), images, _stats(), cfg, _CROP)
+    out = augment.train_views(
+        jax.random.key(3), images, _stats(), cfg, _CROP, step=step, steps_per_epoch=steps_per_epoch
+    )
     return images.astype(np.float64), np.asarray(out, np.float64), cfg
 
 
@@ -666,7 +801,55 @@ def check_pca_std():
     assert 0.35 < _pca_alphas(0.5).std() < 0.65
 
 
+def _check_end_epoch(name, **on):
+    """With `<name>_end_epoch=2` and 3 steps per epoch: steps 0-5 augment exactly as without an
+    end epoch, steps 6 and 7 exactly as with the augmentation off; a traced step too."""
+    field = f"{name}_end_epoch"
+    images, always, _ = _augment(**{name: True}, **on)
+    _, off, _ = _augment(**on)
+    assert rel(always, off) > 1e-3  # the augmentation does something to these images
+    for step, want in ((0, always), (5, always), (6, off), (7, off)):
+        _, out, _ = _augment(step=step, steps_per_epoch=3, **{name: True, field: 2}, **on)
+        np.testing.assert_array_equal(out, want, err_msg=f"step {step}")
+    # Under jit with the step as an argument (as the training step passes state.step).
+    cfg = alexnet_config.get_augment_config()
+    cfg.update(dict(random_crop=False, flip=False, pca_color=False))
+    cfg.update({**on, name: True, field: 2})
+    views = jax.jit(
+        lambda step: augment.train_views(
+            jax.random.key(3), images.astype(np.uint8), _stats(), cfg, _CROP, step=step,
+            steps_per_epoch=3,
+        )
+    )  # fmt: skip
+    # (jit may fuse the colour shift's arithmetic differently: float rounding only)
+    np.testing.assert_allclose(np.asarray(views(jnp.int32(7)), np.float64), off, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(views(jnp.int32(1)), np.float64), always, atol=1e-4)
+    for bad, message in (
+        (dict(**{name: False, field: 2}), "is off"),
+        (dict(**{name: True, field: -2}), field),
+    ):
+        with pytest.raises(ValueError, match=message):
+            _augment(steps_per_epoch=3, **{**on, **bad})
+    with pytest.raises(ValueError, match="steps per epoch"):
+        _augment(**{name: True, field: 2}, **on)
+
+
+def check_random_crop_end_epoch():
+    _check_end_epoch("random_crop", mean="none")
+
+
+def check_flip_end_epoch():
+    _check_end_epoch("flip", mean="none")
+
+
+def check_pca_color_end_epoch():
+    _check_end_epoch("pca_color", mean="none")
+
+
 AUGMENT_CHECKS = {
+    "random_crop_end_epoch": check_random_crop_end_epoch,
+    "flip_end_epoch": check_flip_end_epoch,
+    "pca_color_end_epoch": check_pca_color_end_epoch,
     "mean": check_mean,
     "random_crop": check_random_crop,
     "flip": check_flip,
@@ -853,7 +1036,153 @@ def check_step_factor():
     _assert_rates(got, [0.01] * 6 + [0.005] * 6, [0.01] * 6 + [0.001] * 6)
 
 
+def check_manual_schedule():
+    lr = 0.01
+    c = _opt_config(schedule="manual", manual_schedule=((1, 0.005), (4, 1e-4)))
+    want = [lr] * 2 + [0.005] * 6 + [1e-4] * 4  # 2 steps per epoch: epochs 1 and 4 = steps 2, 8
+    got = _rates(c)
+    assert got == [float(np.float32(r)) for r in want], got  # looked up, not multiplied
+    _assert_rates(got, want, [lr] * 12)
+    for bad in (((4, 0.001), (1, 0.01)), ((1, -0.1),), ((1,),)):
+        with pytest.raises(ValueError, match="manual_schedule"):
+            optim.create_optimizer(_opt_config(schedule="manual", manual_schedule=bad))
+
+
+# Two layers, so that per-layer rates and multipliers have something to tell apart.
+_W2 = {
+    "conv1": {"kernel": np.array([1.0, -2.0], np.float32), "bias": np.array([0.5], np.float32)},
+    "fc8": {"kernel": np.array([0.3, 0.7], np.float32), "bias": np.array([-0.2], np.float32)},
+}
+_G2 = [jax.tree.map(lambda w, g=g: np.full_like(w, g), _W2) for g in (1.0, 0.5, -0.25, 2.0)]
+
+
+def _run_rates(c, steps_per_epoch=2):
+    """Parameters after the four _G2 steps of `create_optimizer(c)`."""
+    tx = optim.create_optimizer(c, steps_per_epoch=steps_per_epoch, total_steps=4)
+    params = jax.tree.map(jnp.asarray, _W2)
+    state = tx.init(params)
+    for g in _G2:
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return jax.tree.map(lambda v: np.asarray(v, np.float64), params)
+
+
+def _rates_ref(rate_of, momentum=0.9, decay=5e-4, decay_bias=True):
+    """§5's update by hand with each parameter's own rate: rate_of(layer, leaf, step)."""
+    out = {}
+    for layer, leaves in _W2.items():
+        out[layer] = {}
+        for leaf, w in leaves.items():
+            w, v = w.astype(np.float64), np.zeros_like(w, np.float64)
+            d = decay if (leaf == "kernel" or decay_bias) else 0.0
+            for step, g in enumerate(_G2):
+                lr = rate_of(layer, leaf, step)
+                v = momentum * v - d * lr * w - lr * g[layer][leaf]
+                w = w + v
+            out[layer][leaf] = w
+    return out
+
+
+def _assert_tree(got, want, unswitched):
+    flat = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)]) for t in (got, want)]
+    assert_switch(
+        flat[0],
+        flat[1],
+        np.concatenate([np.ravel(x) for x in jax.tree.leaves(unswitched)]),
+        tol=1e-6,
+    )
+
+
+_WEIGHT_RATES = [0.01, 0.01, 0.001, 0.001]  # manual: a drop at epoch 1 = step 2
+
+
+def _weights_drop(**switch):
+    return _opt_config(schedule="manual", manual_schedule=((1, 0.001),), **switch)
+
+
+def check_bias_learning_rate():
+    # The 2012 code: biases at epsB=0.02 throughout while the weights' rate drops.
+    got = _run_rates(_weights_drop(bias_learning_rate=0.02, weight_decay_on="weights"))
+
+    def rate(layer, leaf, step):
+        return 0.02 if leaf == "bias" else _WEIGHT_RATES[step]
+
+    want = _rates_ref(rate, decay_bias=False)
+    _assert_tree(
+        got, want, _rates_ref(lambda layer, leaf, step: _WEIGHT_RATES[step], decay_bias=False)
+    )
+    # With decay on biases too, the bias decay is scaled by the bias rate.
+    got = _run_rates(_weights_drop(bias_learning_rate=0.02))
+    _assert_tree(got, _rates_ref(rate), want)
+    # Under 'plateau' the rate written by the loop changes the weights only.
+    c = _opt_config(bias_learning_rate=0.02)
+    tx = optim.create_optimizer(c)
+    state = optim.set_learning_rate(tx.init(_W2), 0.001)
+    updates, _ = tx.update(_G2[0], state, _W2)
+    np.testing.assert_allclose(updates["fc8"]["bias"], -0.02 * (1.0 + 5e-4 * -0.2), rtol=1e-6)
+    np.testing.assert_allclose(
+        updates["fc8"]["kernel"], -0.001 * (1.0 + 5e-4 * _W2["fc8"]["kernel"]), rtol=1e-6
+    )
+    for bad in (-0.5, -2.0):  # -1 means "follow the weights"; other negatives are errors
+        with pytest.raises(ValueError, match="bias_learning_rate"):
+            optim.create_optimizer(_opt_config(bias_learning_rate=bad))
+
+
+def check_bias_manual_schedule():
+    c = _weights_drop(bias_learning_rate=0.02, bias_manual_schedule=((1.5, 0.002),))
+    got = _run_rates(c)  # epoch 1.5 = step 3
+
+    def rate(layer, leaf, step):
+        return (0.02 if step < 3 else 0.002) if leaf == "bias" else _WEIGHT_RATES[step]
+
+    unswitched = _rates_ref(
+        lambda layer, leaf, step: 0.02 if leaf == "bias" else _WEIGHT_RATES[step]
+    )
+    _assert_tree(got, _rates_ref(rate), unswitched)
+    with pytest.raises(ValueError, match="bias_learning_rate"):
+        optim.create_optimizer(_opt_config(bias_manual_schedule=((1, 0.002),)))
+
+
+def check_layer_lr_multipliers():
+    # conv1 frozen: unchanged after the steps, decay included; fc8 as without the multiplier.
+    got = _run_rates(_opt_config(schedule="constant", layer_lr_multipliers=(("conv1", 0.0),)))
+    for leaf in ("kernel", "bias"):
+        np.testing.assert_array_equal(got["conv1"][leaf], _W2["conv1"][leaf])
+    plain = _rates_ref(lambda *_: 0.01)
+    _assert_tree(got["fc8"], plain["fc8"], _rates_ref(lambda *_: 0.0)["fc8"])
+    # Epoch-keyed, on one leaf: conv1's kernel at a tenth from epoch 1 (step 2), 0 from epoch 1.5.
+    c = _weights_drop(layer_lr_multipliers=(("conv1/kernel", ((1, 0.1), (1.5, 0.0))),))
+    got = _run_rates(c)
+
+    def rate(layer, leaf, step):
+        m = {0: 1.0, 1: 1.0, 2: 0.1, 3: 0.0}[step] if (layer, leaf) == ("conv1", "kernel") else 1.0
+        return _WEIGHT_RATES[step] * m
+
+    _assert_tree(got, _rates_ref(rate), _rates_ref(lambda layer, leaf, step: _WEIGHT_RATES[step]))
+    # With a bias rate: the multiplier scales the bias's own rate.
+    c = _weights_drop(bias_learning_rate=0.02, layer_lr_multipliers=(("conv1", 0.5),))
+    got = _run_rates(c)
+
+    def both(layer, leaf, step):
+        base = 0.02 if leaf == "bias" else _WEIGHT_RATES[step]
+        return base * (0.5 if layer == "conv1" else 1.0)
+
+    _assert_tree(
+        got,
+        _rates_ref(both),
+        _rates_ref(lambda layer, leaf, step: 0.02 if leaf == "bias" else _WEIGHT_RATES[step]),
+    )
+    with pytest.raises(ValueError, match="selects no parameter"):
+        optim.create_optimizer(_opt_config(layer_lr_multipliers=(("conv9", 0.0),))).init(_W2)
+    with pytest.raises(ValueError, match="layer_lr_multipliers"):
+        optim.create_optimizer(_opt_config(layer_lr_multipliers=(("conv1", -1.0),)))
+
+
 OPTIMIZER_CHECKS = {
+    "manual_schedule": check_manual_schedule,
+    "bias_learning_rate": check_bias_learning_rate,
+    "bias_manual_schedule": check_bias_manual_schedule,
+    "layer_lr_multipliers": check_layer_lr_multipliers,
     "learning_rate": check_learning_rate,
     "momentum": check_momentum,
     "weight_decay": check_weight_decay,
