@@ -86,3 +86,19 @@ def test_grouping_saves_36_percent_of_the_multiply_adds():
     grouped = sum(r.macs for r in summary.layer_table(_config()))
     full = sum(r.macs for r in summary.layer_table(_config(towers=1, one_tower_kernels="full")))
     assert round(1 - grouped / full, 2) == 0.36
+
+
+def test_the_2012_code_table_shows_its_normalizations_and_the_paper_count():
+    from configs import alexnet_2012_code
+
+    rows = summary.layer_table(alexnet_2012_code.get_config())
+    names = [r.layer for r in rows]
+    # conv1, its LRN (before the ReLU), pool1; conv2, LRN, the within-map cnorm2, pool2.
+    assert names[:8] == ["input", "conv1", "lrn1", "pool1", "conv2", "lrn2", "wnorm2", "pool2"]
+    by = {r.layer: r for r in rows}
+    assert "before the ReLU" in by["lrn1"].kernel and "a=2e-05 k=2" in by["lrn1"].kernel
+    assert "within-map 5x5, a=4e-05 k=1" in by["wnorm2"].kernel
+    assert by["wnorm2"].output == (27, 27, 256)
+    assert sum(r.params for r in rows) == 60_965_224  # no layer with weights changes
+    paper = [r.layer for r in summary.layer_table(_config())]
+    assert "wnorm2" not in paper and "lrn1" in paper

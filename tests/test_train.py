@@ -274,3 +274,60 @@ def test_a_replaced_field_on_the_command_line_names_its_successor():
     message = train.renamed_field_message(argv)
     assert message.startswith("--config.model.conv1_matmul was replaced by config.model.kernels")
     assert train.renamed_field_message(["--config.model.kernels=cpu", "--workdir=/x"]) is None
+
+
+def _steps(config, n, state=None, steps_per_epoch=1):
+    """`n` training steps of `config` (the digits CIFAR net, augmentation on the device) on the
+    same uint8 images, from `state` or the config's initial state; returns the states after each."""
+    from tests.helpers import random_stats
+
+    mesh, initial, step = train.single_device_step(
+        config, augment_on_device=True, steps_per_epoch=steps_per_epoch
+    )
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (config.batch_size, config.resize_size, config.resize_size, 3))
+    images = images.astype(np.uint8)
+    labels = rng.integers(0, 10, config.batch_size).astype(np.int32)
+    stats = random_stats(0, config.resize_size)
+    state, out = initial if state is None else state, []
+    with jax.set_mesh(mesh):
+        for _ in range(n):
+            state, _ = step(state, images, labels, stats)
+            out.append(jax.tree.map(np.asarray, state.params))
+    return out, state
+
+
+def _close(a, b):
+    return all(
+        np.allclose(x, y, rtol=1e-6, atol=1e-7)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+@pytest.mark.slow
+def test_the_training_step_ends_colour_noise_at_its_epoch():
+    # pca_color_end_epoch=1 at one step per epoch: step 0 with colour noise, step 1 without.
+    ended, _ = _steps(_digits_config(batch_size=8, **{"augment.pca_color_end_epoch": 1}), 2)
+    always, _ = _steps(_digits_config(batch_size=8), 2)
+    assert _close(ended[0], always[0])
+    assert not _close(ended[1], always[1])  # the second step differs from noise-on ...
+    # ... and is the noise-off step from the same state.
+    _, after_one = _steps(_digits_config(batch_size=8, **{"augment.pca_color_end_epoch": 1}), 1)
+    off, _ = _steps(_digits_config(batch_size=8, **{"augment.pca_color": False}), 1, after_one)
+    assert _close(ended[1], off[0])
+
+
+def test_the_training_step_freezes_a_layer_and_keeps_the_bias_rate():
+    config = _digits_config(
+        batch_size=8,
+        **{
+            "optimizer.layer_lr_multipliers": (("conv1", 0.0),),
+            "optimizer.bias_learning_rate": 0.0,
+        },
+    )
+    initial = jax.tree.map(np.asarray, train.single_device_step(config)[1].params)
+    (params, *_), _ = _steps(config, 2)
+    for name, leaves in params.items():
+        for leaf, value in leaves.items():
+            frozen = name == "conv1" or leaf == "bias"  # multiplier 0; bias rate 0
+            assert np.array_equal(value, initial[name][leaf]) == frozen, (name, leaf)
