@@ -44,6 +44,7 @@ LRN_KINDS = ("cross_map", "within_map")
 # paper's §3.3 formula); 'divided_by_n' is cuda-convnet's (and Caffe's, PyTorch's) `scale`, which
 # is divided by the number of terms in the window first: size across maps, size^2 within a map.
 ALPHA_CONVENTIONS = ("per_term", "divided_by_n")
+DROPOUT_SCALINGS = ("test_time", "inverted")
 # The layers the paper normalizes (§3.3), the only ones the normalization switches may name.
 NORMALIZED_LAYERS = ("conv1", "conv2")
 
@@ -241,6 +242,8 @@ class AlexNet(nn.Module):
         (the released code's initW: 0.03 for conv3-conv5).
       pool_window: 3 (overlapping pooling, §3.4) or 2; the stride is 2 either way.
       dropout_rate: dropout on the outputs of fc6 and fc7 in training (§4.2).
+      dropout_scaling: 'test_time' (§4.2: outputs multiplied by 1 - rate at test time) or
+        'inverted' (kept units divided by 1 - rate in training); see `_dropout`.
       weight_init: `config.model.init`: 'paper' (N(0, 0.01) weights, bias 1 in conv2/4/5 and
         fc6/7, §5), 'caffe' (bias 0.1 there, fc6/fc7 std 0.005) or 'lecun' (LeCun-normal
         weights, zero biases).
@@ -281,6 +284,7 @@ class AlexNet(nn.Module):
     init_std: tuple[tuple[str, float], ...] = ()
     pool_window: int = 3
     dropout_rate: float = 0.5
+    dropout_scaling: str = "test_time"
     weight_init: str = "paper"
     grouped_conv: bool = False
     kernels: str = "auto"
@@ -308,9 +312,25 @@ class AlexNet(nn.Module):
         return jax.lax.all_gather(x, self.tower_axis, axis=x.ndim - 1, tiled=True)
 
     def _dropout(self, x: Array, local: int, tower0: Array | int, train: bool) -> Array:
-        """Dropout whose mask is drawn for the global batch and all towers, then sliced."""
-        if not train or self.dropout_rate == 0.0:
+        """Dropout whose mask is drawn for the global batch and all towers, then sliced.
+
+        'test_time' scaling (§4.2, the 2012 code's `hs` layer): kept units pass unchanged in
+        training and every output is multiplied by 1 - rate at test time; 'inverted': kept
+        units are divided by 1 - rate in training and nothing is scaled at test time. The two
+        have the same expected outputs but not the same training: the layer after sees inputs
+        1 / (1 - rate) times larger under 'inverted', against the same initialisation, rate and
+        weight decay.
+        """
+        if self.dropout_scaling not in DROPOUT_SCALINGS:
+            raise ValueError(
+                f"model.dropout_scaling must be one of {DROPOUT_SCALINGS}, got "
+                f"{self.dropout_scaling!r}: 'test_time' is the paper's (§4.2), 'inverted' the "
+                "usual modern form."
+            )
+        if self.dropout_rate == 0.0:
             return x
+        if not train:
+            return x * (1.0 - self.dropout_rate) if self.dropout_scaling == "test_time" else x
         batch, units = x.shape
         rows, row0 = batch, 0
         if self.data_axis is not None:
@@ -321,7 +341,8 @@ class AlexNet(nn.Module):
             self.make_rng("dropout"), 1.0 - self.dropout_rate, (rows, per_tower * self.towers)
         )
         keep = jax.lax.dynamic_slice(keep, (row0, tower0 * per_tower), (batch, units))
-        return jnp.where(keep, x / (1.0 - self.dropout_rate), 0.0)
+        kept = x if self.dropout_scaling == "test_time" else x / (1.0 - self.dropout_rate)
+        return jnp.where(keep, kept, 0.0)
 
     @nn.compact
     def __call__(self, images: Array, *, train: bool = False) -> Array:
@@ -639,6 +660,7 @@ _ALEXNET_ONLY = {
     "within_map_beta": 0.75,
     "within_map_k": 1.0,
     "init_std": (),
+    "dropout_scaling": "test_time",
     "one_tower_kernels": "half",
     "pool_window": 3,
     "grouped_conv": False,
@@ -767,6 +789,12 @@ def create_model(
         _check_layer_names("lrn_before_relu", m.lrn_before_relu, NORMALIZED_LAYERS)
         _check_layer_names("within_map_after", m.within_map_after, NORMALIZED_LAYERS)
         init_std = _check_init_std(m.init_std)
+        if m.dropout_scaling not in DROPOUT_SCALINGS:
+            raise ValueError(
+                f"model.dropout_scaling must be one of {DROPOUT_SCALINGS}, got "
+                f"{m.dropout_scaling!r}: 'test_time' is the paper's (§4.2), 'inverted' the "
+                "usual modern form."
+            )
         size = m.within_map_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(
@@ -786,6 +814,7 @@ def create_model(
             one_tower_kernels=m.one_tower_kernels,
             pool_window=m.pool_window,
             dropout_rate=m.dropout_rate,
+            dropout_scaling=m.dropout_scaling,
             grouped_conv=m.grouped_conv,
             kernels=m.kernels,
             compute_dtype=m.compute_dtype,

@@ -58,6 +58,7 @@ ADDED_FIELDS = {
     "model.within_map_beta": 0.75,
     "model.within_map_k": 1.0,
     "model.init_std": [],
+    "model.dropout_scaling": "inverted",  # the only scaling before the field
     "optimizer.manual_schedule": [],
     "optimizer.bias_learning_rate": -1.0,
     "optimizer.bias_manual_schedule": [],

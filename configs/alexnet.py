@@ -37,6 +37,9 @@ def get_model_config() -> ml_collections.ConfigDict:
     m.within_map_k = 1.0  # k (cuda-convnet's rnorm: 1).
     m.pool_window = 3  # 3: overlapping pooling (§3.4); 2: non-overlapping. Stride 2 either way.
     m.dropout_rate = 0.5  # On the outputs of fc6 and fc7 (§4.2); 0 disables.
+    # 'test_time': outputs x (1 - rate) at test (§4.2, the 2012 code) | 'inverted': kept units
+    # / (1 - rate) in training (PyTorch, Flax).
+    m.dropout_scaling = "test_time"
     m.num_classes = 1000  # Outputs of fc8.
     m.init = "paper"  # 'paper' (§5) | 'caffe' (bias 0.1, fc6/7 std 0.005) | 'lecun'.
     m.init_std = ()  # (layer, std) pairs replacing init's weight std (2012 code: conv3-5 0.03).

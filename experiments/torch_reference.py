@@ -95,6 +95,8 @@ def torch_alexnet(model_config: Any, image_size: int) -> torch.nn.Module:
                     x = torch_lrn_per_tower(self.lrn, x, towers)
                 if layer.dropout:
                     x = F.dropout(x, m.dropout_rate, self.training)
+                    if m.dropout_scaling == "test_time":  # x * mask in training, x * keep at test
+                        x = x * (1.0 - m.dropout_rate)
                 if layer.pool:
                     x = F.max_pool2d(x, m.pool_window, 2)
             return x

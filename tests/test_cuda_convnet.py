@@ -146,14 +146,12 @@ WITHIN_MAP_CASES = [(5, 1e-3, 0.75), (3, 5e-5, 0.75), (5, 0.5, 0.75), (4, 0.2, 0
 def test_the_references_gradients_are_the_derivative_of_their_forward_passes():
     x, g = _inputs((2, 6, 6, 7))
     x, g = x.astype(np.float64), g.astype(np.float64)
-    for size, scale, pow_, min_div in CROSS_MAP_CASES:
-        want = cross_map_grad_ref(x, g, size, scale, pow_, min_div)
-        for i, v in _numeric_grad(lambda z: cross_map_ref(z, size, scale, pow_, min_div)[0], x, g):
-            assert abs(want[i] - v) <= 1e-6 * max(1.0, abs(v)), (size, scale, i)
-    for size, scale, pow_ in WITHIN_MAP_CASES:
-        want = within_map_grad_ref(x, g, size, scale, pow_)
-        for i, v in _numeric_grad(lambda z: within_map_ref(z, size, scale, pow_)[0], x, g):
-            assert abs(want[i] - v) <= 1e-6 * max(1.0, abs(v)), (size, scale, i)
+    cases = [(cross_map_ref, cross_map_grad_ref, c) for c in CROSS_MAP_CASES]
+    cases += [(within_map_ref, within_map_grad_ref, c) for c in WITHIN_MAP_CASES]
+    for forward, grad, constants in cases:
+        want = grad(x, g, *constants)
+        for i, v in _numeric_grad(lambda z, f=forward, c=constants: f(z, *c)[0], x, g):
+            assert abs(want[i] - v) <= 1e-6 * max(1.0, abs(v)), (forward.__name__, constants, i)
 
 
 def _jax_forward_and_grad(fn, x, g):

@@ -538,22 +538,42 @@ def check_pool_window(network):
         assert_switch(inter[f"pool{layer}_out"], pool_ref(conv_out, 2), pool_ref(conv_out, 3))
 
 
+def _check_dropout(network, scaling, rate):
+    """fc6's outputs in training (each unit dropped or kept, at the scaling's size, the drop
+    fraction `rate`) and at test time (all units, times 1 - rate under 'test_time')."""
+    _, params, inter, _ = run(network, train=True, dropout_rate=rate, dropout_scaling=scaling)
+    pre = tower_fc_ref(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
+    relu = np.maximum(pre, 0)
+    kept = relu if scaling == "test_time" else relu / (1.0 - rate)
+    out = inter["fc6_out"]
+    dropped = (out == 0) & (kept != 0)
+    scale = np.abs(kept).max()
+    np.testing.assert_allclose(np.where(dropped, kept, out), kept, atol=1e-5 * scale)
+    active = kept != 0
+    fraction = dropped[active].mean()
+    sigma = math.sqrt(max(rate * (1 - rate), 1e-12) / active.sum())
+    assert abs(fraction - rate) < 5 * sigma + 1e-12, (rate, fraction)
+    _, params, inter, _ = run(network, train=False, dropout_rate=rate, dropout_scaling=scaling)
+    pre = tower_fc_ref(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
+    test = np.maximum(pre, 0) * ((1.0 - rate) if scaling == "test_time" else 1.0)
+    other = np.maximum(pre, 0) * ((1.0 - rate) if scaling != "test_time" else 1.0)
+    assert_switch(inter["fc6_out"], test, other if rate else None)
+
+
 def check_dropout_rate(network):
     if not _is_alexnet(network):
         return refused(network, "dropout_rate", 0.5)
     for rate in (0.0, 0.3):
-        _, params, inter, _ = run(network, train=True, dropout_rate=rate)
-        pre = tower_fc_ref(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
-        kept = np.maximum(pre, 0) / (1.0 - rate)
-        out = inter["fc6_out"]
-        dropped = (out == 0) & (kept != 0)
-        # Every unit is either dropped or the scaled ReLU output (§4.2, inverted dropout).
-        scale = np.abs(kept).max()
-        np.testing.assert_allclose(np.where(dropped, kept, out), kept, atol=1e-5 * scale)
-        active = kept != 0
-        fraction = dropped[active].mean()
-        sigma = math.sqrt(max(rate * (1 - rate), 1e-12) / active.sum())
-        assert abs(fraction - rate) < 5 * sigma + 1e-12, (rate, fraction)
+        _check_dropout(network, "test_time", rate)
+
+
+def check_dropout_scaling(network):
+    if not _is_alexnet(network):
+        return refused(network, "dropout_scaling", "inverted")
+    for scaling in models.DROPOUT_SCALINGS:
+        _check_dropout(network, scaling, 0.5)
+    with pytest.raises(ValueError, match="model.dropout_scaling"):
+        models.create_model(net_config(network, dropout_scaling="none").model)
 
 
 def check_num_classes(network):
@@ -706,6 +726,7 @@ MODEL_CHECKS = {
     "init_std": check_init_std,
     "pool_window": check_pool_window,
     "dropout_rate": check_dropout_rate,
+    "dropout_scaling": check_dropout_scaling,
     "num_classes": check_num_classes,
     "init": check_init,
     "grouped_conv": check_grouped_conv,
