@@ -61,9 +61,9 @@ def get_augment_config() -> ml_collections.ConfigDict:
     cfg.pca_std = 0.1  # Standard deviation of the alphas (§4.1).
     # Epoch from which each augmentation stops (-1: the whole run); the 2012 code's run #145
     # switched colour noise off at epoch 67. After it: centre patch, no flip, no colour noise.
-    cfg.random_crop_end_epoch = -1
-    cfg.flip_end_epoch = -1
-    cfg.pca_color_end_epoch = -1
+    cfg.random_crop_end_epoch = -1.0
+    cfg.flip_end_epoch = -1.0
+    cfg.pca_color_end_epoch = -1.0
     return cfg
 
 

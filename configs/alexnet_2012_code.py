@@ -37,13 +37,17 @@ inside the momentum as `update_rule='paper'`; weights.cu:152, 192-193)
 * Colour noise (`--color-noise 0.1`) set to 0 at epoch 67 (:178): `pca_color_end_epoch=67`.
 * Stopped at epoch 91 (:181): `num_epochs=91`.
 
+Dropout needs no change: the paper (§4.2) and the code (`hs` layers, `keep=0.5`,
+layers-145.cfg:256-264; src/layer.cu:1126-1134) both multiply the outputs by 0.5 at test time,
+`model.dropout_scaling='test_time'`, the default.
+
 What this config cannot express
 * The continuation (layer-params-145.cfg:192-203: the rate pushed back up to 0.001 at epoch 91
   with colour noise back on, then 1e-4 at 107, 1e-5 and no colour noise at 124, killed at 135,
   multiview 40.25 / 17.99) needs a rate that rises again and an augmentation that restarts:
   run it as a second run that resumes this one's checkpoint with another config.
-* Dropout is inverted here (kept units scaled by 2 in training, nothing at test); the paper
-  (§4.2) and the code (`hs` layers, `keep=0.5`) multiply the outputs by 0.5 at test time.
+
+Not differences (the same function)
 * fc8 is one layer on GPU 0 reading both towers (layers-145.cfg:294-299) where this network
   has a half per tower: the same function (each half reads both towers' fc7 outputs), the same
   N(0, 0.01) initialisation, the same parameter count.

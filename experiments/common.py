@@ -217,13 +217,14 @@ def restore_params(workdir_or_checkpoint: str | Path) -> tuple[int, Any]:
 
 def run_config(workdir: str | Path) -> Any:
     """The ConfigDict a run was trained with (its workdir/config.json), on top of today's
-    configs/alexnet.py: a field added since the run has its default, and a field the code no
-    longer has is dropped with a note (the run's numbers do not depend on either: they are
-    speed switches or new options whose defaults keep the old behaviour)."""
+    configs/alexnet.py: a field added since the run has the value that computes what the code
+    did before the field existed (`workdir.ADDED_FIELDS`, e.g. dropout_scaling='inverted'), or
+    its default for a speed switch; a field the code no longer has is dropped with a note."""
     from configs import alexnet
 
     with open(Path(workdir) / "config.json") as f:
         saved = workdir_lib.flat_config(json.load(f))
+    saved = {**{k: v for k, v in workdir_lib.ADDED_FIELDS.items() if k not in saved}, **saved}
     config = alexnet.get_config()
     current = workdir_lib.flat_config(config)
     dropped = sorted(k for k in saved if k not in current)

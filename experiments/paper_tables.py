@@ -38,13 +38,13 @@ PAPER_ROWS = (
 # parameter file, as fractions there, in percent here. (table, set, run, top-1 %, top-5 %).
 _V12, _T10 = "ILSVRC-2012 val", "ILSVRC-2010 test"
 CODE_ROWS = (
-    ("2012 code", _V12, "#145, epoch 91 (layers/layer-params-145.cfg)", 40.66, 18.21),
-    ("2012 code", _V12, "#145 continued to epoch 135, multiview (same file)", 40.25, 17.99),
-    ("2012 code", _V12, "#147 non-overlapping pool, multiview (-147.cfg)", 41.06, 18.51),
-    ("2012 code", _V12, "#148 no normalization, multiview (-148.cfg)", 42.03, 19.36),
-    ("2012 code", _T10, "#145-2010, multiview (-145-2010.cfg)", 37.47, 17.00),
-    ("2012 code", _T10, "#145-2010, centre patch (same file)", 39.02, 18.30),
-    ("2012 code", _T10, "#145-half, one tower, multiview (-145-half.cfg)", 39.17, 18.23),
+    ("2012 code", _V12, "#145, epoch 91 (layers/layer-params-145.cfg:182)", 40.66, 18.21),
+    ("2012 code", _V12, "#145 continued to epoch 135, multiview (same file:203)", 40.25, 17.99),
+    ("2012 code", _V12, "#147 non-overlapping pool, multiview (-147.cfg:174)", 41.06, 18.51),
+    ("2012 code", _V12, "#148 no normalization, multiview (-148.cfg:148)", 42.03, 19.36),
+    ("2012 code", _T10, "#145-2010, multiview (-145-2010.cfg:178)", 37.47, 17.00),
+    ("2012 code", _T10, "#145-2010, centre patch (same file:180)", 39.02, 18.30),
+    ("2012 code", _T10, "#145-half, one tower, multiview (-145-half.cfg:100)", 39.17, 18.23),
 )
 
 

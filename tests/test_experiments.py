@@ -1,6 +1,7 @@
 """Each paper-reproduction script of experiments/ end to end in its quick mode (tiny budgets),
 so that they keep working as the training system changes."""
 
+import argparse
 import json
 
 import numpy as np
@@ -95,7 +96,7 @@ def test_paper_tables(digits_run, tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "| Table 2 | ILSVRC-2012 val | 1 CNN | 40.7 | 18.2 |" in text
     assert (
-        "| 2012 code | ILSVRC-2010 test | #145-2010, centre patch (same file) | 39.02 | 18.30 |"
+        "| 2012 code | ILSVRC-2010 test | #145-2010, centre patch (same file:180) | 39.02 | 18.30 |"
         in text
     )
 
@@ -167,6 +168,27 @@ def test_gpu_report_quick_runs_every_step(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["quick"] is True
 
 
+def test_paper_vs_code_scales_the_2012_epochs_to_the_budget():
+    from experiments import paper_vs_code
+
+    args = argparse.Namespace(dataset="digits", data_dir="", epochs=13, steps=-1, batch_size=32)
+    code = paper_vs_code.build("2012_code", args, seed=2)
+    f = 13 / 91
+    assert code.optimizer.manual_schedule == ((25 * f, 1e-3), (51 * f, 1e-4), (79 * f, 1e-5))
+    assert code.optimizer.layer_lr_multipliers == (
+        ("conv1/kernel", ((67 * f, 0.1),)), ("conv1", ((72 * f, 0.0),)),
+    )  # fmt: skip
+    assert code.augment.pca_color_end_epoch == pytest.approx(67 * f)
+    assert (code.seed, code.num_epochs, code.model.num_classes) == (2, 13, 10)
+    paper = paper_vs_code.build("paper", args, seed=2)
+    # The same data, budget and cadence; only what the two configs differ in differs.
+    assert paper.eval_every_steps == code.eval_every_steps == 35  # one epoch of 1,150 / 32
+    assert (paper.dataset, paper.train_split, paper.test_split) == (
+        code.dataset, code.train_split, code.test_split,
+    )  # fmt: skip
+    assert paper.optimizer.schedule == "plateau" and code.optimizer.schedule == "manual"
+
+
 def test_a_run_recorded_by_older_code_still_loads(tmp_path):
     from experiments import common
 
@@ -175,7 +197,11 @@ def test_a_run_recorded_by_older_code_still_loads(tmp_path):
     saved["model"]["conv1_matmul"] = True  # removed since
     saved["model"]["lrn"] = False  # the run's own value is kept
     saved["optimizer"]["step_epochs"] = [10, 20]
+    del saved["model"]["dropout_scaling"]  # added since, with another behaviour before it
+    del saved["model"]["within_map_after"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
     config = common.run_config(tmp_path)
     assert config.model.kernels == "auto" and "conv1_matmul" not in config.model
+    # A run from before dropout_scaling used inverted dropout: evaluated as it was trained.
+    assert config.model.dropout_scaling == "inverted" and config.model.within_map_after == ()
     assert config.model.lrn is False and config.optimizer.step_epochs == (10, 20)

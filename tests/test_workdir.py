@@ -100,3 +100,19 @@ def test_workdir_that_is_a_file_or_inside_one(tmp_path):
         with pytest.raises(workdir.WorkdirError, match="is a file, not a directory"):
             workdir.check_path(str(path))
     workdir.check_path(str(tmp_path / "new" / "run"))  # created later: fine
+
+
+def test_a_run_recorded_before_a_field_existed_resumes_at_the_old_behaviour(tmp_path):
+    from configs import alexnet
+
+    old = json.loads(alexnet.get_config().to_json_best_effort())
+    for key in workdir.ADDED_FIELDS:
+        section, field = key.split(".")
+        del old[section][field]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    new = alexnet.get_config()
+    new.model.dropout_scaling = "inverted"  # what every run before the field did
+    assert workdir.config_changes(new, str(tmp_path)) == ({}, {})
+    # Today's default (the paper's test-time scaling) is another function: refused.
+    allowed, refused = workdir.config_changes(alexnet.get_config(), str(tmp_path))
+    assert refused == {"model.dropout_scaling": ("<absent>", "test_time")} and allowed == {}
