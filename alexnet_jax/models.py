@@ -677,6 +677,17 @@ def _check_lrn_kind(kind: str) -> None:
         )
 
 
+def parameter_names(model_config) -> list[str]:
+    """'conv1/kernel', 'conv1/bias', ... of the network `model_config` names (not built)."""
+    if model_config.name == "alexnet":
+        layers = [layer.name for layer in ALEXNET_LAYERS]
+    elif model_config.name in CIFAR_NETS:
+        layers = [layer.name for layer in CIFAR_NETS[model_config.name]]
+    else:
+        raise ValueError(f"model.name must be one of {MODEL_NAMES}, got {model_config.name!r}.")
+    return [f"{layer}/{leaf}" for layer in layers for leaf in ("kernel", "bias")]
+
+
 def per_term_alpha(alpha: float, size: int, kind: str, convention: str) -> float:
     """The alpha multiplying the plain sum of squares, for `alpha` read in `convention`.
 

@@ -117,14 +117,7 @@ def scale_by_parameter_rates(
 
     def init(params):
         names = [_path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
-        for key, _ in multipliers:
-            if not any(_selects(key, n) for n in names):
-                layers = sorted({n.split("/")[0] for n in names})
-                raise ValueError(
-                    f"config.optimizer.layer_lr_multipliers names {key!r}, which selects no "
-                    f"parameter of this model; its layers are {layers} ('conv1' or "
-                    "'conv1/kernel', 'conv1/bias')."
-                )
+        check_multiplier_keys([key for key, _ in multipliers], names)
         return ParameterRatesState(count=jnp.zeros([], jnp.int32))
 
     def update(updates, state, params=None):
@@ -145,6 +138,19 @@ def scale_by_parameter_rates(
         return updates, ParameterRatesState(count=optax.safe_increment(count))
 
     return optax.GradientTransformation(init, update)
+
+
+def check_multiplier_keys(keys: Sequence[str], names: Sequence[str]) -> None:
+    """Raises ValueError for a `layer_lr_multipliers` key that selects none of the parameter
+    `names` ('conv1/kernel', ...)."""
+    for key in keys:
+        if not any(_selects(key, n) for n in names):
+            layers = sorted({n.split("/")[0] for n in names})
+            raise ValueError(
+                f"config.optimizer.layer_lr_multipliers names {key!r}, which selects no "
+                f"parameter of this model; its layers are {layers} ('conv1' or "
+                "'conv1/kernel', 'conv1/bias')."
+            )
 
 
 def _scale_by_rates(

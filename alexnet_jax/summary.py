@@ -159,7 +159,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (e.g. con
 def main(argv: list[str]) -> None:
     del argv
     config = _CONFIG.value
-    print(format_table(layer_table(config), title=describe(config)))
+    try:
+        table = format_table(layer_table(config), title=describe(config))
+    except ValueError as e:  # a config the network refuses: its one-line reason, no traceback
+        raise SystemExit(f"error: {e}") from None
+    print(table)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,12 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
         )
     problems += _split_problems(config)
     check(lambda: optim.create_optimizer(config.optimizer))
+    keys = [
+        entry[0]
+        for entry in config.optimizer.layer_lr_multipliers
+        if isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
+    ]
+    check(lambda: optim.check_multiplier_keys(keys, models.parameter_names(config.model)))
     check(lambda: augment.end_steps(config.augment, 1))
     if config.optimizer.schedule == "plateau":
         check(lambda: optim.Plateau(config.optimizer))

@@ -168,6 +168,22 @@ def test_gpu_report_quick_runs_every_step(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["quick"] is True
 
 
+def test_the_ablations_run_against_the_2012_code_and_no_lrn_removes_both_normalizations(tmp_path):
+    from alexnet_jax import summary
+
+    base = ablations.load_base("configs/alexnet_2012_code.py")
+    planned = ablations.plan(base, ["no_lrn", "no_overlap", "one_tower"], 1, tmp_path)
+    assert planned["no_lrn"]["overrides"] == {"model.lrn": False}
+    _, config, _ = planned["no_lrn"]["runs"][0]
+    assert config.optimizer.schedule == "manual"  # the base's recipe, not the paper's
+    layers = [r.layer for r in summary.layer_table(config)]
+    assert "lrn1" not in layers and "wnorm2" not in layers  # as run #148
+    code_layers = [r.layer for r in summary.layer_table(base)]
+    assert "lrn1" in code_layers and "wnorm2" in code_layers
+    _, pooled, _ = planned["no_overlap"]["runs"][0]
+    assert pooled.model.pool_window == 2 and pooled.model.within_map_after == ("conv2",)
+
+
 def test_paper_vs_code_scales_the_2012_epochs_to_the_budget():
     from experiments import paper_vs_code
 

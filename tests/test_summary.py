@@ -102,3 +102,25 @@ def test_the_2012_code_table_shows_its_normalizations_and_the_paper_count():
     assert sum(r.params for r in rows) == 60_965_224  # no layer with weights changes
     paper = [r.layer for r in summary.layer_table(_config())]
     assert "wnorm2" not in paper and "lrn1" in paper
+
+
+def test_a_config_the_network_refuses_is_one_line_and_a_non_zero_exit():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alexnet_jax.summary",
+            "--config=configs/alexnet.py",
+            "--config.model.lrn_before_relu=('conv9',)",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model.lrn_before_relu" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr

@@ -141,6 +141,15 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
         ({"mesh.tower": 3}, "mesh.tower"),
         ({"mesh.grad_sum": "tree"}, "mesh.grad_sum='tree' is not one of"),
         ({"optimizer.schedule": "exponential"}, "schedule"),
+        ({"optimizer.layer_lr_multipliers": (("conv9", 0.0),)}, "selects no parameter"),
+        (
+            {"optimizer.schedule": "manual", "optimizer.manual_schedule": ((5, 0.1), (2, 0.01))},
+            "manual_schedule",
+        ),
+        ({"augment.pca_color": False, "augment.pca_color_end_epoch": 3}, "is off"),
+        ({"model.lrn_before_relu": ("conv3",)}, "lrn_before_relu"),
+        ({"optimizer.bias_learning_rate": -3.0}, "bias_learning_rate"),
+        ({"model.dropout_scaling": "none"}, "dropout_scaling"),
     ],
 )
 def test_invalid_config_fails_before_anything_is_compiled(tmp_path, overrides, match):
