@@ -340,3 +340,39 @@ def test_the_training_step_freezes_a_layer_and_keeps_the_bias_rate():
         for leaf, value in leaves.items():
             frozen = name == "conv1" or leaf == "bias"  # multiplier 0; bias rate 0
             assert np.array_equal(value, initial[name][leaf]) == frozen, (name, leaf)
+
+
+@pytest.mark.slow
+def test_the_2012_code_config_trains_and_evaluates(tmp_path):
+    from configs import alexnet_2012_code
+
+    config = alexnet_2012_code.get_config()
+    small = _synthetic_alexnet(num_train_steps=3)
+    for key in (
+        "dataset",
+        "synthetic_examples",
+        "synthetic_classes",
+        "resize_size",
+        "image_size",
+        "batch_size",
+        "num_train_steps",
+        "num_workers",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "eval_ten_crop",
+        "progress_bar",
+    ):
+        config[key] = small[key]  # fmt: skip
+    config.model.num_classes, config.mesh.tower, config.mesh.data = 10, 1, 1
+    # 4 steps per epoch of 16 examples: the manual drop at epoch 0.5 is step 2.
+    config.optimizer.manual_schedule = ((0.5, 1e-3),)
+    config.optimizer.layer_lr_multipliers = (("conv1", 0.0),)
+    result = train.train_and_evaluate(config, str(tmp_path))
+    assert 0.0 <= result["eval_top1_error"] <= 1.0
+    rates = [e["learning_rate"] for e in metrics.read_metrics(str(tmp_path)) if "train_loss" in e]
+    assert rates == pytest.approx([0.01, 0.01, 1e-3])
+    _, params = _restored_params(tmp_path)
+    initial = jax.tree.map(np.asarray, train.single_device_step(config)[1].params)
+    np.testing.assert_array_equal(params["conv1"]["kernel"], initial["conv1"]["kernel"])
+    assert not np.array_equal(params["conv2"]["kernel"], initial["conv2"]["kernel"])
