@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-MEAN_MODES = ("image", "channel", "none")
+MEAN_MODES = ("image", "channel", "fixed", "none")
 
 # Images are converted to float64 at most this many at a time in `compute_data_stats`, which
 # bounds host memory (64 x 256 x 256 x 3 x 8 bytes = 100 MB) whatever the caller's chunk size,
@@ -179,20 +179,44 @@ def _check_images(images: jax.Array, size: int | None = None) -> None:
             )
 
 
+def _rgb(values: Any, field: str) -> tuple[float, float, float]:
+    """Three floats (R, G, B), or a ValueError naming `field`."""
+    values = tuple(values)
+    if len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+        raise ValueError(
+            f"{field} must be three numbers (R, G, B) in 0..255 units, got {values!r}."
+        )
+    return tuple(float(v) for v in values)
+
+
+def divide_std(x: jax.Array, std: Any) -> jax.Array:
+    """x divided by the per-channel RGB `std` (`augment.std_rgb`); (1, 1, 1) returns x itself."""
+    std = _rgb(std, "augment.std_rgb")
+    if not all(v > 0 for v in std):
+        raise ValueError(f"augment.std_rgb must be positive, got {std}.")
+    if std == (1.0, 1.0, 1.0):
+        return x
+    return x / jnp.asarray(std, jnp.float32)
+
+
 def _require_stats(stats: DataStats | None, what: str) -> DataStats:
     if stats is None:
         raise ValueError(f"{what} needs DataStats, got None")
     return stats
 
 
-def subtract_mean(images_u8: jax.Array, stats: DataStats | None, mode: str) -> jax.Array:
+def subtract_mean(
+    images_u8: jax.Array, stats: DataStats | None, mode: str, fixed: Any = (0.0, 0.0, 0.0)
+) -> jax.Array:
     """Centres the raw pixel values (§2: "subtract the mean activity over the training set").
 
     Args:
       images_u8: (B, H, W, C) images, uint8 or float, in 0..255.
       stats: the training-set statistics (may be None for mode 'none').
       mode: 'image' subtracts the per-pixel mean image (the paper); 'channel' subtracts one
-        mean per RGB channel (the mean image averaged over H and W); 'none' only casts.
+        mean per RGB channel (the mean image averaged over H and W); 'fixed' subtracts the
+        given per-channel RGB values (`fixed`; no statistics needed); 'none' only casts.
+      fixed: the RGB values 'fixed' subtracts, in 0..255 units.
 
     Returns:
       float32 images of the same shape.
@@ -206,6 +230,8 @@ def subtract_mean(images_u8: jax.Array, stats: DataStats | None, mode: str) -> j
         return x
     if mode not in MEAN_MODES:
         raise ValueError(f"unknown mean mode {mode!r}; expected one of {MEAN_MODES}")
+    if mode == "fixed":
+        return x - jnp.asarray(_rgb(fixed, "augment.mean_rgb"), jnp.float32)
     mean_image = jnp.asarray(_require_stats(stats, f"mean mode {mode!r}").mean_image, jnp.float32)
     if mode == "channel":
         return x - mean_image.mean(axis=(0, 1))
@@ -335,6 +361,21 @@ def ten_crops(images: jax.Array, size: int) -> jax.Array:
 END_EPOCH_FIELDS = ("random_crop", "flip", "pca_color")
 
 
+def check_augment_config(cfg: Any) -> None:
+    """Raises one ValueError for the first setting of `config.augment` that cannot be used or
+    would be ignored (mean_rgb without mean='fixed', a non-positive std, a bad end epoch)."""
+    if cfg.mean not in MEAN_MODES:
+        raise ValueError(f"augment.mean must be one of {MEAN_MODES}, got {cfg.mean!r}.")
+    mean_rgb = _rgb(cfg.mean_rgb, "augment.mean_rgb")
+    if cfg.mean != "fixed" and mean_rgb != (0.0, 0.0, 0.0):
+        raise ValueError(
+            f"augment.mean_rgb={mean_rgb} is subtracted only with augment.mean='fixed' (got "
+            f"{cfg.mean!r}); set augment.mean='fixed' or leave mean_rgb at (0, 0, 0)."
+        )
+    divide_std(jnp.zeros((1, 1, 1, 3)), cfg.std_rgb)
+    end_steps(cfg, 1)
+
+
 def end_steps(cfg: Any, steps_per_epoch: int | None) -> dict[str, int]:
     """{augmentation: first step without it} for the augmentations `cfg` stops at an epoch.
 
@@ -409,7 +450,7 @@ def train_views(
         return jnp.where(jnp.asarray(step) < ends[name], augmented, plain)
 
     # Mean before crop == crop(x - mean) with the same offset for image and mean (§2).
-    x = subtract_mean(images_u8, stats, cfg.mean)
+    x = subtract_mean(images_u8, stats, cfg.mean, cfg.mean_rgb)
     if cfg.random_crop:
         x = until_end("random_crop", random_crop(crop_key, x, size), center_crop(x, size))
     else:
@@ -418,7 +459,7 @@ def train_views(
         x = until_end("flip", random_flip(flip_key, x), x)
     if cfg.pca_color:
         x = until_end("pca_color", pca_color(color_key, x, stats, cfg.pca_std), x)
-    return x
+    return divide_std(x, cfg.std_rgb)
 
 
 def eval_views(
@@ -429,7 +470,7 @@ def eval_views(
     Args:
       images_u8: (B, S, S, 3) uint8 images, S >= size.
       stats: the training-set statistics (may be None if cfg.mean is 'none').
-      cfg: the augment config; only cfg.mean is used.
+      cfg: the augment config; only cfg.mean, cfg.mean_rgb and cfg.std_rgb are used.
       size: the patch side (static).
       ten_crop: True for the ten patches whose softmax the caller averages, False for the
         centre patch only.
@@ -437,5 +478,5 @@ def eval_views(
     Returns:
       float32 (B, 10, size, size, 3) if ten_crop else (B, size, size, 3).
     """
-    x = subtract_mean(images_u8, stats, cfg.mean)
+    x = divide_std(subtract_mean(images_u8, stats, cfg.mean, cfg.mean_rgb), cfg.std_rgb)
     return ten_crops(x, size) if ten_crop else center_crop(x, size)

@@ -45,6 +45,7 @@ LRN_KINDS = ("cross_map", "within_map")
 # is divided by the number of terms in the window first: size across maps, size^2 within a map.
 ALPHA_CONVENTIONS = ("per_term", "divided_by_n")
 DROPOUT_SCALINGS = ("test_time", "inverted")
+DROPOUT_PLACES = ("outputs", "inputs")
 # The layers the paper normalizes (§3.3), the only ones the normalization switches may name.
 NORMALIZED_LAYERS = ("conv1", "conv2")
 
@@ -86,6 +87,14 @@ _CAFFE_BIAS = 0.1
 _CAFFE_FC_STD = {"fc6": 0.005, "fc7": 0.005}
 
 
+ONE_TOWER_KERNELS = ("half", "full", "owt")
+# The one-tower "OWT" AlexNet of Krizhevsky's "One weird trick" (2014), torchvision's alexnet.
+OWT_WIDTHS = {
+    "conv1": 64, "conv2": 192, "conv3": 384, "conv4": 256, "conv5": 256, "fc6": 4096,
+    "fc7": 4096,
+}  # fmt: skip
+
+
 def tower_widths(towers: int, num_classes: int, one_tower_kernels: str = "half") -> dict[str, int]:
     """Kernels per tower of every AlexNet layer.
 
@@ -96,22 +105,26 @@ def tower_widths(towers: int, num_classes: int, one_tower_kernels: str = "half")
         ceil(num_classes / towers) outputs and the extra logits are dropped.
       one_tower_kernels: for towers=1 only: 'half' is the paper's one-GPU comparison net (§3.2
         footnote 2: half the kernels of conv1-conv4, conv5 and the fc layers unchanged);
-        'full' is the ungrouped net with the two-tower widths (62,378,344 parameters).
+        'full' is the ungrouped net with the two-tower widths (62,378,344 parameters);
+        'owt' is torchvision's one-tower net (64-192-384-256-256 kernels, 61,100,840 parameters).
 
     Returns:
       Layer name -> kernels (output features) per tower.
     """
     if towers < 1:
         raise ValueError(f"model.towers must be >= 1, got {towers}.")
-    if one_tower_kernels not in ("half", "full"):
+    if one_tower_kernels not in ONE_TOWER_KERNELS:
         raise ValueError(
-            f"model.one_tower_kernels must be 'half' or 'full', got {one_tower_kernels!r}."
+            f"model.one_tower_kernels must be one of {ONE_TOWER_KERNELS}, got "
+            f"{one_tower_kernels!r}."
         )
     widths = {}
     for layer in ALEXNET_LAYERS:
         total = layer.features or num_classes
         if layer.name == "fc8":
             widths[layer.name] = -(-num_classes // towers)
+        elif towers == 1 and one_tower_kernels == "owt":
+            widths[layer.name] = OWT_WIDTHS[layer.name]
         elif towers == 1:
             halve = one_tower_kernels == "half" and layer.name in (
                 "conv1",
@@ -141,11 +154,27 @@ def conv1_padding(image_size: int) -> int:
     return (out - 1) * 4 + 11 - image_size
 
 
-def spatial_sizes(image_size: int, pool_window: int = 3) -> dict[str, int]:
-    """Height (= width) of each AlexNet stage's output for a square input (paper rounding)."""
+def conv1_pads(image_size: int, padding: int = -1) -> tuple[int, int]:
+    """(before, after) zero rows/columns of conv1's input: `padding` = -1 is cuda-convnet2's
+    rounding (none before, `conv1_padding(image_size)` after), N >= 0 is N on every side
+    (torchvision's AlexNet: 2)."""
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < -1:
+        raise ValueError(
+            f"model.conv1_padding must be -1 (cuda-convnet2's rounding, the paper's 55x55 from "
+            f"224) or a number of zeros >= 0 on every side (torchvision: 2), got {padding!r}."
+        )
+    if padding == -1:
+        return 0, conv1_padding(image_size)
+    return padding, padding
+
+
+def spatial_sizes(image_size: int, pool_window: int = 3, padding: int = -1) -> dict[str, int]:
+    """Height (= width) of each AlexNet stage's output for a square input; `padding` as in
+    `conv1_pads` (the default is the paper's rounding)."""
     if image_size < 11:
         raise ValueError(f"image_size={image_size} is smaller than conv1's 11x11 kernel.")
-    sizes = {"conv1": -(-(image_size - 11) // 4) + 1}
+    before, after = conv1_pads(image_size, padding)
+    sizes = {"conv1": (image_size + before + after - 11) // 4 + 1}
 
     def pool(n: int) -> int:
         return (n - pool_window) // 2 + 1
@@ -158,19 +187,20 @@ def spatial_sizes(image_size: int, pool_window: int = 3) -> dict[str, int]:
     return sizes
 
 
-def check_image_size(image_size: int, pool_window: int = 3) -> None:
-    """Raises ValueError unless `image_size` reaches the 6x6x256 = 9216 inputs of fc6 (§3.5)."""
+def check_image_size(image_size: int, pool_window: int = 3, padding: int = -1) -> None:
+    """Raises ValueError unless `image_size` reaches the 6x6 maps fc6 reads (§3.5)."""
     if pool_window not in (2, 3):
         raise ValueError(
             f"model.pool_window must be 3 (overlapping, the paper) or 2 (non-overlapping), "
             f"got {pool_window}."
         )
-    ok = [s for s in range(63, 400) if spatial_sizes(s, pool_window)["pool5"] == 6]
-    if image_size < 11 or spatial_sizes(image_size, pool_window)["pool5"] != 6:
+    conv1_pads(image_size, padding)
+    ok = [s for s in range(63, 400) if spatial_sizes(s, pool_window, padding)["pool5"] == 6]
+    if image_size < 11 or spatial_sizes(image_size, pool_window, padding)["pool5"] != 6:
         raise ValueError(
-            f"image_size={image_size} does not give the 6x6 maps fc6 expects (9216 inputs); "
-            f"with pool_window={pool_window} AlexNet takes image sizes {ok[0]}-{ok[-1]} "
-            "(the paper: 224, Caffe: 227)."
+            f"image_size={image_size} does not give the 6x6 maps fc6 expects; with "
+            f"pool_window={pool_window} and conv1_padding={padding} AlexNet takes image sizes "
+            f"{ok[0]}-{ok[-1]} (the paper: 224, Caffe: 227)."
         )
 
 
@@ -238,6 +268,11 @@ class AlexNet(nn.Module):
         within-map normalization (cuda-convnet's rnorm; the released code's cnorm2 after conv2),
         with the constants within_map_size, within_map_alpha (per term), within_map_beta,
         within_map_k. `lrn=False` removes it too, as the released no-normalization run #148 did.
+      lrn_across_towers: the cross-map window runs over every tower's maps (Caffe's
+        bvlc_alexnet, whose groups share one LRN layer) instead of each tower's own (§3.2).
+      dropout_on: 'outputs' of fc6 and fc7 (§4.2) or their 'inputs' (pool5's and fc6's
+        outputs, torchvision's placement; one tower only).
+      conv1_padding: -1 (cuda-convnet2's rounding) or zeros on every side (`conv1_pads`).
       init_std: (layer, std) pairs replacing the weight std of `weight_init` for those layers
         (the released code's initW: 0.03 for conv3-conv5).
       pool_window: 3 (overlapping pooling, §3.4) or 2; the stride is 2 either way.
@@ -276,6 +311,7 @@ class AlexNet(nn.Module):
     lrn_beta: float = 0.75
     lrn_k: float = 2.0
     lrn_before_relu: tuple[str, ...] = ()
+    lrn_across_towers: bool = False
     within_map_after: tuple[str, ...] = ()
     within_map_size: int = 5
     within_map_alpha: float = 4e-5
@@ -285,6 +321,8 @@ class AlexNet(nn.Module):
     pool_window: int = 3
     dropout_rate: float = 0.5
     dropout_scaling: str = "test_time"
+    dropout_on: str = "outputs"
+    conv1_padding: int = -1
     weight_init: str = "paper"
     grouped_conv: bool = False
     kernels: str = "auto"
@@ -360,21 +398,25 @@ class AlexNet(nn.Module):
         """
         _check_init(self.weight_init)
         _check_compute_dtype(self.compute_dtype)
-        check_image_size(images.shape[1], self.pool_window)
+        check_image_size(images.shape[1], self.pool_window, self.conv1_padding)
         act = _activation(self.activation)
         widths = tower_widths(self.towers, self.num_classes, self.one_tower_kernels)
         local, tower0 = self._local_towers()
         kernels = resolve_kernels(self.kernels)
         init_std = dict(self.init_std)
 
-        pad = conv1_padding(images.shape[1])
-        x = jnp.pad(images, ((0, 0), (0, pad), (0, pad), (0, 0))) if pad else images
+        before, after = conv1_pads(images.shape[1], self.conv1_padding)
+        pads = ((0, 0), (before, after), (before, after), (0, 0))
+        x = jnp.pad(images, pads) if before or after else images
         for layer in ALEXNET_LAYERS:
             width = widths[layer.name]
             if layer.sees == "both" and layer.name != "conv1":
                 x = self._all_towers(x)
             if not layer.is_conv:
                 x = x.reshape(x.shape[0], -1)
+                if layer.dropout and self.dropout_on == "inputs":  # torchvision's placement
+                    x = self._dropout(x, local, tower0, train)
+                    self.sow("intermediates", f"{layer.name}_in", x)
             x = _TowerLayer(
                 layer,
                 width,
@@ -392,11 +434,11 @@ class AlexNet(nn.Module):
             normalize = layer.lrn and self.lrn
             before = normalize and layer.name in self.lrn_before_relu
             if before:
-                x = self._normalizations(x, layer.name, local)
+                x = self._normalizations(x, layer.name, local, tower0)
             x = act(x)
             if normalize and not before:
-                x = self._normalizations(x, layer.name, local)
-            if layer.dropout:
+                x = self._normalizations(x, layer.name, local, tower0)
+            if layer.dropout and self.dropout_on == "outputs":
                 x = self._dropout(x, local, tower0, train)
             self.sow("intermediates", f"{layer.name}_out", x)
             if layer.pool:
@@ -409,13 +451,20 @@ class AlexNet(nn.Module):
         self.sow("intermediates", "logits", logits)
         return logits
 
-    def _normalizations(self, x: Array, name: str, local: int) -> Array:
+    def _normalizations(self, x: Array, name: str, local: int, tower0: Array | int) -> Array:
         """The LRN of layer `name` (§3.3) and, if `within_map_after` names it, the within-map
         normalization after it; each is sown for the summary's table."""
-        x = tower_norm(
-            x, local, self.lrn_kind, size=self.lrn_size, alpha=self.lrn_alpha,
-            beta=self.lrn_beta, k=self.lrn_k,
-        )  # fmt: skip
+        constants = dict(size=self.lrn_size, alpha=self.lrn_alpha, beta=self.lrn_beta, k=self.lrn_k)
+        if self.lrn_across_towers and self.lrn_kind == "cross_map":
+            # Caffe's LRN: one window over every tower's maps (its groups share the layer).
+            per = x.shape[-1] // local
+            everything = local_response_norm(self._all_towers(x), **constants)
+            if self.tower_axis is None:
+                x = everything
+            else:
+                x = jax.lax.dynamic_slice_in_dim(everything, tower0 * per, local * per, axis=-1)
+        else:
+            x = tower_norm(x, local, self.lrn_kind, **constants)
         self.sow("intermediates", f"lrn{name[-1]}_out", x)
         if name in self.within_map_after:
             x = within_map_norm(
@@ -661,6 +710,9 @@ _ALEXNET_ONLY = {
     "within_map_k": 1.0,
     "init_std": (),
     "dropout_scaling": "test_time",
+    "dropout_on": "outputs",
+    "conv1_padding": -1,
+    "lrn_across_towers": False,
     "one_tower_kernels": "half",
     "pool_window": 3,
     "grouped_conv": False,
@@ -811,7 +863,25 @@ def create_model(
             raise ValueError(
                 f"model.within_map_size must be a positive integer, got {m.within_map_size!r}."
             )
+        if m.dropout_on not in DROPOUT_PLACES:
+            raise ValueError(
+                f"model.dropout_on must be one of {DROPOUT_PLACES}, got {m.dropout_on!r}: "
+                "'outputs' of fc6 and fc7 (§4.2) or their 'inputs' (torchvision)."
+            )
+        if m.dropout_on == "inputs" and m.towers != 1:
+            raise ValueError(
+                f"model.dropout_on='inputs' (torchvision's placement) needs model.towers=1, got "
+                f"{m.towers}; the two-tower net drops the outputs of fc6 and fc7 (§4.2)."
+            )
+        conv1_pads(224, m.conv1_padding)
+        if not isinstance(m.lrn_across_towers, bool):
+            raise ValueError(
+                f"model.lrn_across_towers must be True or False, got {m.lrn_across_towers!r}."
+            )
         return AlexNet(
+            lrn_across_towers=m.lrn_across_towers,
+            dropout_on=m.dropout_on,
+            conv1_padding=m.conv1_padding,
             lrn_before_relu=tuple(m.lrn_before_relu),
             within_map_after=tuple(m.within_map_after),
             within_map_size=m.within_map_size,

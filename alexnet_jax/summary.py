@@ -142,13 +142,16 @@ def describe(config: Any) -> str:
     if name == "alexnet" and m.towers == 1:
         what += f" ({m.get('one_tower_kernels', 'half')} kernels)"
     if name == "alexnet":
-        pad = models.conv1_padding(config.image_size)
-        rule = (
-            f"conv1 output rounded up as in cuda-convnet2 ({pad} zero pixels past the "
-            "bottom/right edge)"
-            if pad
-            else "no padding needed"
-        )
+        before, after = models.conv1_pads(config.image_size, m.conv1_padding)
+        if m.conv1_padding == -1:
+            rule = (
+                f"conv1 output rounded up as in cuda-convnet2 ({after} zero pixels past the "
+                "bottom/right edge)"
+                if after
+                else "no padding needed"
+            )
+        else:
+            rule = f"conv1 input padded with {before} zero pixels on every side"
         what += f"; input {config.image_size}x{config.image_size}, {rule}"
     return what
 

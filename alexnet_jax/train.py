@@ -83,7 +83,8 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
 
     check(lambda: models.create_model(config.model))
     if config.model.name == "alexnet":
-        check(lambda: models.check_image_size(config.image_size, config.model.pool_window))
+        m = config.model
+        check(lambda: models.check_image_size(config.image_size, m.pool_window, m.conv1_padding))
     if config.image_size > config.resize_size:
         problems.append(
             f"image_size={config.image_size} is larger than resize_size={config.resize_size}: "
@@ -113,7 +114,7 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
         if isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
     ]
     check(lambda: optim.check_multiplier_keys(keys, models.parameter_names(config.model)))
-    check(lambda: augment.end_steps(config.augment, 1))
+    check(lambda: augment.check_augment_config(config.augment))
     if config.optimizer.schedule == "plateau":
         check(lambda: optim.Plateau(config.optimizer))
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "batch_size"):

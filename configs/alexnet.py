@@ -16,7 +16,8 @@ def get_model_config() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.name = "alexnet"  # 'alexnet' | 'cifar_fig1' (§3.1 Figure 1) | 'cifar_lrn' (§3.3).
     m.towers = 2  # 2: the two-GPU net (§3.2); 1: the one-GPU comparison net.
-    m.one_tower_kernels = "half"  # towers=1 only: 'half' (paper footnote 2) | 'full' (ungrouped).
+    # towers=1 only: 'half' (paper footnote 2) | 'full' (ungrouped) | 'owt' (torchvision's widths).
+    m.one_tower_kernels = "half"
     m.activation = "relu"  # Any jax.nn activation by name; 'tanh' for Figure 1.
     m.lrn = True  # Local response normalization after conv1 and conv2 (§3.3).
     m.lrn_kind = "cross_map"  # 'cross_map' (§3.3, across channels) | 'within_map' (spatial).
@@ -28,6 +29,7 @@ def get_model_config() -> ml_collections.ConfigDict:
     m.lrn_beta = 0.75  # beta.
     m.lrn_k = 2.0  # k.
     m.lrn_before_relu = ()  # Layers normalized before their ReLU (2012 code: ('conv1',)).
+    m.lrn_across_towers = False  # One LRN window over both towers' maps (Caffe) | per tower.
     # Layers whose LRN is followed by a within-map normalization (2012 code: ('conv2',)), and its
     # constants (alpha in lrn_alpha_convention; the default is the 2012 code's per-term 4e-5).
     m.within_map_after = ()
@@ -40,6 +42,10 @@ def get_model_config() -> ml_collections.ConfigDict:
     # 'test_time': outputs x (1 - rate) at test (§4.2, the 2012 code) | 'inverted': kept units
     # / (1 - rate) in training (PyTorch, Flax).
     m.dropout_scaling = "test_time"
+    m.dropout_on = "outputs"  # 'outputs' of fc6, fc7 (§4.2) | 'inputs' (torchvision; 1 tower).
+    # -1: cuda-convnet2's rounding (224 -> 55 with 3 zeros past the bottom/right) | N zeros on
+    # every side of conv1's input (torchvision: 2).
+    m.conv1_padding = -1
     m.num_classes = 1000  # Outputs of fc8.
     m.init = "paper"  # 'paper' (§5) | 'caffe' (bias 0.1, fc6/7 std 0.005) | 'lecun'.
     m.init_std = ()  # (layer, std) pairs replacing init's weight std (2012 code: conv3-5 0.03).
@@ -54,7 +60,9 @@ def get_model_config() -> ml_collections.ConfigDict:
 def get_augment_config() -> ml_collections.ConfigDict:
     """The paper's augmentation settings (§2, §4.1); ablation configs switch single fields."""
     cfg = ml_collections.ConfigDict()
-    cfg.mean = "image"  # 'image' per-pixel mean image (§2) | 'channel' | 'none'.
+    cfg.mean = "image"  # 'image' per-pixel mean image (§2) | 'channel' | 'fixed' | 'none'.
+    cfg.mean_rgb = (0.0, 0.0, 0.0)  # 'fixed': the RGB values subtracted, 0..255 units.
+    cfg.std_rgb = (1.0, 1.0, 1.0)  # Per-channel divisor after the mean (torchvision's std x 255).
     cfg.random_crop = True  # Random patches of the S x S image (§4.1); False = centre patch.
     cfg.flip = True  # Left-right mirror with probability 1/2 (§4.1).
     cfg.pca_color = True  # PCA colour noise, one RGB shift per image (§4.1).

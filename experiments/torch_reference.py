@@ -54,10 +54,15 @@ def torch_alexnet(model_config: Any, image_size: int) -> torch.nn.Module:
     m = model_config
     if m.name != "alexnet" or m.activation != "relu":
         raise ValueError("torch_alexnet builds the paper's AlexNet (name 'alexnet', ReLU) only.")
-    if m.lrn_before_relu or m.within_map_after:
+    if (
+        m.lrn_before_relu or m.within_map_after or m.lrn_across_towers
+        or m.dropout_on != "outputs" or m.conv1_padding != -1
+    ):  # fmt: skip
         raise ValueError(
-            "torch_alexnet normalizes after the ReLU and has no within-map normalization; "
-            "set model.lrn_before_relu=() and model.within_map_after=()."
+            "torch_alexnet builds the paper's structure: LRN per tower after the ReLU, dropout on "
+            "fc6/fc7 outputs, cuda-convnet2's conv1 rounding; set lrn_before_relu=(), "
+            "within_map_after=(), lrn_across_towers=False, dropout_on='outputs', "
+            "conv1_padding=-1."
         )
     towers = m.towers
     widths = models.tower_widths(towers, m.num_classes, m.one_tower_kernels)

@@ -359,6 +359,72 @@ def check_one_tower_kernels(network):
     ]  # fmt: skip
     want = norm_ref(_alexnet_conv2(params, inter), mc)
     assert_switch(inter["conv2_out"], want, None)
+    # torchvision's one-tower widths (Krizhevsky's "one weird trick" net).
+    mc, params, inter, _ = run(network, one_tower_kernels="owt", lrn=False)
+    widths = [params[k]["kernel"].shape[-1] for k in ("conv1", "conv2", "conv3", "conv4", "conv5")]
+    assert widths == [64, 192, 384, 256, 256]
+    assert params["fc6"]["kernel"].shape == (1, 6 * 6 * 256, 4096)
+    assert sum(v.size for v in jax.tree.leaves(params)) == 61_100_840  # torchvision's count
+    assert rel(inter["conv2_out"], _alexnet_conv2(params, inter)) < 1e-5
+
+
+def check_lrn_across_towers(network):
+    if not _is_alexnet(network):
+        return refused(network, "lrn_across_towers", True)
+    mc, params, inter, _ = run(network, lrn_across_towers=True)
+    a = _alexnet_conv1(params, inter)
+    # One window over all 96 maps (Caffe's groups share the LRN layer), not each tower's 48.
+    across, per_tower = norm_ref(a, mc, groups=1), norm_ref(a, mc, groups=_towers(network))
+    assert_switch(inter["conv1_out"], across, per_tower if network == "alexnet" else None)
+    a2 = _alexnet_conv2(params, inter)
+    assert rel(inter["conv2_out"], norm_ref(a2, mc, groups=1)) < 1e-5
+
+
+def check_conv1_padding(network):
+    if not _is_alexnet(network):
+        return refused(network, "conv1_padding", 2)
+    mc, params, inter, _ = run(network, conv1_padding=2)
+    kernel, bias = params["conv1"]["kernel"], params["conv1"]["bias"]
+    groups = _towers(network)
+    # torchvision: 2 zeros on every side, (224 + 4 - 11) // 4 + 1 = 55 like the paper's rounding.
+    sym = norm_ref(
+        np.maximum(tower_conv_ref(inter["input"], kernel, bias, "both", 4, (2, 2)), 0), mc, groups
+    )
+    paper = norm_ref(
+        np.maximum(tower_conv_ref(inter["input"], kernel, bias, "both", 4, _CONV1_PAD), 0),
+        mc,
+        groups,
+    )
+    assert_switch(inter["conv1_out"], sym, paper)
+    for bad in (-2, -5):
+        with pytest.raises(ValueError, match="model.conv1_padding"):
+            models.create_model(net_config(network, conv1_padding=bad).model)
+
+
+def check_dropout_on(network):
+    if network != "alexnet_1tower":  # torchvision's placement: one tower only
+        if _is_alexnet(network):
+            with pytest.raises(ValueError, match="model.dropout_on"):
+                models.create_model(net_config(network, dropout_on="inputs").model)
+            return None
+        return refused(network, "dropout_on", "inputs")
+    _, params, inter, _ = run(network, train=True, dropout_on="inputs")
+    pool5 = inter["pool5_out"].reshape(2, -1)
+    fc6_in = inter["fc6_in"]
+    dropped = (fc6_in == 0) & (pool5 != 0)
+    np.testing.assert_allclose(np.where(dropped, pool5, fc6_in), pool5, rtol=1e-6, atol=1e-6)
+    assert 0.4 < dropped[pool5 != 0].mean() < 0.6  # rate 0.5 on fc6's inputs
+    fc6 = np.maximum(tower_fc_ref(fc6_in, params["fc6"]["kernel"], params["fc6"]["bias"]), 0)
+    assert_switch(
+        inter["fc6_out"],
+        fc6,
+        np.maximum(tower_fc_ref(pool5, params["fc6"]["kernel"], params["fc6"]["bias"]), 0),
+    )
+    # fc7's input is fc6's output dropped; fc7's own output is not dropped.
+    fc7_in = inter["fc7_in"]
+    assert 0.4 < ((fc7_in == 0) & (fc6 != 0))[fc6 != 0].mean() < 0.6
+    fc7 = np.maximum(tower_fc_ref(fc7_in, params["fc7"]["kernel"], params["fc7"]["bias"]), 0)
+    assert rel(inter["fc7_out"], fc7) < 1e-5
 
 
 def check_activation(network):
@@ -727,6 +793,9 @@ MODEL_CHECKS = {
     "pool_window": check_pool_window,
     "dropout_rate": check_dropout_rate,
     "dropout_scaling": check_dropout_scaling,
+    "dropout_on": check_dropout_on,
+    "conv1_padding": check_conv1_padding,
+    "lrn_across_towers": check_lrn_across_towers,
     "num_classes": check_num_classes,
     "init": check_init,
     "grouped_conv": check_grouped_conv,
@@ -765,9 +834,11 @@ def check_mean():
     for mode, subtract in (
         ("image", mean),
         ("channel", mean.mean(axis=(0, 1))),
+        ("fixed", np.array([10.0, 20.0, 30.0])),
         ("none", 0.0),
     ):
-        images, out, _ = _augment(mean=mode)
+        fixed = dict(mean_rgb=(10.0, 20.0, 30.0)) if mode == "fixed" else {}
+        images, out, _ = _augment(mean=mode, **fixed)
         want = _centre(images - subtract)
         assert rel(out, want) < 1e-6, mode
         if mode != "image":
@@ -867,7 +938,41 @@ def check_pca_color_end_epoch():
     _check_end_epoch("pca_color", mean="none")
 
 
+def check_mean_rgb():
+    images, out, _ = _augment(mean="fixed", mean_rgb=(123.68, 116.78, 103.94))
+    want = _centre(images - np.array([123.68, 116.78, 103.94]))
+    assert_switch(out, want, _centre(images), tol=1e-6)
+    eval_out = augment.eval_views(
+        images.astype(np.uint8), None, _augment_cfg(mean="fixed", mean_rgb=(1.0, 2.0, 3.0)),
+        _CROP, ten_crop=False,
+    )  # fmt: skip
+    assert rel(eval_out, _centre(images - np.array([1.0, 2.0, 3.0]))) < 1e-6
+    with pytest.raises(ValueError, match="augment.mean_rgb"):  # ignored without 'fixed'
+        augment.check_augment_config(_augment_cfg(mean="image", mean_rgb=(1.0, 2.0, 3.0)))
+
+
+def check_std_rgb():
+    std = np.array([58.395, 57.12, 57.375])  # torchvision's std x 255
+    mean = np.array([123.675, 116.28, 103.53])
+    cfg = dict(mean="fixed", mean_rgb=tuple(mean), std_rgb=tuple(std))
+    images, out, _ = _augment(**cfg)
+    assert_switch(out, _centre((images - mean) / std), _centre(images - mean), tol=1e-6)
+    eval_out = augment.eval_views(images.astype(np.uint8), None, _augment_cfg(**cfg), _CROP, True)
+    ten = np.asarray(eval_out, np.float64)
+    assert rel(ten[:, 4], _centre((images - mean) / std)) < 1e-6  # the centre patch
+    with pytest.raises(ValueError, match="augment.std_rgb"):
+        augment.check_augment_config(_augment_cfg(std_rgb=(1.0, 0.0, 1.0)))
+
+
+def _augment_cfg(**switch):
+    cfg = alexnet_config.get_augment_config()
+    cfg.update(switch)
+    return cfg
+
+
 AUGMENT_CHECKS = {
+    "mean_rgb": check_mean_rgb,
+    "std_rgb": check_std_rgb,
     "random_crop_end_epoch": check_random_crop_end_epoch,
     "flip_end_epoch": check_flip_end_epoch,
     "pca_color_end_epoch": check_pca_color_end_epoch,
