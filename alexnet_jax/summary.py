@@ -85,6 +85,8 @@ def _norm_rows(m: Any, name: str, outputs: dict[str, tuple[int, ...]]) -> list[R
         size = m.lrn_size if m.lrn_kind == "cross_map" else f"{m.lrn_size}x{m.lrn_size}"
         desc = f"{kind} {size}, a={models.lrn_alpha(m):.3g} k={m.lrn_k:g} b={m.lrn_beta:g}"
         towers = "per tower" if m.lrn_kind == "cross_map" else "per map"
+        if m.lrn_kind == "cross_map" and m.lrn_across_towers:
+            towers = "all towers"
         rows.append(Row(lrn, towers, desc + where, outputs[lrn], 0, 0))
     wnorm = f"wnorm{name[-1]}"
     if wnorm in outputs:
