@@ -29,9 +29,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 CORRUPT_SUFFIX = ".corrupt"
@@ -368,3 +370,39 @@ def abstract_like(tree: Any) -> Any:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
         tree,
     )
+
+
+def restore_params(workdir_or_checkpoint: str) -> tuple[int, Any]:
+    """(step, params as NumPy) of a run's latest checkpoint, or of one checkpoint folder.
+
+    Accepts a workdir, its `checkpoints` folder, a step folder or its `state` folder. The
+    arrays come back as NumPy, so a checkpoint written by several processes (or on another
+    device count) restores on any machine without its shardings.
+
+    Raises:
+      NoReadableCheckpointError: when there is no checkpoint to read.
+    """
+    path = Path(workdir_or_checkpoint)
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if path.name == "checkpoints":
+        steps = [int(p.name) for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
+        if not steps:
+            raise NoReadableCheckpointError(
+                f"{workdir_or_checkpoint} has no checkpoint (no step folder in {path}); train it "
+                "first, or pass the folder of one checkpoint."
+            )
+        path = path / str(max(steps))
+    if (path / "state").is_dir():
+        path = path / "state"
+    if not path.is_dir():
+        raise NoReadableCheckpointError(
+            f"{workdir_or_checkpoint}: no checkpoint at {path} (give a run's workdir or one of "
+            "its checkpoints/<step> folders)."
+        )
+    step = int(path.parent.name) if path.parent.name.isdigit() else -1
+    with ocp.PyTreeCheckpointer() as ckptr:
+        tree = ckptr.metadata(path.resolve()).item_metadata.tree
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        state = ckptr.restore(path.resolve(), restore_args=args)
+    return step, jax.tree.map(np.asarray, state["params"])

@@ -18,8 +18,8 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
+from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import input_pipeline, metrics, sources, train
 from alexnet_jax import workdir as workdir_lib
 
@@ -196,23 +196,8 @@ def _batch_size(workdir: str | Path) -> int:
 
 
 def restore_params(workdir_or_checkpoint: str | Path) -> tuple[int, Any]:
-    """(step, params as NumPy) of a run's latest checkpoint, or of a checkpoint folder."""
-    path = Path(workdir_or_checkpoint)
-    if (path / "checkpoints").is_dir():
-        path = path / "checkpoints"
-    if path.name == "checkpoints":
-        step = max(int(p.name) for p in path.iterdir() if p.name.isdigit())
-        path = path / str(step)
-    if (path / "state").is_dir():
-        path = path / "state"
-    step = int(path.parent.name) if path.parent.name.isdigit() else -1
-    # As NumPy arrays: a checkpoint written by several processes (or another device count)
-    # restores on any machine without its shardings.
-    with ocp.PyTreeCheckpointer() as ckptr:
-        tree = ckptr.metadata(path.resolve()).item_metadata.tree
-        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        state = ckptr.restore(path.resolve(), restore_args=args)
-    return step, jax.tree.map(np.asarray, state["params"])
+    """(step, params as NumPy) of a run's latest checkpoint (`checkpoint.restore_params`)."""
+    return checkpoint_lib.restore_params(str(workdir_or_checkpoint))
 
 
 def run_config(workdir: str | Path) -> Any:

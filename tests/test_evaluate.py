@@ -1,0 +1,123 @@
+"""`python -m alexnet_jax.evaluate`: runs and weights files, ensembles, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alexnet_jax import evaluate, metrics, train, weights
+from configs import default as default_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(seed=0):
+    config = default_config.get_config()
+    config.update_from_flattened_dict(
+        {"num_train_steps": 20, "eval_every_steps": 20, "checkpoint_every_steps": 20,
+         "log_every_steps": 10, "progress_bar": False, "seed": seed}
+    )  # fmt: skip
+    return config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two short digits runs of the offline default, seeds 0 and 1."""
+    root = tmp_path_factory.mktemp("runs")
+    for seed in (0, 1):
+        train.train_and_evaluate(_config(seed), str(root / f"seed{seed}"))
+    return root / "seed0", root / "seed1"
+
+
+def _cli(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.evaluate", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_a_run_evaluates_to_its_last_logged_evaluation(runs):
+    run = runs[0]
+    config = _config()
+    members = evaluate.load_members(config, [str(run)], [], None)
+    result = evaluate.evaluate_members(config, members, config.eval_split, progress=False)
+    logged = [e for e in metrics.read_metrics(str(run)) if "eval_top1_error" in e][-1]
+    errors = result["errors"][members[0].name]
+    assert errors["centre_top1_error"] == pytest.approx(logged["eval_top1_error"], abs=1e-9)
+    assert errors["centre_top5_error"] == pytest.approx(logged["eval_top5_error"], abs=1e-9)
+    assert result["examples"] == 287 and result["members"][0]["checkpoint_step"] == 20
+
+
+def test_an_ensemble_averages_the_members_softmaxes(runs, tmp_path):
+    out = tmp_path / "out"
+    done = _cli(
+        "--config=configs/default.py", f"--workdir={runs[0]}", f"--workdir={runs[1]}",
+        f"--out={out}", "--save_probs", "--per_class", "--config.progress_bar=False",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    names = [m["name"] for m in result["members"]]
+    assert len(names) == 2 and set(result["errors"]) == {*names, "ensemble"}
+    probs = np.load(out / "probs.npz")
+    labels = probs["labels"]
+    for patch in ("centre", "ten"):
+        members = [probs[f"{n}/{patch}"] for n in names]
+        for name, p in zip(names, members):
+            want = 1 - (p.argmax(-1) == labels).mean()
+            assert result["errors"][name][f"{patch}_top1_error"] == pytest.approx(want)
+        mean = np.mean(members, axis=0)  # the NumPy average of the saved softmaxes
+        np.testing.assert_allclose(probs[f"ensemble/{patch}"], mean, rtol=1e-6, atol=1e-7)
+        want = 1 - (mean.argmax(-1) == labels).mean()
+        assert result["errors"]["ensemble"][f"{patch}_top1_error"] == pytest.approx(want)
+    text = (out / "results.md").read_text()
+    assert "| measured |" in text and "ensemble, 10 patches" in text and "40.66" in text
+    per_class = result["per_class_top1_error"]["ensemble"]
+    assert len(per_class) == 10 and all(0 <= e <= 1 for e in per_class)
+
+
+def test_a_corrupt_weights_file_is_one_error_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bvlc_alexnet.npy"
+    bad.write_bytes(b"\x93NUMPY not really")
+    out = tmp_path / "out"
+    done = _cli("--config=configs/caffe_bvlc_alexnet.py", f"--weights={bad}",
+                "--weights_format=caffe_npy", f"--out={out}")  # fmt: skip
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "bvlc_alexnet.npy cannot be read" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+    done = _cli("--config=configs/caffe_bvlc_alexnet.py", f"--weights={bad}", f"--out={out}")
+    assert done.returncode != 0 and "--weights_format" in done.stderr and not out.exists()
+
+
+def test_a_run_of_another_network_is_refused(runs):
+    config = _config()
+    config.model.lrn = False
+    with pytest.raises(evaluate.EvaluationError, match="model.lrn: True in the run, False here"):
+        evaluate.load_members(config, [str(runs[0])], [], None)
+    with pytest.raises(evaluate.EvaluationError, match="nothing to evaluate"):
+        evaluate.load_members(config, [], [], None)
+
+
+@pytest.mark.slow
+def test_imported_caffe_weights_evaluate_with_their_hash(tmp_path):
+    from tests.test_weights import caffe_reference, write_converter_npy
+
+    path = tmp_path / "bvlc_alexnet.npy"
+    write_converter_npy(path, caffe_reference())
+    out = tmp_path / "out"
+    done = _cli("--config=configs/caffe_bvlc_alexnet.py", f"--weights={path}",
+                "--weights_format=caffe_npy", f"--out={out}", "--config.dataset=synthetic",
+                "--config.synthetic_examples=8", "--config.eval_split=validation",
+                "--config.batch_size=4", "--config.num_workers=0")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["members"][0]["sha256"] == weights.sha256(str(path))
+    assert result["examples"] == 8
+    assert "Caffe bvlc_alexnet model card" in (out / "results.md").read_text()
