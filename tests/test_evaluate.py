@@ -43,6 +43,7 @@ def _cli(*args, timeout=600):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # trains two short runs (module fixture)
 def test_a_run_evaluates_to_its_last_logged_evaluation(runs):
     run = runs[0]
     config = _config()
@@ -55,6 +56,7 @@ def test_a_run_evaluates_to_its_last_logged_evaluation(runs):
     assert result["examples"] == 287 and result["members"][0]["checkpoint_step"] == 20
 
 
+@pytest.mark.slow  # trains two short runs (module fixture)
 def test_an_ensemble_averages_the_members_softmaxes(runs, tmp_path):
     out = tmp_path / "out"
     done = _cli(
@@ -96,6 +98,7 @@ def test_a_corrupt_weights_file_is_one_error_and_writes_nothing(tmp_path):
     assert done.returncode != 0 and "--weights_format" in done.stderr and not out.exists()
 
 
+@pytest.mark.slow  # trains two short runs (module fixture)
 def test_a_run_of_another_network_is_refused(runs):
     config = _config()
     config.model.lrn = False
@@ -121,3 +124,23 @@ def test_imported_caffe_weights_evaluate_with_their_hash(tmp_path):
     assert result["members"][0]["sha256"] == weights.sha256(str(path))
     assert result["examples"] == 8
     assert "Caffe bvlc_alexnet model card" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow  # trains two short runs (module fixture)
+def test_evaluation_imports_no_tensorflow(runs):
+    code = (
+        "import sys\n"
+        "from alexnet_jax import evaluate\n"
+        "from configs import default\n"
+        "c = default.get_config(); c.progress_bar = False\n"
+        "c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps = 20, 20, 20\n"
+        "c.log_every_steps = 10\n"
+        f"m = evaluate.load_members(c, [{str(runs[0])!r}], [], None)\n"
+        "evaluate.evaluate_members(c, m, c.eval_split, progress=False)\n"
+        "print('tensorflow' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["False", "False"]

@@ -158,6 +158,7 @@ def rel(a, b):
 # --- The tests --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # float64 forward passes of the full network
 def test_caffe_npy_round_trip_matches_caffes_forward(tmp_path):
     ref = caffe_reference()
     path = tmp_path / "bvlc_alexnet.npy"
@@ -186,6 +187,7 @@ def test_the_caffe_config_is_caffes_network():
     assert m.lrn_across_towers and m.dropout_scaling == "inverted"
 
 
+@pytest.mark.slow  # float64 forward passes of the full network
 def test_torchvision_npz_round_trip_matches_its_forward(tmp_path):
     sd = torchvision_state_dict()
     path = tmp_path / "alexnet.npz"
@@ -199,6 +201,7 @@ def test_torchvision_npz_round_trip_matches_its_forward(tmp_path):
     assert rel(got, want) < 1e-5
 
 
+@pytest.mark.slow  # float64 forward passes of the full network
 def test_torchvision_pth_matches_torchs_own_forward(tmp_path):
     torch = pytest.importorskip("torch")
     from torch import nn
