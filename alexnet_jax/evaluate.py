@@ -53,19 +53,6 @@ from alexnet_jax import (
 )
 from alexnet_jax import workdir as workdir_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (e.g. configs/alexnet.py).")
-_WORKDIR = flags.DEFINE_multi_string("workdir", [], "A training run to evaluate (repeatable).")
-_WEIGHTS = flags.DEFINE_multi_string("weights", [], "A weights file to evaluate (repeatable).")
-_FORMAT = flags.DEFINE_enum(
-    "weights_format", None, list(weights.FORMATS), "Format of every --weights file."
-)
-_SPLIT = flags.DEFINE_string("split", "", "Split to evaluate ('' = the config's eval_split).")
-_OUT = flags.DEFINE_string(
-    "out", "", "Results folder ('' = <first workdir>/evaluation, else ./evaluation)."
-)
-_PER_CLASS = flags.DEFINE_bool("per_class", False, "Also report each class's top-1 error.")
-_SAVE_PROBS = flags.DEFINE_bool("save_probs", False, "Also write every member's softmaxes.")
-
 
 class EvaluationError(ValueError):
     """An evaluation that cannot run as asked (the message says why and what to do)."""
@@ -315,34 +302,60 @@ def _write(out: str, result: dict[str, Any], text: str) -> None:
         os.replace(tmp, os.path.join(out, "probs.npz"))
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    logging.set_verbosity(logging.WARNING)  # Orbax reports every read at INFO
-    config = _CONFIG.value
-    if config is None:
-        raise SystemExit("error: --config is required (e.g. --config=configs/default.py).")
-    try:
-        models.create_model(config.model)
-        augment.check_augment_config(config.augment)
-        members = load_members(config, _WORKDIR.value, _WEIGHTS.value, _FORMAT.value)
-        split = _SPLIT.value or config.eval_split
-        if config.dataset in ("digits", "synthetic"):
-            config.num_workers = 0  # tiny in-memory images: decoding here is fastest
-        result = evaluate_members(
-            config, members, split, per_class=_PER_CLASS.value, save_probs=_SAVE_PROBS.value,
-            progress=config.progress_bar,
-        )  # fmt: skip
-    except (ValueError, sources.DatasetNotPreparedError) as e:  # WeightsError, EvaluationError
-        raise SystemExit(f"error: {e}") from None
-    out = _OUT.value or (
-        os.path.join(_WORKDIR.value[0], "evaluation") if _WORKDIR.value else "evaluation"
+def _cli() -> None:
+    """The command line; its flags are defined here, not at import, so that importing this
+    module next to another absl program (alexnet_jax.summary, .main) defines no flag twice."""
+    config_file = config_flags.DEFINE_config_file(
+        "config", None, "Config file (e.g. configs/alexnet.py)."
     )
-    formats = {m.source["format"] for m in members if "format" in m.source}
-    text = markdown(result, config, formats)
-    _write(out, result, text)
-    print(text)
-    print(f"written to {out}")
+    workdirs = flags.DEFINE_multi_string("workdir", [], "A training run to evaluate (repeatable).")
+    weights_files = flags.DEFINE_multi_string(
+        "weights", [], "A weights file to evaluate (repeatable)."
+    )
+    weights_format = flags.DEFINE_enum(
+        "weights_format", None, list(weights.FORMATS), "Format of every --weights file."
+    )
+    split_flag = flags.DEFINE_string(
+        "split", "", "Split to evaluate ('' = the config's eval_split)."
+    )
+    out_flag = flags.DEFINE_string(
+        "out", "", "Results folder ('' = <first workdir>/evaluation, else ./evaluation)."
+    )
+    per_class = flags.DEFINE_bool("per_class", False, "Also report each class's top-1 error.")
+    save_probs = flags.DEFINE_bool("save_probs", False, "Also write every member's softmaxes.")
+
+    def main(argv: list[str]) -> None:
+        del argv
+        logging.set_verbosity(logging.WARNING)  # Orbax reports every read at INFO
+        config = config_file.value
+        if config is None:
+            raise SystemExit("error: --config is required (e.g. --config=configs/default.py).")
+        try:
+            models.create_model(config.model)
+            augment.check_augment_config(config.augment)
+            members = load_members(
+                config, workdirs.value, weights_files.value, weights_format.value
+            )
+            split = split_flag.value or config.eval_split
+            if config.dataset in ("digits", "synthetic"):
+                config.num_workers = 0  # tiny in-memory images: decoding here is fastest
+            result = evaluate_members(
+                config, members, split, per_class=per_class.value, save_probs=save_probs.value,
+                progress=config.progress_bar,
+            )  # fmt: skip
+        except (ValueError, sources.DatasetNotPreparedError) as e:  # WeightsError, EvaluationError
+            raise SystemExit(f"error: {e}") from None
+        out = out_flag.value or (
+            os.path.join(workdirs.value[0], "evaluation") if workdirs.value else "evaluation"
+        )
+        formats = {m.source["format"] for m in members if "format" in m.source}
+        text = markdown(result, config, formats)
+        _write(out, result, text)
+        print(text)
+        print(f"written to {out}")
+
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _cli()
