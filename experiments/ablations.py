@@ -41,7 +41,6 @@ budget and cadences, before the switch and the seed).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import importlib
 import importlib.util
@@ -176,15 +175,9 @@ def plan(base_cfg, variants, seeds: int, root: Path) -> dict:
 
 def refuse_changed(planned: dict) -> None:
     """SystemExit with one line if a run folder holds a run of another config."""
-    for entry in planned.values():
-        for _, config, folder in entry["runs"] or ():
-            diff = common.config_differences(config, folder)
-            if diff:
-                fields = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-                raise SystemExit(
-                    f"{folder} holds a run of another config ({fields}): rerun with --fresh to "
-                    "delete this invocation's runs, or pass another --workdir."
-                )
+    common.refuse_other_configs(
+        (config, folder) for entry in planned.values() for _, config, folder in entry["runs"] or ()
+    )
 
 
 def metric_keys(results: dict) -> tuple[str, str, str]:
@@ -290,10 +283,7 @@ def timing_table(results: dict) -> str:
 
 def main(argv=None) -> dict:
     started = time.perf_counter()
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )  # fmt: skip
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--base", default="cifar", help="cifar | alexnet | a config file path")
     parser.add_argument("--dataset", default=None, help="default: the base config's")
     parser.add_argument("--data_dir", default="")

@@ -5,6 +5,7 @@ result folders and tables. No training loop lives here: every run is
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -73,6 +74,26 @@ RESULT_FILE = "result.json"  # Written (atomically) once train_and_evaluate has 
 # Fields that say where things are or how they are shown, not what is computed: a run may
 # continue with other values of them.
 NOT_COMPARED = ("progress_bar", "data_dir", "cache_dir")
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser: its docstring's first line as the description, the rest as epilog."""
+    return argparse.ArgumentParser(
+        description=doc.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=doc.split("\n\n", 1)[1],
+    )  # fmt: skip
+
+
+def refuse_other_configs(runs: Any) -> None:
+    """SystemExit with one line if a (config, folder) of `runs` holds a run of another config."""
+    for config, folder in runs:
+        diff = config_differences(config, folder)
+        if diff:
+            fields = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise SystemExit(
+                f"{folder} holds a run of another config ({fields}): rerun with --fresh to "
+                "delete this invocation's runs, or pass another --workdir."
+            )
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -87,10 +87,7 @@ def build(name: str, args: argparse.Namespace, seed: int) -> Any:
 
 def main(argv=None) -> dict:
     started = time.perf_counter()
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )  # fmt: skip
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data_dir", default="")
     parser.add_argument("--epochs", type=int, default=10)
@@ -118,15 +115,7 @@ def main(argv=None) -> dict:
         for runs in planned.values():
             for _, _, folder in runs:
                 shutil.rmtree(folder, ignore_errors=True)
-    for runs in planned.values():
-        for _, config, folder in runs:
-            diff = common.config_differences(config, folder)
-            if diff:
-                fields = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-                raise SystemExit(
-                    f"{folder} holds a run of another config ({fields}): rerun with --fresh or "
-                    "pass another --workdir."
-                )
+    common.refuse_other_configs((c, f) for runs in planned.values() for _, c, f in runs)
 
     results: dict[str, list[dict]] = {}
     for seed in range(args.seeds):  # seed by seed, so a stopped invocation has pairs done
