@@ -19,6 +19,10 @@ Bases (--base):
 A switch that changes structure the base network does not have (pooling overlap, towers,
 dropout are AlexNet structure; decided from the base's model.name) is listed as not run.
 
+--scale_schedule multiplies the base's epoch-keyed settings by --epochs / its num_epochs, so a
+short run keeps the shape of its recipe (the 2012 code's rate drops at 25, 51 and 79 of 91
+become 2.7, 5.6 and 8.7 of 10); without it they stay at the base's epochs.
+
 Reruns: the same command again continues what is unfinished and skips what is finished (a run
 is finished once its folder has result.json, written when train_and_evaluate returned); a run
 killed on the way resumes from its latest checkpoint. A run folder that holds a run of another
@@ -138,14 +142,20 @@ def parse_set(config: Any, assignments: list[str]) -> dict[str, Any]:
     return out
 
 
-def base_config(base: str, dataset: str | None, data_dir: str, overrides: dict) -> Any:
-    """The base config with the dataset, budget, cadences and --set overrides applied."""
+def base_config(
+    base: str, dataset: str | None, data_dir: str, overrides: dict, scale_schedule: bool = False
+) -> Any:
+    """The base config with the dataset, budget, cadences and --set overrides applied; with
+    `scale_schedule`, its epoch-keyed settings scaled by the new num_epochs / the base's."""
     config = load_base(base)
+    recipe_epochs = config.num_epochs
     if dataset:
         common.use_dataset(config, dataset)
     if data_dir:
         config.data_dir = data_dir
     config.update_from_flattened_dict(overrides)
+    if scale_schedule:
+        common.scale_epochs(config, config.num_epochs / recipe_epochs)
     source = common.input_pipeline.create_source(config, config.train_split)
     config.model.num_classes = source.num_classes
     config.progress_bar = False
@@ -300,6 +310,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", default=None, help="default: <tmp>/alexnet_jax_ablations/")
     parser.add_argument("--fresh", action="store_true", help="delete this invocation's runs")
     parser.add_argument(
+        "--scale_schedule", action="store_true",
+        help="multiply the base's epoch-keyed settings (step_epochs, manual schedules, layer "
+        "multipliers, augmentation end epochs) by --epochs / the base's num_epochs",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true",
         help="paper + no_lrn (+ one_tower, not run), 4 steps, 1 seed, cadences of 2 steps",
     )  # fmt: skip
@@ -320,7 +335,7 @@ def main(argv=None) -> dict:
     if args.quick:
         overrides["mesh.data"] = 1  # one device: no sharded compile for a smoke run
     overrides.update(parse_set(load_base(args.base), args.set))
-    base_cfg = base_config(args.base, args.dataset, args.data_dir, overrides)
+    base_cfg = base_config(args.base, args.dataset, args.data_dir, overrides, args.scale_schedule)
     name = base_name(args.base) + ("_quick" if args.quick else "")
     root = Path(args.workdir or Path(tempfile.gettempdir()) / "alexnet_jax_ablations" / name)
     out = common.results_dir("ablations", args.out)

@@ -96,6 +96,26 @@ def refuse_other_configs(runs: Any) -> None:
             )
 
 
+def scale_epochs(config: Any, factor: float) -> None:
+    """Multiplies every epoch-keyed setting of `config` by `factor`, in place."""
+    o = config.optimizer
+
+    def scaled(pairs):
+        return tuple((epoch * factor, value) for epoch, value in pairs)
+
+    o.manual_schedule = scaled(o.manual_schedule)
+    o.bias_manual_schedule = scaled(o.bias_manual_schedule)
+    o.layer_lr_multipliers = tuple(
+        (key, scaled(value) if isinstance(value, (tuple, list)) else value)
+        for key, value in o.layer_lr_multipliers
+    )
+    o.step_epochs = tuple(e * factor for e in o.step_epochs)
+    for name in ("random_crop", "flip", "pca_color"):
+        field = f"{name}_end_epoch"
+        if config.augment[field] != -1:
+            config.augment[field] = config.augment[field] * factor
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """`write_json` to a temporary file renamed over `path`: a reader sees all of it or none."""
     path = Path(path)

@@ -41,26 +41,6 @@ CONFIGS = {"paper": paper_config, "2012_code": code_config}
 CODE_EPOCHS = 91  # run #145 was stopped at epoch 91 (layer-params-145.cfg:181)
 
 
-def scale_epochs(config: Any, factor: float) -> None:
-    """Multiplies every epoch-keyed setting of `config` by `factor`, in place."""
-    o = config.optimizer
-
-    def scaled(pairs):
-        return tuple((epoch * factor, value) for epoch, value in pairs)
-
-    o.manual_schedule = scaled(o.manual_schedule)
-    o.bias_manual_schedule = scaled(o.bias_manual_schedule)
-    o.layer_lr_multipliers = tuple(
-        (key, scaled(value) if isinstance(value, (tuple, list)) else value)
-        for key, value in o.layer_lr_multipliers
-    )
-    o.step_epochs = tuple(e * factor for e in o.step_epochs)
-    for name in ("random_crop", "flip", "pca_color"):
-        field = f"{name}_end_epoch"
-        if config.augment[field] != -1:
-            config.augment[field] = config.augment[field] * factor
-
-
 def build(name: str, args: argparse.Namespace, seed: int) -> Any:
     """The config of `name` ('paper' or '2012_code') on the comparison's data and budget."""
     config = CONFIGS[name].get_config()
@@ -77,7 +57,7 @@ def build(name: str, args: argparse.Namespace, seed: int) -> Any:
         config.augment.flip = False
         config.eval_ten_crop = False
         config.num_workers = 0
-    scale_epochs(config, args.epochs / CODE_EPOCHS)
+    common.scale_epochs(config, args.epochs / CODE_EPOCHS)
     steps = common.steps_per_epoch(config)
     config.eval_every_steps = steps  # the plateau rule reads one evaluation per epoch
     config.checkpoint_every_steps = steps

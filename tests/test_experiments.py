@@ -184,6 +184,19 @@ def test_the_ablations_run_against_the_2012_code_and_no_lrn_removes_both_normali
     assert pooled.model.pool_window == 2 and pooled.model.within_map_after == ("conv2",)
 
 
+def test_the_ablation_runner_scales_the_base_schedule_when_asked():
+    base = "configs/alexnet_2012_code.py"
+    budget = {"num_epochs": 10}
+    kept = ablations.base_config(base, "digits", "", budget)
+    assert kept.optimizer.manual_schedule == ((25, 1e-3), (51, 1e-4), (79, 1e-5))
+    scaled = ablations.base_config(base, "digits", "", budget, scale_schedule=True)
+    f = 10 / 91
+    assert scaled.optimizer.manual_schedule == ((25 * f, 1e-3), (51 * f, 1e-4), (79 * f, 1e-5))
+    assert scaled.augment.pca_color_end_epoch == pytest.approx(67 * f)
+    paper = ablations.base_config("alexnet", "digits", "", {"num_epochs": 9}, scale_schedule=True)
+    assert paper.optimizer.step_epochs == pytest.approx((3, 6, 8))  # (30, 60, 80) of 90
+
+
 def test_paper_vs_code_scales_the_2012_epochs_to_the_budget():
     from experiments import paper_vs_code
 
