@@ -234,3 +234,17 @@ def test_a_run_recorded_by_older_code_still_loads(tmp_path):
     # A run from before dropout_scaling used inverted dropout: evaluated as it was trained.
     assert config.model.dropout_scaling == "inverted" and config.model.within_map_after == ()
     assert config.model.lrn is False and config.optimizer.step_epochs == (10, 20)
+
+
+@pytest.mark.slow
+def test_paper_vs_code_quick(tmp_path):
+    from experiments import paper_vs_code
+
+    results = paper_vs_code.main(
+        ["--quick", f"--out={tmp_path / 'out'}", f"--workdir={tmp_path / 'runs'}", "--fresh"]
+    )
+    assert set(results) == {"paper", "2012_code"}
+    for runs in results.values():
+        assert len(runs) == 1 and 0.0 <= runs[0]["test_top1_error"] <= 1.0
+    text = (tmp_path / "out" / "paper_vs_code.md").read_text()
+    assert "2012_code" in text and "proxy" in text and "2 steps of batch 32" in text
