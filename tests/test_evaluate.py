@@ -62,6 +62,7 @@ def test_an_ensemble_averages_the_members_softmaxes(runs, tmp_path):
     done = _cli(
         "--config=configs/default.py", f"--workdir={runs[0]}", f"--workdir={runs[1]}",
         f"--out={out}", "--save_probs", "--per_class", "--config.progress_bar=False",
+        "--split=test",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
@@ -80,6 +81,12 @@ def test_an_ensemble_averages_the_members_softmaxes(runs, tmp_path):
         assert result["errors"]["ensemble"][f"{patch}_top1_error"] == pytest.approx(want)
     text = (out / "results.md").read_text()
     assert "| measured |" in text and "ensemble, 10 patches" in text and "40.66" in text
+    assert result["split"] == "test" and result["examples"] == 360  # --split, not eval_split
+    for name, run in zip(names, runs):  # each member as its run logged its test evaluation
+        logged = [e for e in metrics.read_metrics(str(run)) if "test_top1_error" in e][-1]
+        assert result["errors"][name]["centre_top1_error"] == pytest.approx(
+            logged["test_top1_error"], abs=1e-9
+        )
     per_class = result["per_class_top1_error"]["ensemble"]
     assert len(per_class) == 10 and all(0 <= e <= 1 for e in per_class)
 
