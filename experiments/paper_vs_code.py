@@ -57,6 +57,8 @@ def build(name: str, args: argparse.Namespace, seed: int) -> Any:
         config.augment.flip = False
         config.eval_ten_crop = False
         config.num_workers = 0
+    if args.quick and args.dataset == "digits":  # a smoke run: 32 images evaluated, not 647
+        config.eval_split, config.test_split = "train[1150:1166]", "test[:16]"
     common.scale_epochs(config, args.epochs / CODE_EPOCHS)
     steps = common.steps_per_epoch(config)
     config.eval_every_steps = steps  # the plateau rule reads one evaluation per epoch
@@ -77,7 +79,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", default=None, help="default: <tmp>/alexnet_jax_paper_vs_code")
     parser.add_argument("--out", default=None, help="default: experiments/results/paper_vs_code")
     parser.add_argument("--fresh", action="store_true", help="delete this invocation's runs first")
-    parser.add_argument("--quick", action="store_true", help="2 steps, 1 seed: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="2 steps, 1 seed, 16 evaluation and 16 test images: a smoke run",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.seeds, args.epochs = 2, 1, 1

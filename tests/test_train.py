@@ -287,7 +287,8 @@ def test_a_replaced_field_on_the_command_line_names_its_successor():
 
 def _steps(config, n, state=None, steps_per_epoch=1):
     """`n` training steps of `config` (the digits CIFAR net, augmentation on the device) on the
-    same uint8 images, from `state` or the config's initial state; returns the states after each."""
+    same uint8 images, from `state` or the config's initial state; returns the parameters after
+    each step and a copy of the state after each (the step donates the state it is given)."""
     from tests.helpers import random_stats
 
     mesh, initial, step = train.single_device_step(
@@ -298,12 +299,13 @@ def _steps(config, n, state=None, steps_per_epoch=1):
     images = images.astype(np.uint8)
     labels = rng.integers(0, 10, config.batch_size).astype(np.int32)
     stats = random_stats(0, config.resize_size)
-    state, out = initial if state is None else state, []
+    state, out, states = initial if state is None else state, [], []
     with jax.set_mesh(mesh):
         for _ in range(n):
             state, _ = step(state, images, labels, stats)
             out.append(jax.tree.map(np.asarray, state.params))
-    return out, state
+            states.append(jax.tree.map(lambda v: v.copy(), state))
+    return out, states
 
 
 def _close(a, b):
@@ -316,13 +318,12 @@ def _close(a, b):
 @pytest.mark.slow
 def test_the_training_step_ends_colour_noise_at_its_epoch():
     # pca_color_end_epoch=1 at one step per epoch: step 0 with colour noise, step 1 without.
-    ended, _ = _steps(_digits_config(batch_size=8, **{"augment.pca_color_end_epoch": 1}), 2)
+    ended, states = _steps(_digits_config(batch_size=8, **{"augment.pca_color_end_epoch": 1}), 2)
     always, _ = _steps(_digits_config(batch_size=8), 2)
     assert _close(ended[0], always[0])
     assert not _close(ended[1], always[1])  # the second step differs from noise-on ...
     # ... and is the noise-off step from the same state.
-    _, after_one = _steps(_digits_config(batch_size=8, **{"augment.pca_color_end_epoch": 1}), 1)
-    off, _ = _steps(_digits_config(batch_size=8, **{"augment.pca_color": False}), 1, after_one)
+    off, _ = _steps(_digits_config(batch_size=8, **{"augment.pca_color": False}), 1, states[0])
     assert _close(ended[1], off[0])
 
 
