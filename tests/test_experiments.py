@@ -200,7 +200,9 @@ def test_the_ablation_runner_scales_the_base_schedule_when_asked():
 def test_paper_vs_code_scales_the_2012_epochs_to_the_budget():
     from experiments import paper_vs_code
 
-    args = argparse.Namespace(dataset="digits", data_dir="", epochs=13, steps=-1, batch_size=32)
+    args = argparse.Namespace(
+        dataset="digits", data_dir="", epochs=13, steps=-1, batch_size=32, quick=False
+    )
     code = paper_vs_code.build("2012_code", args, seed=2)
     f = 13 / 91
     assert code.optimizer.manual_schedule == ((25 * f, 1e-3), (51 * f, 1e-4), (79 * f, 1e-5))
