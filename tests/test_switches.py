@@ -583,20 +583,21 @@ def check_within_map_alpha(network):
     )
 
 
-def check_within_map_beta(network):
+def _within_map_constant(network, field, value):
+    """One within-map constant switched (two-tower AlexNet; refused by the CIFAR nets)."""
     if network == "alexnet_1tower":  # the same per-map code as two towers: checked there
         return None
     if not _is_alexnet(network):
-        return refused(network, "within_map_beta", 0.5)
-    _within_map_check(network, within_map_beta=0.5)
+        return refused(network, field, value)
+    return _within_map_check(network, **{field: value})
+
+
+def check_within_map_beta(network):
+    _within_map_constant(network, "within_map_beta", 0.5)
 
 
 def check_within_map_k(network):
-    if network == "alexnet_1tower":  # the same per-map code as two towers: checked there
-        return None
-    if not _is_alexnet(network):
-        return refused(network, "within_map_k", 2.0)
-    _within_map_check(network, within_map_k=2.0)
+    _within_map_constant(network, "within_map_k", 2.0)
 
 
 def check_lrn_kind(network):
