@@ -71,8 +71,11 @@ def _flat_model(config: Any) -> dict[str, Any]:
     return {k: v for k, v in workdir_lib.flat_config(config).items() if k.startswith("model.")}
 
 
-# Fields of config.model that only change speed: a run may be evaluated with other values.
-_SPEED_ONLY = ("model.kernels", "model.grouped_conv", "model.conv1_matmul", "model.compute_dtype")
+# Fields of config.model that only change speed (those a run may resume with, and the
+# arithmetic's precision): a run may be evaluated with other values.
+_SPEED_ONLY = tuple(f for f in workdir_lib.MAY_CHANGE_ON_RESUME if f.startswith("model.")) + (
+    "model.compute_dtype",
+)
 
 
 def _check_model(config: Any, run: str) -> None:
@@ -80,12 +83,7 @@ def _check_model(config: Any, run: str) -> None:
     path = os.path.join(run, "config.json")
     if not os.path.exists(path):
         raise EvaluationError(f"--workdir={run} has no config.json: is it a training run?")
-    with open(path) as f:
-        recorded = workdir_lib.flat_config(json.load(f))
-    recorded = {
-        **{k: v for k, v in workdir_lib.ADDED_FIELDS.items() if k not in recorded},
-        **recorded,
-    }
+    recorded = workdir_lib.recorded_config(run)
     ours = _flat_model(config)
     diff = {
         k: (recorded.get(k, "<absent>"), v)

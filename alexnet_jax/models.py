@@ -359,12 +359,7 @@ class AlexNet(nn.Module):
         1 / (1 - rate) times larger under 'inverted', against the same initialisation, rate and
         weight decay.
         """
-        if self.dropout_scaling not in DROPOUT_SCALINGS:
-            raise ValueError(
-                f"model.dropout_scaling must be one of {DROPOUT_SCALINGS}, got "
-                f"{self.dropout_scaling!r}: 'test_time' is the paper's (§4.2), 'inverted' the "
-                "usual modern form."
-            )
+        _check_dropout_scaling(self.dropout_scaling)
         if self.dropout_rate == 0.0:
             return x
         if not train:
@@ -721,6 +716,14 @@ _ALEXNET_ONLY = {
 }
 
 
+def _check_dropout_scaling(scaling: str) -> None:
+    if scaling not in DROPOUT_SCALINGS:
+        raise ValueError(
+            f"model.dropout_scaling must be one of {DROPOUT_SCALINGS}, got {scaling!r}: "
+            "'test_time' is the paper's (§4.2), 'inverted' the usual modern form."
+        )
+
+
 def _check_lrn_kind(kind: str) -> None:
     if kind not in LRN_KINDS:
         raise ValueError(
@@ -852,12 +855,7 @@ def create_model(
         _check_layer_names("lrn_before_relu", m.lrn_before_relu, NORMALIZED_LAYERS)
         _check_layer_names("within_map_after", m.within_map_after, NORMALIZED_LAYERS)
         init_std = _check_init_std(m.init_std)
-        if m.dropout_scaling not in DROPOUT_SCALINGS:
-            raise ValueError(
-                f"model.dropout_scaling must be one of {DROPOUT_SCALINGS}, got "
-                f"{m.dropout_scaling!r}: 'test_time' is the paper's (§4.2), 'inverted' the "
-                "usual modern form."
-            )
+        _check_dropout_scaling(m.dropout_scaling)
         size = m.within_map_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(

@@ -108,12 +108,12 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
         )
     problems += _split_problems(config)
     check(lambda: optim.create_optimizer(config.optimizer))
-    keys = [
-        entry[0]
-        for entry in config.optimizer.layer_lr_multipliers
-        if isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str)
-    ]
-    check(lambda: optim.check_multiplier_keys(keys, models.parameter_names(config.model)))
+    check(
+        lambda: optim.check_multiplier_keys(
+            [key for key, _ in optim.parameter_rates(config.optimizer, 1)[1]],
+            models.parameter_names(config.model),
+        )
+    )
     check(lambda: augment.check_augment_config(config.augment))
     if config.optimizer.schedule == "plateau":
         check(lambda: optim.Plateau(config.optimizer))
@@ -122,7 +122,8 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
             problems.append(f"{field} must be positive, got {config[field]}.")
     if config.num_train_steps <= 0 and config.num_train_steps != -1 and config.num_epochs <= 0:
         problems.append("set num_train_steps > 0, or num_train_steps=-1 and num_epochs > 0.")
-    if problems:
+    if problems:  # once each: two checks may read the same bad field
+        problems = list(dict.fromkeys(problems))
         raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))
 
 

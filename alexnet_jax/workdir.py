@@ -74,6 +74,14 @@ ADDED_FIELDS = {
 }
 
 
+def recorded_config(workdir: str) -> dict[str, Any]:
+    """The flat config a run recorded (workdir/config.json, as `flat_config`), a field added
+    since filled with its `ADDED_FIELDS` value: what the run computed, in today's fields."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        saved = flat_config(json.load(f))
+    return {**{k: v for k, v in ADDED_FIELDS.items() if k not in saved}, **saved}
+
+
 class WorkdirError(ValueError):
     """A workdir that cannot be used as asked (the message says why and what to do)."""
 

@@ -248,9 +248,7 @@ def run_config(workdir: str | Path) -> Any:
     its default for a speed switch; a field the code no longer has is dropped with a note."""
     from configs import alexnet
 
-    with open(Path(workdir) / "config.json") as f:
-        saved = workdir_lib.flat_config(json.load(f))
-    saved = {**{k: v for k, v in workdir_lib.ADDED_FIELDS.items() if k not in saved}, **saved}
+    saved = workdir_lib.recorded_config(str(workdir))
     config = alexnet.get_config()
     current = workdir_lib.flat_config(config)
     dropped = sorted(k for k in saved if k not in current)
