@@ -100,6 +100,10 @@ class _DropAbandonedReads(logging.Filter):
         return not ("_read_array_index_and_device_put" in text or "async_deserialize" in text)
 
 
+def _is_closed_loop_error(value: BaseException | None) -> bool:
+    return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+
 def _quiet_abandoned_reads() -> None:
     """After a failed restore or save, Orbax's other coroutines, tasks and threads end with
     errors nobody retrieves, which Python and asyncio report on stderr (pages of TensorStore
@@ -124,6 +128,19 @@ def _quiet_abandoned_reads() -> None:
                 previous_thread_hook(args)
 
         threading.excepthook = thread_hook
+        # TensorStore reports an exception raised by a Python callback on one of its own C++
+        # threads with PyErr_Print, i.e. sys.excepthook: the abandoned reads' callbacks then
+        # hit asyncio's closed loop. Only those, and only off the main thread, are dropped.
+        previous_excepthook = sys.excepthook
+
+        def excepthook(kind, value, tb):
+            if not (
+                _is_closed_loop_error(value)
+                and threading.current_thread() is not threading.main_thread()
+            ):
+                previous_excepthook(kind, value, tb)
+
+        sys.excepthook = excepthook
     sys.stderr.flush()
     saved = os.dup(2)
     try:

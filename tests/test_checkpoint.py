@@ -113,3 +113,41 @@ def test_abstract_like_keeps_shapes_dtypes_and_shardings():
     x = jax.device_put(jnp.ones((2, 3)))
     a = checkpoint.abstract_like({"x": x})["x"]
     assert a.shape == (2, 3) and a.dtype == jnp.float32 and a.sharding == x.sharding
+
+
+_PYERR_PRINT = """
+import ctypes, sys, threading
+from alexnet_jax import checkpoint
+
+def pyerr_print(message):
+    # What TensorStore does on its own threads when a Python callback raises.
+    # (PyRun_SimpleString reports the exception with PyErr_Print and returns -1).
+    code = f"raise RuntimeError({message!r})".encode()
+    assert ctypes.pythonapi.PyRun_SimpleString(ctypes.c_char_p(code)) == -1
+
+checkpoint._quiet_abandoned_reads()
+for message in ("Event loop is closed", "another error off the main thread"):
+    t = threading.Thread(target=pyerr_print, args=(message,))
+    t.start()
+    t.join()
+pyerr_print("Event loop is closed")  # on the main thread: a real error, still reported
+print("done", file=sys.stderr)
+"""
+
+
+def test_closed_loop_reports_from_library_threads_are_dropped_and_nothing_else():
+    """A late callback of an abandoned read, reported through sys.excepthook by TensorStore's
+    PyErr_Print, once printed a traceback beside a run's one-line error (CI, stop 21)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", _PYERR_PRINT], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    reported = [ln for ln in run.stderr.splitlines() if ln.startswith("RuntimeError")]
+    assert reported == [
+        "RuntimeError: another error off the main thread",
+        "RuntimeError: Event loop is closed",
+    ], run.stderr
+    assert run.stderr.splitlines()[-1] == "done"
