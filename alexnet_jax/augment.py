@@ -199,6 +199,154 @@ def divide_std(x: jax.Array, std: Any) -> jax.Array:
     return x / jnp.asarray(std, jnp.float32)
 
 
+MEAN_FILE_LAYOUTS = ("caffe", "hwc_rgb")
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data):
+            raise ValueError("ends inside a varint")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _fields(data: bytes):
+    """(field number, wire type, value) of a protobuf message: ints for varints, bytes for
+    length-delimited and fixed-width fields."""
+    at = 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, at = _varint(data, at)
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            value, at = data[at : at + width], at + width
+        elif wire == 2:
+            length, at = _varint(data, at)
+            value, at = data[at : at + length], at + length
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if at > len(data):
+            raise ValueError("is truncated")
+        yield number, wire, value
+
+
+def read_binaryproto(path: str) -> np.ndarray:
+    """The array of a Caffe `BlobProto` file (e.g. imagenet_mean.binaryproto), float32 in its
+    (num, channels, height, width) or `shape` order. Parsed from the wire format, so neither
+    Caffe nor its generated protobuf module is needed.
+
+    Raises:
+      ValueError: not a BlobProto with data (the message names the file).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    legacy, dims, values = {}, [], []
+    try:
+        for number, wire, value in _fields(data):
+            if number in (1, 2, 3, 4) and wire == 0:  # num, channels, height, width
+                legacy[number] = value
+            elif number == 5 and wire == 2:  # data, packed floats
+                values.append(np.frombuffer(value, "<f4"))
+            elif number == 5 and wire == 5:  # data, one float
+                values.append(np.frombuffer(value, "<f4"))
+            elif number == 8 and wire == 2:  # double_data, packed
+                values.append(np.frombuffer(value, "<f8").astype(np.float32))
+            elif number == 7 and wire == 2:  # shape: BlobShape { repeated int64 dim = 1 }
+                for n, w, d in _fields(value):
+                    if n == 1 and w == 0:
+                        dims.append(d)
+                    elif n == 1 and w == 2:
+                        at = 0
+                        while at < len(d):
+                            dim, at = _varint(d, at)
+                            dims.append(dim)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a Caffe BlobProto file: it {e}") from None
+    flat = np.concatenate(values) if values else np.zeros(0, np.float32)
+    shape = dims or [legacy.get(i, 1) for i in (1, 2, 3, 4)]
+    if not flat.size or int(np.prod(shape)) != flat.size:
+        raise ValueError(
+            f"{path} is not a Caffe BlobProto file with data: {flat.size} values for the "
+            f"shape {tuple(shape)}."
+        )
+    return flat.reshape(shape)
+
+
+def load_mean_file(path: str, layout: str, size: int) -> np.ndarray:
+    """The mean image of `augment.mean_file`, as float32 (size, size, 3) RGB in 0..255.
+
+    Args:
+      path: a `.npy` array, or a Caffe `.binaryproto` blob (always Caffe's layout).
+      layout: 'caffe': channels first in B, G, R order, (3, H, W) or (1, 3, H, W), as Caffe's
+        imagenet_mean.binaryproto and pycaffe's ilsvrc_2012_mean.npy hold it; 'hwc_rgb':
+        (H, W, 3) in R, G, B order, as this project's `DataStats.mean_image`.
+      size: the side the images have when the mean is subtracted (`config.resize_size`).
+
+    Raises:
+      ValueError: a missing or unreadable file, another shape, or values that are not pixel
+        units; the message names the file and the fix.
+    """
+    if layout not in MEAN_FILE_LAYOUTS:
+        raise ValueError(
+            f"augment.mean_file_layout={layout!r}: expected one of {MEAN_FILE_LAYOUTS}."
+        )
+    if not os.path.isfile(path):
+        raise ValueError(f"augment.mean_file={path!r} does not exist; give the mean file's path.")
+    if path.endswith(".binaryproto"):
+        if layout != "caffe":
+            raise ValueError(
+                f"{path}: a .binaryproto blob is in Caffe's layout; set "
+                "augment.mean_file_layout='caffe'."
+            )
+        mean = read_binaryproto(path)
+    else:
+        try:
+            mean = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"augment.mean_file={path!r} is not a .npy array or a .binaryproto blob ({e})."
+            ) from None
+    mean = np.asarray(mean, np.float32)
+    if layout == "caffe":
+        if mean.ndim == 4 and mean.shape[0] == 1:
+            mean = mean[0]
+        if mean.ndim != 3 or mean.shape[0] != 3:
+            raise ValueError(
+                f"{path} holds shape {mean.shape}; augment.mean_file_layout='caffe' expects "
+                "(3, H, W) or (1, 3, H, W) in B, G, R order (for an (H, W, 3) RGB array set "
+                "mean_file_layout='hwc_rgb')."
+            )
+        mean = mean[::-1].transpose(1, 2, 0)  # BGR channels first -> H, W, RGB
+    elif mean.ndim != 3 or mean.shape[2] != 3:
+        raise ValueError(
+            f"{path} holds shape {mean.shape}; augment.mean_file_layout='hwc_rgb' expects "
+            "(H, W, 3) in R, G, B order (for Caffe's (3, H, W) BGR set mean_file_layout='caffe')."
+        )
+    if mean.shape[:2] != (size, size):
+        raise ValueError(
+            f"{path} is a {mean.shape[0]}x{mean.shape[1]} mean image, the images are "
+            f"{size}x{size} when it is subtracted (resize_size); set --config.resize_size="
+            f"{mean.shape[0]} or use a mean file of that size."
+        )
+    if not np.all(np.isfinite(mean)) or mean.min() < 0 or mean.max() > 255:
+        raise ValueError(
+            f"{path} has values from {mean.min():g} to {mean.max():g}; a mean image in pixel "
+            "units lies in 0..255."
+        )
+    if mean.max() <= 1.0:
+        raise ValueError(
+            f"{path} has values in 0..1; images here are in 0..255: save the mean times 255."
+        )
+    return np.ascontiguousarray(mean)
+
+
 def _require_stats(stats: DataStats | None, what: str) -> DataStats:
     if stats is None:
         raise ValueError(f"{what} needs DataStats, got None")
@@ -371,6 +519,16 @@ def check_augment_config(cfg: Any) -> None:
         raise ValueError(
             f"augment.mean_rgb={mean_rgb} is subtracted only with augment.mean='fixed' (got "
             f"{cfg.mean!r}); set augment.mean='fixed' or leave mean_rgb at (0, 0, 0)."
+        )
+    if cfg.mean_file and cfg.mean not in ("image", "channel"):
+        raise ValueError(
+            f"augment.mean_file={cfg.mean_file!r} is used only with augment.mean='image' or "
+            f"'channel' (got {cfg.mean!r}); set one of those or leave mean_file empty."
+        )
+    if cfg.mean_file_layout not in MEAN_FILE_LAYOUTS:
+        raise ValueError(
+            f"augment.mean_file_layout must be one of {MEAN_FILE_LAYOUTS}, got "
+            f"{cfg.mean_file_layout!r}."
         )
     divide_std(jnp.zeros((1, 1, 1, 3)), cfg.std_rgb)
     end_steps(cfg, 1)

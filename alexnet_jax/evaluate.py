@@ -158,10 +158,7 @@ def evaluate_members(
     config.mesh.data, config.mesh.tower = 1, 1  # one device holds every tower: any machine
     mesh = parallel.make_mesh(config.mesh, config.model, jax.devices()[:1])
     source = input_pipeline.create_source(config, split)
-    stats = None
-    if config.augment.mean in ("image", "channel"):  # the training set's statistics (§2)
-        train_source = input_pipeline.create_source(config, config.train_split)
-        stats = input_pipeline.load_data_stats(config, train_source)
+    stats = input_pipeline.eval_data_stats(config)  # the training set's mean (§2) or a file's
     names = [m.name for m in members] + (["ensemble"] if len(members) > 1 else [])
     correct = {n: {f"{p}_top{k}": 0 for p in ("centre", "ten") for k in (1, 5)} for n in names}
     classes = config.model.num_classes

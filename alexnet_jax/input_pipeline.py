@@ -34,6 +34,7 @@ Commands:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -57,6 +58,7 @@ __all__ = [
     "create_source",
     "create_train_iterator",
     "create_eval_iterator",
+    "eval_data_stats",
     "load_data_stats",
     "stats_cache_path",
     "per_process_batch_size",
@@ -361,8 +363,10 @@ def _default_cache_dir() -> str:
 
 
 def stats_cache_path(config: Any, source: Source) -> str:
-    """Where the statistics of `source` are cached: keyed by dataset, split, S and length."""
-    key = f"{sources.split_file_stem(source.split)}-{source.size}px-{len(source)}.npz"
+    """Where the statistics of `source` are cached: keyed by dataset, split, S, resize mode
+    (when not §2's) and length."""
+    warp = "" if source.resize_mode == "shorter_side" else f"-{source.resize_mode}"
+    key = f"{sources.split_file_stem(source.split)}-{source.size}px{warp}-{len(source)}.npz"
     if source.stats_dir:
         return os.path.join(source.stats_dir, f"stats-{key}")
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name).strip("_")
@@ -389,7 +393,7 @@ def load_data_stats(config: Any, source: Source) -> Any:
 
     path = stats_cache_path(config, source)
     if os.path.exists(path):
-        return augment.DataStats.load(path)
+        return _with_mean_file(config, augment.DataStats.load(path))
     logging.info("Computing the mean image and PCA of %r into %s", source, path)
 
     def real_images() -> Iterator[np.ndarray]:
@@ -403,7 +407,39 @@ def load_data_stats(config: Any, source: Source) -> Any:
     stats = augment.compute_data_stats(real_images())
     os.makedirs(os.path.dirname(path), exist_ok=True)
     stats.save(path)
-    return stats
+    return _with_mean_file(config, stats)
+
+
+def _with_mean_file(config: Any, stats: Any) -> Any:
+    """`stats` with `config.augment.mean_file`'s mean image in place of the computed one."""
+    from alexnet_jax import augment
+
+    if not config.augment.mean_file:
+        return stats
+    mean = augment.load_mean_file(
+        os.path.expanduser(config.augment.mean_file),
+        config.augment.mean_file_layout,
+        int(config.resize_size),
+    )
+    return dataclasses.replace(stats, mean_image=mean)
+
+
+def eval_data_stats(config: Any) -> Any:
+    """The statistics evaluation needs: None for augment.mean 'fixed' or 'none'; the mean
+    file's image when `augment.mean_file` is set (no training data read: for anyone who
+    holds only the validation set); else the training split's (`load_data_stats`)."""
+    from alexnet_jax import augment
+
+    if config.augment.mean not in ("image", "channel"):
+        return None
+    if config.augment.mean_file:
+        no_pca = augment.DataStats(
+            mean_image=None,
+            pca_eigvals=np.zeros(3, np.float32),
+            pca_eigvecs=np.eye(3, dtype=np.float32),
+        )
+        return _with_mean_file(config, no_pca)
+    return load_data_stats(config, create_source(config, config.train_split))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -465,6 +501,13 @@ def prepare(
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
+    made = meta.get("resize_mode", "shorter_side")
+    kept = sorted(set(meta["splits"]) - set(splits))
+    if kept and made != config.resize_mode:
+        raise ValueError(
+            f"{out_dir} holds {kept} prepared with resize_mode={made!r}; adding splits made "
+            f"with resize_mode={config.resize_mode!r} would mix the two: use another --out."
+        )
     for split in splits:
         source = create_source(config, split)
         num_shards = max(1, math.ceil(len(source) / examples_per_shard))
@@ -503,6 +546,7 @@ def prepare(
             format="alexnet_jax prepared v1: ArrayRecord, record = int64 LE label + JPEG",
             source=config.dataset,
             size=int(config.resize_size),
+            resize_mode=config.resize_mode,
             num_classes=source.num_classes,
             class_names=list(source.class_names) if source.class_names else None,
         )
@@ -512,7 +556,9 @@ def prepare(
         logging.info("Wrote %d examples of %s to %s (skipped %s)", written, split, out_dir, skipped)
     train_base = sources.parse_split(config.train_split)[0]
     if train_base in splits:
-        prepared = sources.PreparedSource(out_dir, train_base, int(config.resize_size))
+        prepared = sources.PreparedSource(
+            out_dir, train_base, int(config.resize_size), config.resize_mode
+        )
         if train_base != config.train_split:
             prepared = sources.SlicedSource(prepared, config.train_split)
         load_data_stats(config, prepared)

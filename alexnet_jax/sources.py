@@ -118,29 +118,42 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_square(image: Image.Image, size: int) -> np.ndarray:
-    """Rescales the shorter side to `size` and takes the central size x size crop (§2).
+RESIZE_MODES = ("shorter_side", "warp")
 
-    The central square of the original is resampled straight to size x size, which is the
-    same mapping as resizing the whole image and cropping, without resampling the discarded
-    sides. Small images are upscaled by the same rule.
+
+def resize_square(image: Image.Image, size: int, mode: str = "shorter_side") -> np.ndarray:
+    """Makes the S x S image of §2 (or Caffe's warp).
+
+    'shorter_side' (§2) rescales the shorter side to `size` and takes the central square: the
+    central square of the original is resampled straight to size x size, which is the same
+    mapping as resizing the whole image and cropping, without resampling the discarded sides.
+    'warp' resamples the whole image to size x size whatever its aspect ratio, as Caffe's
+    `convert_imageset --resize_height --resize_width` made the ILSVRC-2012 data that its
+    bvlc_alexnet model card was measured on. Small images are upscaled by the same rule.
 
     Args:
       image: an RGB or L Pillow image.
       size: S, the output side.
+      mode: 'shorter_side' or 'warp' (`config.resize_mode`).
 
     Returns:
       uint8 array (size, size, channels of `image`).
     """
     width, height = image.size
     if (width, height) != (size, size):
-        side = min(width, height)
-        left, top = (width - side) / 2, (height - side) / 2
-        image = image.resize((size, size), RESAMPLE, box=(left, top, left + side, top + side))
+        if mode == "warp":
+            image = image.resize((size, size), RESAMPLE)
+        elif mode == "shorter_side":
+            side = min(width, height)
+            left, top = (width - side) / 2, (height - side) / 2
+            box = (left, top, left + side, top + side)
+            image = image.resize((size, size), RESAMPLE, box=box)
+        else:
+            raise ValueError(f"resize_mode={mode!r}: expected one of {RESIZE_MODES}")
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_square(data: bytes, size: int, where: str) -> np.ndarray:
+def decode_square(data: bytes, size: int, where: str, mode: str = "shorter_side") -> np.ndarray:
     """Decodes an encoded image (JPEG, PNG, ...) into the §2 S x S RGB uint8 array.
 
     JPEGs are decoded at reduced scale by libjpeg's DCT scaling (`draft`) when the image is at
@@ -151,6 +164,7 @@ def decode_square(data: bytes, size: int, where: str) -> np.ndarray:
       data: the encoded file.
       size: S.
       where: path or key, for error messages.
+      mode: `resize_square`'s mode.
 
     Returns:
       uint8 array (size, size, 3).
@@ -162,7 +176,7 @@ def decode_square(data: bytes, size: int, where: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             image.draft(None, (size, size))
             image.load()
-            return resize_square(to_rgb(image), size)
+            return resize_square(to_rgb(image), size, mode)
     except OSError as e:  # Pillow reports truncated data as OSError.
         message = str(e)
         if "truncated" in message.lower() or "broken data stream" in message:
@@ -198,6 +212,7 @@ class Source:
       split: the split it reads.
       num_classes: labels are 0..num_classes - 1.
       size: S, the side of every image.
+      resize_mode: how an image became S x S (`resize_square`).
       class_names: the class names, or None where the dataset has none.
       stats_dir: where `input_pipeline.load_data_stats` caches statistics for this source,
         or None for the configured cache directory.
@@ -207,6 +222,7 @@ class Source:
     split: str
     num_classes: int
     size: int
+    resize_mode: str = "shorter_side"
     class_names: Sequence[str] | None = None
     stats_dir: str | None = None
 
@@ -329,7 +345,10 @@ class FolderSource(Source):
     else to 'train': the assignment of a file never changes when other files are added.
     """
 
-    def __init__(self, root: str, split: str, size: int, val_fraction: float):
+    def __init__(
+        self, root: str, split: str, size: int, val_fraction: float,
+        resize_mode: str = "shorter_side",
+    ):  # fmt: skip
         root = os.path.expanduser(root)
         if not os.path.isdir(root):
             raise DatasetNotPreparedError(
@@ -337,6 +356,7 @@ class FolderSource(Source):
                 "--config.dataset=folder:<path> (one sub-folder of images per class)"
             )
         self.name, self.split, self.size = f"folder:{root}", split, size
+        self.resize_mode = resize_mode
         split_dirs = {
             "train": "train",
             "val": "val" if os.path.isdir(os.path.join(root, "val")) else "validation",
@@ -401,7 +421,7 @@ class FolderSource(Source):
                 data = f.read()
         except OSError as e:
             raise BadExample("unreadable", path, str(e)) from e
-        image = decode_square(data, self.size, path)
+        image = decode_square(data, self.size, path, self.resize_mode)
         return {"image": image, "label": int(self._labels[index])}
 
 
@@ -456,11 +476,14 @@ class TfdsSource(Source):
     `supervised_keys`, else its only Image and ClassLabel features.
     """
 
-    def __init__(self, name: str, split: str, size: int, data_dir: str):
+    def __init__(
+        self, name: str, split: str, size: int, data_dir: str, resize_mode: str = "shorter_side"
+    ):
         import tensorflow_datasets as tfds
 
         root = _tfds_data_dir(data_dir)
         self.name, self.split, self.size = f"tfds:{name}", split, size
+        self.resize_mode = resize_mode
         try:
             builder = tfds.builder(name, data_dir=root)
         except tfds.core.registered.DatasetNotFoundError as e:
@@ -524,7 +547,7 @@ class TfdsSource(Source):
             record = self._data[index]
         except Exception as e:  # A damaged ArrayRecord file or record.
             raise BadExample("unreadable", where, str(e)) from e
-        image = decode_square(record[self._image_key], self.size, where)
+        image = decode_square(record[self._image_key], self.size, where, self.resize_mode)
         return {"image": image, "label": int(record[self._label_key])}
 
 
@@ -540,7 +563,7 @@ class PreparedSource(Source):
     side differs from the configured S they are resized again by the same rule.
     """
 
-    def __init__(self, directory: str, split: str, size: int):
+    def __init__(self, directory: str, split: str, size: int, resize_mode: str = "shorter_side"):
         from array_record.python import array_record_data_source
 
         directory = os.path.expanduser(directory)
@@ -555,7 +578,17 @@ class PreparedSource(Source):
             meta = json.load(f)
         if split not in meta["splits"]:
             raise ValueError(f"{directory} has splits {sorted(meta['splits'])}, not {split!r}")
+        # Written before the field existed: the only mode there was.
+        made = meta.get("resize_mode", "shorter_side")
+        if made != resize_mode:
+            raise ValueError(
+                f"{directory} was prepared with resize_mode={made!r}, the config has "
+                f"resize_mode={resize_mode!r}: its stored squares cannot be made the other way; "
+                f"set --config.resize_mode={made} or prepare the data again with "
+                f"resize_mode={resize_mode!r} into another --out."
+            )
         self.name, self.split, self.size = f"prepared:{directory}", split, size
+        self.resize_mode = resize_mode
         self.num_classes = int(meta["num_classes"])
         self.class_names = meta.get("class_names")
         self.stats_dir = directory  # Statistics are cached with the data.
@@ -573,7 +606,7 @@ class PreparedSource(Source):
             (label,) = _RECORD_HEADER.unpack_from(record)
         except Exception as e:
             raise BadExample("unreadable", where, str(e)) from e
-        image = decode_square(record[_RECORD_HEADER.size :], self.size, where)
+        image = decode_square(record[_RECORD_HEADER.size :], self.size, where, self.resize_mode)
         return {"image": image, "label": int(label)}
 
 
@@ -639,6 +672,7 @@ class SlicedSource(Source):
                 f"{base.split!r}); widen the slice."
             )
         self.name, self.split, self.size = base.name, split, base.size
+        self.resize_mode = base.resize_mode
         self.num_classes, self.class_names = base.num_classes, base.class_names
         self.stats_dir = base.stats_dir
 
@@ -713,17 +747,19 @@ def parse_dataset(dataset: str) -> tuple[str, str]:
 
 def _create_base_source(config: Any, split: str) -> Source:
     """The source of one whole (unsliced) split; see `create_source`."""
-    size = int(config.resize_size)
+    size, mode = int(config.resize_size), config.resize_mode
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode={mode!r}: expected one of {RESIZE_MODES}")
     kind, arg = parse_dataset(config.dataset)
-    if kind == "digits":
+    if kind == "digits":  # 8x8 squares: both modes make the same image
         return DigitsSource(split, size)
-    if kind == "synthetic":
+    if kind == "synthetic":  # generated at S x S
         return SyntheticSource(split, size, config.synthetic_examples, config.synthetic_classes)
     if kind == "folder":
-        return FolderSource(arg, split, size, config.folder_val_fraction)
+        return FolderSource(arg, split, size, config.folder_val_fraction, mode)
     if kind == "prepared":
-        return PreparedSource(arg, split, size)
-    return TfdsSource(arg, split, size, config.data_dir)
+        return PreparedSource(arg, split, size, mode)
+    return TfdsSource(arg, split, size, config.data_dir, mode)
 
 
 _LOGGED: set[str] = set()

@@ -90,6 +90,12 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
             f"image_size={config.image_size} is larger than resize_size={config.resize_size}: "
             "crops are taken from the resized image; raise resize_size or lower image_size."
         )
+    if config.resize_mode not in sources.RESIZE_MODES:
+        problems.append(
+            f"resize_mode={config.resize_mode!r} is not one of {sources.RESIZE_MODES}: "
+            "'shorter_side' (§2: shorter side to resize_size, centre square) or 'warp' (the "
+            "whole image to resize_size x resize_size, as Caffe's data)."
+        )
     check(lambda: sources.parse_dataset(config.dataset))
     shape = check(lambda: parallel.mesh_shape(config.mesh, config.model, num_devices))
     if config.mesh.grad_sum not in parallel.GRAD_SUMS:

@@ -71,6 +71,9 @@ ADDED_FIELDS = {
     "augment.random_crop_end_epoch": -1,
     "augment.flip_end_epoch": -1,
     "augment.pca_color_end_epoch": -1,
+    "resize_mode": "shorter_side",
+    "augment.mean_file": "",
+    "augment.mean_file_layout": "caffe",
 }
 
 

@@ -62,6 +62,10 @@ def get_augment_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
     cfg.mean = "image"  # 'image' per-pixel mean image (§2) | 'channel' | 'fixed' | 'none'.
     cfg.mean_rgb = (0.0, 0.0, 0.0)  # 'fixed': the RGB values subtracted, 0..255 units.
+    # 'image'/'channel': the mean image read from this file (.npy, or Caffe's .binaryproto)
+    # instead of computed from the training split; '' computes it (§2).
+    cfg.mean_file = ""
+    cfg.mean_file_layout = "caffe"  # 'caffe': (3, H, W) B, G, R | 'hwc_rgb': (H, W, 3) R, G, B.
     cfg.std_rgb = (1.0, 1.0, 1.0)  # Per-channel divisor after the mean (torchvision's std x 255).
     cfg.random_crop = True  # Random patches of the S x S image (§4.1); False = centre patch.
     cfg.flip = True  # Left-right mirror with probability 1/2 (§4.1).
@@ -96,6 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Host-side input (alexnet_jax/input_pipeline.py).
     config.resize_size = 256  # Shorter side resized to this, then centre-cropped square (§2).
+    # 'shorter_side' (§2) | 'warp': the whole image resampled to resize_size x resize_size,
+    # aspect ratio lost, as Caffe's convert_imageset made its ImageNet data.
+    config.resize_mode = "shorter_side"
     config.num_workers = 2  # Grain worker processes decoding images (0 = in the main process).
     config.prefetch_batches = 2  # Batches each worker prepares ahead.
     config.strict_data = False  # True: stop at the first unreadable image instead of skipping.

@@ -12,17 +12,24 @@ Its other choices are switches here:
   alpha by local_size (`lrn_alpha_convention='divided_by_n'`), so the term is 2e-5 per square
   against the paper's 1e-4 and k is 1 against 2. Its window runs across all 96 (256) maps,
   both groups together (`lrn_across_towers=True`).
-* 227x227 inputs (`image_size=227`, no padding needed) cropped from 256x256.
+* 227x227 inputs (`image_size=227`, no padding needed) cropped from 256x256 images that are
+  warped, not cropped, to 256x256 (`resize_mode='warp'`): Caffe's `convert_imageset
+  --resize_height=256 --resize_width=256` made its ILSVRC-2012 data so
+  (examples/imagenet/create_imagenet.sh).
 * Dropout scales the kept units in training (`dropout_scaling='inverted'`), so nothing is
   scaled at test time.
 * Inputs have a per-channel mean subtracted, Caffe's B, G, R = 104, 117, 123 (from
   ilsvrc_2012_mean), given here in RGB order (`augment.mean='fixed'`). The importer reverses
   conv1's input channels, so the network takes RGB like every config here.
 
-What differs from Caffe's own evaluation: Caffe warps every image to 256x256, where this
-pipeline resizes the shorter side to 256 and takes the centre square (§2). Its model card
-(57.1% / 80.2% top-1 / top-5 accuracy, centre crop) is the figure to compare with, not a number
-measured here.
+Caffe's own evaluation (models/bvlc_alexnet/train_val.prototxt) subtracts the mean *image*
+`imagenet_mean.binaryproto`, not three numbers; with that file (or pycaffe's
+`ilsvrc_2012_mean.npy`, the same 3 x 256 x 256 B, G, R array) add
+
+  --config.augment.mean=image --config.augment.mean_file=imagenet_mean.binaryproto
+
+(`augment.mean_file_layout='caffe'` is the default). Its model card (57.1% / 80.2% top-1 /
+top-5 accuracy, centre crop) is the figure to compare with, not a number measured here.
 """
 
 import ml_collections
@@ -42,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     m.init = "caffe"  # bias 0.1 and fc6/fc7 std 0.005, for training it from scratch
     config.image_size = 227
     config.resize_size = 256
+    config.resize_mode = "warp"
     config.augment.mean = "fixed"
     config.augment.mean_rgb = (123.0, 117.0, 104.0)
     config.optimizer.weight_decay_on = "weights"

@@ -266,3 +266,124 @@ def test_augment_config_is_the_paper():
     assert cfg.mean == "image"
     assert cfg.random_crop and cfg.flip and cfg.pca_color
     assert cfg.pca_std == 0.1
+
+
+# ----------------------------------------------------------------------------------------------
+# augment.mean_file: a mean image brought from elsewhere (Caffe's imagenet_mean.binaryproto,
+# pycaffe's ilsvrc_2012_mean.npy) instead of the training split's.
+
+
+def _caffe_blob_class():
+    """Caffe's BlobProto/BlobShape (caffe.proto) built with the protobuf library itself, so
+    the test file is written by an encoder independent of augment.read_binaryproto."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="caffe_blob_test.proto", package="caffe_t")
+    shape = proto.message_type.add(name="BlobShape")
+    shape.field.add(name="dim", number=1, type=F.TYPE_INT64, label=F.LABEL_REPEATED)
+    shape.field[0].options.packed = True
+    blob = proto.message_type.add(name="BlobProto")
+    blob.field.add(name="shape", number=7, type=F.TYPE_MESSAGE, label=F.LABEL_OPTIONAL,
+                   type_name=".caffe_t.BlobShape")  # fmt: skip
+    blob.field.add(name="data", number=5, type=F.TYPE_FLOAT, label=F.LABEL_REPEATED)
+    blob.field[-1].options.packed = True
+    for name, number in (("num", 1), ("channels", 2), ("height", 3), ("width", 4)):
+        blob.field.add(name=name, number=number, type=F.TYPE_INT32, label=F.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("caffe_t.BlobProto"))
+
+
+def _bgr_mean(s: int = S, seed: int = 3) -> np.ndarray:
+    """A (3, s, s) B, G, R mean with a different range per channel, so an order mix-up shows."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.uniform(lo, lo + 20, (s, s)) for lo in (100, 110, 120)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("legacy_dims", [True, False])
+def test_binaryproto_and_npy_mean_files_give_the_same_rgb_image(tmp_path, legacy_dims):
+    bgr = _bgr_mean()
+    blob = _caffe_blob_class()()
+    if legacy_dims:  # num/channels/height/width, as Caffe's compute_image_mean writes it
+        blob.num, blob.channels, blob.height, blob.width = 1, 3, S, S
+    else:
+        blob.shape.dim.extend([1, 3, S, S])
+    blob.data.extend(bgr.ravel().tolist())
+    (tmp_path / "mean.binaryproto").write_bytes(blob.SerializeToString())
+    np.save(tmp_path / "mean.npy", bgr)
+    np.save(tmp_path / "mean_hwc.npy", bgr[::-1].transpose(1, 2, 0))
+    want = np.stack([bgr[2], bgr[1], bgr[0]], axis=-1)  # (S, S, R G B)
+    for name, layout in (("mean.binaryproto", "caffe"), ("mean.npy", "caffe"),
+                         ("mean_hwc.npy", "hwc_rgb")):  # fmt: skip
+        got = augment.load_mean_file(str(tmp_path / name), layout, S)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_mean_file_is_what_evaluation_subtracts(tmp_path, monkeypatch):
+    from alexnet_jax import input_pipeline
+
+    bgr = _bgr_mean()
+    np.save(tmp_path / "mean.npy", bgr)
+    config = alexnet_config.get_config()
+    config.resize_size, config.image_size = S, SIZE
+    config.augment.mean_file = str(tmp_path / "mean.npy")
+
+    def no_training_data(*args, **kwargs):
+        raise AssertionError("the training split was read")
+
+    monkeypatch.setattr(input_pipeline, "load_data_stats", no_training_data)
+    stats = input_pipeline.eval_data_stats(config)
+    images = _random_images(0, 2)
+    got = np.asarray(augment.eval_views(images, stats, config.augment, SIZE, ten_crop=False))
+    o = (S - SIZE) // 2
+    rgb = bgr[::-1].transpose(1, 2, 0)
+    want = (images.astype(np.float64) - rgb)[:, o : o + SIZE, o : o + SIZE]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    config.augment.mean = "channel"
+    got = np.asarray(augment.eval_views(images, input_pipeline.eval_data_stats(config),
+                                        config.augment, SIZE, ten_crop=False))  # fmt: skip
+    want = (images.astype(np.float64) - rgb.mean(axis=(0, 1)))[:, o : o + SIZE, o : o + SIZE]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+
+
+def test_training_statistics_keep_their_pca_and_take_the_files_mean(tmp_path):
+    from alexnet_jax import input_pipeline
+
+    config = alexnet_config.get_config()
+    config.update(dict(dataset="digits", resize_size=S, batch_size=64, num_workers=0,
+                       cache_dir=str(tmp_path / "cache")))  # fmt: skip
+    computed = input_pipeline.load_data_stats(config, input_pipeline.create_source(config, "train"))
+    bgr = _bgr_mean()
+    np.save(tmp_path / "mean.npy", bgr)
+    config.augment.mean_file = str(tmp_path / "mean.npy")
+    both = input_pipeline.load_data_stats(config, input_pipeline.create_source(config, "train"))
+    np.testing.assert_array_equal(both.mean_image, bgr[::-1].transpose(1, 2, 0))
+    np.testing.assert_array_equal(both.pca_eigvals, computed.pca_eigvals)
+    np.testing.assert_array_equal(both.pca_eigvecs, computed.pca_eigvecs)
+
+
+def test_bad_mean_files_get_one_clear_message(tmp_path):
+    bgr = _bgr_mean()
+    np.save(tmp_path / "chw.npy", bgr)
+    np.save(tmp_path / "small.npy", bgr[:, :4, :4])
+    np.save(tmp_path / "unit.npy", bgr / 255.0)
+    (tmp_path / "cut.binaryproto").write_bytes(b"\x2a\xff\xff\x03\x00\x00")  # data, cut short
+    (tmp_path / "text.npy").write_text("not an array")
+    cases = [
+        ("missing.npy", "caffe", "does not exist"),
+        ("chw.npy", "hwc_rgb", r"expects \(H, W, 3\).*mean_file_layout='caffe'"),
+        ("small.npy", "caffe", r"4x4 mean image.*12x12.*resize_size=4"),
+        ("unit.npy", "caffe", "values in 0..1.*times 255"),
+        ("cut.binaryproto", "caffe", "not a Caffe BlobProto file"),
+        ("cut.binaryproto", "hwc_rgb", "set augment.mean_file_layout='caffe'"),
+        ("text.npy", "caffe", "not a .npy array"),
+        ("chw.npy", "chw", "mean_file_layout='chw': expected one of"),
+    ]
+    for name, layout, match in cases:
+        with pytest.raises(ValueError, match=match):
+            augment.load_mean_file(str(tmp_path / name), layout, S)
+    cfg = alexnet_config.get_augment_config()
+    cfg.mean, cfg.mean_file = "fixed", str(tmp_path / "chw.npy")
+    with pytest.raises(ValueError, match="mean_file=.*only with augment.mean='image' or 'channel'"):
+        augment.check_augment_config(cfg)

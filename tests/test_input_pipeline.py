@@ -554,3 +554,64 @@ def test_prepare_writes_a_readable_copy_with_its_stats(tmp_path):
     train_copy = input_pipeline.create_source(prepared_config, "train")
     stats_path = input_pipeline.stats_cache_path(prepared_config, train_copy)
     assert os.path.dirname(stats_path) == out and os.path.exists(stats_path)  # With the data.
+
+
+# ----------------------------------------------------------------------------------------------
+# resize_mode='warp' (Caffe's convert_imageset) against §2's shorter side + centre square.
+
+
+def _thirds_image(tmp_path) -> str:
+    """Two classes of one 90x30 image: red, green, blue thirds from left to right (PNG)."""
+    x = np.zeros((30, 90, 3), np.uint8)
+    x[:, :30, 0], x[:, 30:60, 1], x[:, 60:, 2] = 255, 255, 255
+    for name in ("a", "b"):  # a folder dataset has at least 2 classes; example 0 is a's
+        (tmp_path / "thirds" / name).mkdir(parents=True)
+        Image.fromarray(x).save(tmp_path / "thirds" / name / "wide.png")
+    return str(tmp_path / "thirds")
+
+
+def test_warp_keeps_the_whole_image_and_shorter_side_its_centre(tmp_path):
+    root = _thirds_image(tmp_path)
+    got = {}
+    for mode in ("shorter_side", "warp"):
+        config = _config(dataset=f"folder:{root}", resize_size=12, resize_mode=mode)
+        config.folder_val_fraction = 0.0
+        source = input_pipeline.create_source(config, "train")
+        assert source.resize_mode == mode
+        got[mode] = source[0]["image"].astype(int)
+    # §2: the central 30x30 square is the green third (its edge columns blend with the
+    # neighbours inside the filter's support, as resizing the whole image would).
+    centre = got["shorter_side"][:, 1:-1]
+    assert (centre == (0, 255, 0)).all()
+    # Warped: each third is 4 of the 12 columns; the outer columns are pure red and pure blue.
+    warp = got["warp"]
+    assert (warp[:, :3] == (255, 0, 0)).all() and (warp[:, -3:] == (0, 0, 255)).all()
+    assert (warp[:, 5:7] == (0, 255, 0)).all()
+
+
+def test_resize_mode_is_validated_recorded_when_prepared_and_keys_the_stats(tmp_path):
+    root = _thirds_image(tmp_path)
+    with pytest.raises(ValueError, match="resize_mode='stretch'.*'shorter_side', 'warp'"):
+        input_pipeline.create_source(_config(dataset="digits", resize_mode="stretch"), "train")
+    config = _config(dataset=f"folder:{root}", resize_mode="warp", cache_dir=str(tmp_path / "c"))
+    config.folder_val_fraction = 0.0
+    out = str(tmp_path / "prepared")
+    meta = input_pipeline.prepare(config, out, ["train"])
+    assert meta["resize_mode"] == "warp"
+    warped = input_pipeline.create_source(config, "train")[0]["image"].astype(int)
+    prepared = _config(dataset=f"prepared:{out}", resize_mode="warp")
+    copy = input_pipeline.create_source(prepared, "train")
+    assert np.abs(copy[0]["image"].astype(int) - warped).mean() < 3.0  # JPEG of the warped image
+    with pytest.raises(ValueError, match="prepared with resize_mode='warp'.*resize_mode=warp"):
+        input_pipeline.create_source(_config(dataset=f"prepared:{out}"), "train")
+    plain = _config(dataset=f"folder:{root}", folder_val_fraction=0.0)
+    with pytest.raises(ValueError, match="would mix the two"):
+        input_pipeline.prepare(plain, out, ["validation"])
+    # The warped images' mean is another mean: its own cache file.
+    warp_path = input_pipeline.stats_cache_path(
+        config, input_pipeline.create_source(config, "train")
+    )
+    plain_path = input_pipeline.stats_cache_path(
+        config, input_pipeline.create_source(plain, "train")
+    )
+    assert warp_path == plain_path.replace("px-", "px-warp-") and warp_path != plain_path
