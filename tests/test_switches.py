@@ -975,6 +975,51 @@ def check_std_rgb():
         augment.check_augment_config(_augment_cfg(std_rgb=(1.0, 0.0, 1.0)))
 
 
+def _mean_file_views(tmp: Path, mean: str, layout: str, array: np.ndarray):
+    """(images, training views) with the statistics `input_pipeline` gives for a mean file."""
+    from alexnet_jax import input_pipeline
+
+    np.save(tmp / "mean.npy", array)
+    config = alexnet_config.get_config()
+    config.resize_size, config.image_size = _S, _CROP
+    config.augment.update(dict(random_crop=False, flip=False, pca_color=False, mean=mean,
+                               mean_file=str(tmp / "mean.npy"), mean_file_layout=layout))  # fmt: skip
+    stats = input_pipeline.eval_data_stats(config)
+    images = np.random.default_rng(1).integers(0, 256, (_N, _S, _S, 3), dtype=np.uint8)
+    out = augment.train_views(jax.random.key(3), images, stats, config.augment, _CROP)
+    return images.astype(np.float64), np.asarray(out, np.float64)
+
+
+def _bgr_chw(seed=5):
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.uniform(lo, lo + 20, (_S, _S)) for lo in (100, 115, 130)])
+
+
+def check_mean_file():
+    import tempfile
+
+    bgr = _bgr_chw()
+    rgb = bgr[::-1].transpose(1, 2, 0)  # Caffe's (3, H, W) B, G, R -> (H, W, 3) R, G, B
+    with tempfile.TemporaryDirectory() as tmp:
+        images, out = _mean_file_views(Path(tmp), "image", "caffe", bgr)
+        assert_switch(out, _centre(images - rgb), _centre(images - _stats().mean_image), tol=1e-6)
+        images, out = _mean_file_views(Path(tmp), "channel", "caffe", bgr)
+        assert rel(out, _centre(images - rgb.mean(axis=(0, 1)))) < 1e-6
+
+
+def check_mean_file_layout():
+    import tempfile
+
+    bgr = _bgr_chw()
+    rgb = bgr[::-1].transpose(1, 2, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        images, out = _mean_file_views(Path(tmp), "image", "hwc_rgb", rgb)
+        # read as Caffe's layout the same numbers would be B, G, R: the channels reversed
+        assert_switch(out, _centre(images - rgb), _centre(images - rgb[..., ::-1]), tol=1e-6)
+        with pytest.raises(ValueError, match="mean_file_layout='caffe' expects"):
+            _mean_file_views(Path(tmp), "image", "caffe", rgb)
+
+
 def _augment_cfg(**switch):
     cfg = alexnet_config.get_augment_config()
     cfg.update(switch)
@@ -983,6 +1028,8 @@ def _augment_cfg(**switch):
 
 AUGMENT_CHECKS = {
     "mean_rgb": check_mean_rgb,
+    "mean_file": check_mean_file,
+    "mean_file_layout": check_mean_file_layout,
     "std_rgb": check_std_rgb,
     "random_crop_end_epoch": check_random_crop_end_epoch,
     "flip_end_epoch": check_flip_end_epoch,
