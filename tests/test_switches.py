@@ -982,8 +982,9 @@ def _mean_file_views(tmp: Path, mean: str, layout: str, array: np.ndarray):
     np.save(tmp / "mean.npy", array)
     config = alexnet_config.get_config()
     config.resize_size, config.image_size = _S, _CROP
-    config.augment.update(dict(random_crop=False, flip=False, pca_color=False, mean=mean,
-                               mean_file=str(tmp / "mean.npy"), mean_file_layout=layout))  # fmt: skip
+    off = dict(random_crop=False, flip=False, pca_color=False)
+    config.augment.update(dict(off, mean=mean, mean_file=str(tmp / "mean.npy")))
+    config.augment.mean_file_layout = layout
     stats = input_pipeline.eval_data_stats(config)
     images = np.random.default_rng(1).integers(0, 256, (_N, _S, _S, 3), dtype=np.uint8)
     out = augment.train_views(jax.random.key(3), images, stats, config.augment, _CROP)
