@@ -107,8 +107,11 @@ def test_a_run_recorded_before_a_field_existed_resumes_at_the_old_behaviour(tmp_
 
     old = json.loads(alexnet.get_config().to_json_best_effort())
     for key in workdir.ADDED_FIELDS:
-        section, field = key.split(".")
-        del old[section][field]
+        *sections, field = key.split(".")
+        parent = old
+        for section in sections:
+            parent = parent[section]
+        del parent[field]
     (tmp_path / "config.json").write_text(json.dumps(old))
     new = alexnet.get_config()
     new.model.dropout_scaling = "inverted"  # what every run before the field did
