@@ -23,12 +23,12 @@ Its other choices are switches here:
   conv1's input channels, so the network takes RGB like every config here.
 
 Caffe's own evaluation (models/bvlc_alexnet/train_val.prototxt) subtracts the mean *image*
-`imagenet_mean.binaryproto`, not three numbers; with that file (or pycaffe's
-`ilsvrc_2012_mean.npy`, the same 3 x 256 x 256 B, G, R array) add
+`imagenet_mean.binaryproto`, not three numbers. Given that file (or pycaffe's
+`ilsvrc_2012_mean.npy`, the same 3 x 256 x 256 B, G, R array) after the config's path, the
+config subtracts it instead (`augment.mean='image'`, `mean_file`, `mean_file_layout='caffe'`):
 
-  --config.augment.mean=image --config.augment.mean_file=imagenet_mean.binaryproto
-
-(`augment.mean_file_layout='caffe'` is the default). Its model card (57.1% / 80.2% top-1 /
+  --config=configs/caffe_bvlc_alexnet.py:imagenet_mean.binaryproto
+ Its model card (57.1% / 80.2% top-1 /
 top-5 accuracy, centre crop) is the figure to compare with, not a number measured here.
 """
 
@@ -37,7 +37,9 @@ import ml_collections
 from configs import alexnet
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(mean_file: str | None = None) -> ml_collections.ConfigDict:
+    """Caffe's network and preprocessing; `mean_file`: Caffe's mean image instead of its
+    per-channel values (the text after `:` in `--config=configs/caffe_bvlc_alexnet.py:FILE`)."""
     config = alexnet.get_config()
     m = config.model
     m.lrn_alpha_convention = "divided_by_n"
@@ -52,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.resize_mode = "warp"
     config.augment.mean = "fixed"
     config.augment.mean_rgb = (123.0, 117.0, 104.0)
+    if mean_file:
+        config.augment.mean = "image"
+        config.augment.mean_rgb = (0.0, 0.0, 0.0)
+        config.augment.mean_file = mean_file
     config.optimizer.weight_decay_on = "weights"
     config.optimizer.schedule = "step"  # Caffe's solver: /10 every 100,000 iterations of 256
     return config

@@ -151,3 +151,59 @@ def test_evaluation_imports_no_tensorflow(runs):
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["False", "False"]
+
+
+@pytest.mark.slow  # a float64 NumPy forward of the full grouped network
+def test_caffes_own_preprocessing_warp_and_mean_image_end_to_end(tmp_path):
+    """The docs' command for Caffe's preprocessing (images warped to 256x256, the mean image
+    of a .binaryproto subtracted, the centre 227 patch, BGR into conv1) against an independent
+    NumPy Caffe forward of the same files."""
+    from PIL import Image
+
+    from tests.test_augment import _caffe_blob_class
+    from tests.test_weights import caffe_forward, caffe_reference, write_converter_npy
+
+    rng = np.random.default_rng(7)
+    paths = []
+    for split in ("train", "val"):
+        for c, (w, h) in enumerate([(320, 200), (180, 300)]):  # wide and tall: warp matters
+            folder = tmp_path / "data" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            small = rng.integers(0, 256, (h // 20, w // 20, 3), dtype=np.uint8)
+            image = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+            image.save(folder / "x.png")
+            if split == "val":
+                paths.append(folder / "x.png")
+    bgr_mean = np.stack([rng.uniform(lo, lo + 30, (256, 256)) for lo in (95, 110, 120)])
+    blob = _caffe_blob_class()()
+    blob.num, blob.channels, blob.height, blob.width = 1, 3, 256, 256
+    blob.data.extend(bgr_mean.astype(np.float32).ravel().tolist())
+    (tmp_path / "imagenet_mean.binaryproto").write_bytes(blob.SerializeToString())  # Caffe's
+    ref = caffe_reference()
+    npy = tmp_path / "bvlc_alexnet.npy"
+    write_converter_npy(npy, ref)
+    out = tmp_path / "out"
+    mean = tmp_path / "imagenet_mean.binaryproto"
+    done = _cli(f"--config=configs/caffe_bvlc_alexnet.py:{mean}", f"--weights={npy}",
+                "--weights_format=caffe_npy",
+                f"--config.dataset=folder:{tmp_path / 'data'}", "--config.eval_split=validation",
+                "--config.batch_size=2", "--config.num_workers=0", "--save_probs",
+                f"--out={out}")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    with np.load(out / "probs.npz") as saved:
+        (key,) = [k for k in saved.files if k.endswith("/centre")]
+        got, labels = saved[key], saved["labels"]
+    assert labels.tolist() == [0, 1]
+    # Caffe: the whole image resampled to 256x256, minus the mean image, the centre 227.
+    warped = np.stack([
+        np.asarray(Image.open(p).convert("RGB").resize((256, 256), Image.Resampling.BILINEAR))
+        for p in paths
+    ]).astype(np.float64)  # fmt: skip
+    bgr = warped[..., ::-1].transpose(0, 3, 1, 2) - bgr_mean
+    logits = caffe_forward(bgr[:, :, 14:241, 14:241], ref)
+    shifted = logits - logits.max(-1, keepdims=True)
+    want = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))  # log-softmax
+    assert (got.argmax(-1) == logits.argmax(-1)).all()
+    seen = got > 1e-30  # float32 softmaxes of far-off classes underflow to 0
+    gap = np.abs(np.log(got[seen]) - want[seen]).max() / np.abs(logits).max()
+    assert gap < 1e-5, gap
