@@ -121,6 +121,11 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
         )
     )
     check(lambda: augment.check_augment_config(config.augment))
+    if config.augment.mean_file and config.augment.mean in ("image", "channel"):
+        # Read now (one array): a bad file is refused before the workdir is touched.
+        a = config.augment
+        path = os.path.expanduser(a.mean_file)
+        check(lambda: augment.load_mean_file(path, a.mean_file_layout, int(config.resize_size)))
     if config.optimizer.schedule == "plateau":
         check(lambda: optim.Plateau(config.optimizer))
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "batch_size"):

@@ -387,3 +387,20 @@ def test_bad_mean_files_get_one_clear_message(tmp_path):
     cfg.mean, cfg.mean_file = "fixed", str(tmp_path / "chw.npy")
     with pytest.raises(ValueError, match="mean_file=.*only with augment.mean='image' or 'channel'"):
         augment.check_augment_config(cfg)
+
+
+def test_a_bad_mean_file_is_refused_with_the_config_before_anything_runs(tmp_path):
+    from alexnet_jax import train
+    from configs import default
+
+    config = default.get_config()
+    config.augment.mean_file = str(tmp_path / "nothere.npy")
+    config.augment.mean = "fixed"  # a mean file that would be ignored
+    with pytest.raises(ValueError, match="mean_file=.*only with augment.mean='image'"):
+        train.check_config(config, num_devices=1)
+    config.augment.mean = "image"
+    with pytest.raises(ValueError, match="(?s)Invalid config.*nothere.npy' does not exist"):
+        train.check_config(config, num_devices=1)
+    np.save(tmp_path / "ok.npy", np.full((3, config.resize_size, config.resize_size), 100.0))
+    config.augment.mean_file = str(tmp_path / "ok.npy")
+    train.check_config(config, num_devices=1)
