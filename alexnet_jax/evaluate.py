@@ -220,6 +220,7 @@ def evaluate_members(
         "skipped": skipped,
         "seconds": time.perf_counter() - started,
         "members": [{"name": m.name, **m.source} for m in members],
+        "preprocessing": preprocessing(config),
         "errors": {
             n: {
                 f"{p}_top{k}_error": 1.0 - c[f"{p}_top{k}"] / count
@@ -243,6 +244,41 @@ def evaluate_members(
             },
         }
     return result
+
+
+def preprocessing(config: Any) -> dict[str, Any]:
+    """What was done to the images before the network, for the results' provenance."""
+    a = config.augment
+    out = {
+        "resize_size": int(config.resize_size),
+        "resize_mode": config.resize_mode,
+        "image_size": int(config.image_size),
+        "mean": a.mean,
+        "std_rgb": list(a.std_rgb),
+    }
+    if a.mean == "fixed":
+        out["mean_rgb"] = list(a.mean_rgb)
+    elif a.mean in ("image", "channel") and a.mean_file:
+        path = os.path.expanduser(a.mean_file)
+        out.update(mean_file=path, mean_file_layout=a.mean_file_layout,
+                   mean_file_sha256=weights.sha256(path))  # fmt: skip
+    elif a.mean in ("image", "channel"):
+        out["mean_from"] = f"{config.dataset} {config.train_split}"
+    return out
+
+
+def _describe_preprocessing(p: dict[str, Any]) -> str:
+    resize = "warped to" if p["resize_mode"] == "warp" else "shorter side to"
+    mean = {
+        "fixed": f"minus RGB {tuple(p.get('mean_rgb', ()))}",
+        "none": "no mean subtracted",
+    }.get(p["mean"])
+    if mean is None:
+        where = (f"`{p['mean_file']}` (sha256 {p['mean_file_sha256']})" if "mean_file" in p
+                 else p["mean_from"])  # fmt: skip
+        mean = f"minus the {'mean image' if p['mean'] == 'image' else 'channel means'} of {where}"
+    std = "" if p["std_rgb"] == [1.0, 1.0, 1.0] else f", divided by {tuple(p['std_rgb'])}"
+    return f"Images {resize} {p['resize_size']}, {p['image_size']} patches, {mean}{std}."
 
 
 def markdown(result: dict[str, Any], config: Any, formats: set[str]) -> str:
@@ -277,7 +313,9 @@ def markdown(result: dict[str, Any], config: Any, formats: set[str]) -> str:
         f"{result['split']}\n\n{result['examples']:,} images evaluated; skipped files: {skipped}; "
         f"config model {config.model.name}, image_size {config.image_size}; "
         f"{time.strftime('%Y-%m-%d')}, {jax.devices()[0].platform}, JAX {jax.__version__}.\n\n"
-        f"Members:\n{members}\n\n" + "\n".join(lines) + "\n\n"
+        f"Members:\n{members}\n\n{_describe_preprocessing(result['preprocessing'])}\n\n"
+        + "\n".join(lines)
+        + "\n\n"
         "Rows other than 'measured' are published figures (alexnet_jax/published.py), not "
         "measured here.\n"
     )

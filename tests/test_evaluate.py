@@ -190,6 +190,13 @@ def test_caffes_own_preprocessing_warp_and_mean_image_end_to_end(tmp_path):
                 "--config.batch_size=2", "--config.num_workers=0", "--save_probs",
                 f"--out={out}")  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+    recorded = json.loads((out / "results.json").read_text())["preprocessing"]
+    assert recorded["resize_mode"] == "warp" and recorded["mean"] == "image"
+    assert recorded["mean_file_sha256"] == weights.sha256(str(mean))
+    assert (
+        f"Images warped to 256, 227 patches, minus the mean image of `{mean}`"
+        in (out / "results.md").read_text()
+    )
     with np.load(out / "probs.npz") as saved:
         (key,) = [k for k in saved.files if k.endswith("/centre")]
         got, labels = saved[key], saved["labels"]
