@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 MEAN_MODES = ("image", "channel", "fixed", "none")
+MEAN_IMAGE_MODES = ("image", "channel")  # the modes that subtract (part of) a mean image
 
 # Images are converted to float64 at most this many at a time in `compute_data_stats`, which
 # bounds host memory (64 x 256 x 256 x 3 x 8 bytes = 100 MB) whatever the caller's chunk size,
@@ -252,9 +253,7 @@ def read_binaryproto(path: str) -> np.ndarray:
         for number, wire, value in _fields(data):
             if number in (1, 2, 3, 4) and wire == 0:  # num, channels, height, width
                 legacy[number] = value
-            elif number == 5 and wire == 2:  # data, packed floats
-                values.append(np.frombuffer(value, "<f4"))
-            elif number == 5 and wire == 5:  # data, one float
+            elif number == 5 and wire in (2, 5):  # data: packed floats, or one float
                 values.append(np.frombuffer(value, "<f4"))
             elif number == 8 and wire == 2:  # double_data, packed
                 values.append(np.frombuffer(value, "<f8").astype(np.float32))
@@ -520,7 +519,7 @@ def check_augment_config(cfg: Any) -> None:
             f"augment.mean_rgb={mean_rgb} is subtracted only with augment.mean='fixed' (got "
             f"{cfg.mean!r}); set augment.mean='fixed' or leave mean_rgb at (0, 0, 0)."
         )
-    if cfg.mean_file and cfg.mean not in ("image", "channel"):
+    if cfg.mean_file and cfg.mean not in MEAN_IMAGE_MODES:
         raise ValueError(
             f"augment.mean_file={cfg.mean_file!r} is used only with augment.mean='image' or "
             f"'channel' (got {cfg.mean!r}); set one of those or leave mean_file empty."

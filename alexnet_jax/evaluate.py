@@ -258,11 +258,11 @@ def preprocessing(config: Any) -> dict[str, Any]:
     }
     if a.mean == "fixed":
         out["mean_rgb"] = list(a.mean_rgb)
-    elif a.mean in ("image", "channel") and a.mean_file:
+    elif a.mean in augment.MEAN_IMAGE_MODES and a.mean_file:
         path = os.path.expanduser(a.mean_file)
         out.update(mean_file=path, mean_file_layout=a.mean_file_layout,
                    mean_file_sha256=weights.sha256(path))  # fmt: skip
-    elif a.mean in ("image", "channel"):
+    elif a.mean in augment.MEAN_IMAGE_MODES:
         out["mean_from"] = f"{config.dataset} {config.train_split}"
     return out
 

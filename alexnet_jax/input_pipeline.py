@@ -410,18 +410,20 @@ def load_data_stats(config: Any, source: Source) -> Any:
     return _with_mean_file(config, stats)
 
 
-def _with_mean_file(config: Any, stats: Any) -> Any:
-    """`stats` with `config.augment.mean_file`'s mean image in place of the computed one."""
+def mean_file_image(config: Any) -> np.ndarray:
+    """The (S, S, 3) RGB mean image of `config.augment.mean_file` (`augment.load_mean_file`)."""
     from alexnet_jax import augment
 
+    a = config.augment
+    path = os.path.expanduser(a.mean_file)
+    return augment.load_mean_file(path, a.mean_file_layout, int(config.resize_size))
+
+
+def _with_mean_file(config: Any, stats: Any) -> Any:
+    """`stats` with `config.augment.mean_file`'s mean image in place of the computed one."""
     if not config.augment.mean_file:
         return stats
-    mean = augment.load_mean_file(
-        os.path.expanduser(config.augment.mean_file),
-        config.augment.mean_file_layout,
-        int(config.resize_size),
-    )
-    return dataclasses.replace(stats, mean_image=mean)
+    return dataclasses.replace(stats, mean_image=mean_file_image(config))
 
 
 def eval_data_stats(config: Any) -> Any:
@@ -430,15 +432,14 @@ def eval_data_stats(config: Any) -> Any:
     holds only the validation set); else the training split's (`load_data_stats`)."""
     from alexnet_jax import augment
 
-    if config.augment.mean not in ("image", "channel"):
+    if config.augment.mean not in augment.MEAN_IMAGE_MODES:
         return None
-    if config.augment.mean_file:
-        no_pca = augment.DataStats(
-            mean_image=None,
+    if config.augment.mean_file:  # evaluation adds no colour noise: no PCA
+        return augment.DataStats(
+            mean_image=mean_file_image(config),
             pca_eigvals=np.zeros(3, np.float32),
             pca_eigvecs=np.eye(3, dtype=np.float32),
         )
-        return _with_mean_file(config, no_pca)
     return load_data_stats(config, create_source(config, config.train_split))
 
 
@@ -501,7 +502,7 @@ def prepare(
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-    made = meta.get("resize_mode", "shorter_side")
+    made = sources.prepared_resize_mode(meta)
     kept = sorted(set(meta["splits"]) - set(splits))
     if kept and made != config.resize_mode:
         raise ValueError(

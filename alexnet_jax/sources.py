@@ -121,6 +121,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
 RESIZE_MODES = ("shorter_side", "warp")
 
 
+def check_resize_mode(mode: str) -> None:
+    """Raises a ValueError naming the modes for a `config.resize_mode` that is not one."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(
+            f"resize_mode={mode!r} is not one of {RESIZE_MODES}: 'shorter_side' (§2: shorter "
+            "side to resize_size, centre square) or 'warp' (the whole image to resize_size x "
+            "resize_size, as Caffe's data)."
+        )
+
+
+def prepared_resize_mode(meta: dict[str, Any]) -> str:
+    """The resize mode a prepared dataset's metadata records (before the field: §2's)."""
+    return meta.get("resize_mode", "shorter_side")
+
+
 def resize_square(image: Image.Image, size: int, mode: str = "shorter_side") -> np.ndarray:
     """Makes the S x S image of §2 (or Caffe's warp).
 
@@ -139,17 +154,16 @@ def resize_square(image: Image.Image, size: int, mode: str = "shorter_side") -> 
     Returns:
       uint8 array (size, size, channels of `image`).
     """
+    check_resize_mode(mode)
     width, height = image.size
     if (width, height) != (size, size):
         if mode == "warp":
             image = image.resize((size, size), RESAMPLE)
-        elif mode == "shorter_side":
+        else:
             side = min(width, height)
             left, top = (width - side) / 2, (height - side) / 2
             box = (left, top, left + side, top + side)
             image = image.resize((size, size), RESAMPLE, box=box)
-        else:
-            raise ValueError(f"resize_mode={mode!r}: expected one of {RESIZE_MODES}")
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -578,8 +592,7 @@ class PreparedSource(Source):
             meta = json.load(f)
         if split not in meta["splits"]:
             raise ValueError(f"{directory} has splits {sorted(meta['splits'])}, not {split!r}")
-        # Written before the field existed: the only mode there was.
-        made = meta.get("resize_mode", "shorter_side")
+        made = prepared_resize_mode(meta)
         if made != resize_mode:
             raise ValueError(
                 f"{directory} was prepared with resize_mode={made!r}, the config has "
@@ -748,8 +761,7 @@ def parse_dataset(dataset: str) -> tuple[str, str]:
 def _create_base_source(config: Any, split: str) -> Source:
     """The source of one whole (unsliced) split; see `create_source`."""
     size, mode = int(config.resize_size), config.resize_mode
-    if mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode={mode!r}: expected one of {RESIZE_MODES}")
+    check_resize_mode(mode)
     kind, arg = parse_dataset(config.dataset)
     if kind == "digits":  # 8x8 squares: both modes make the same image
         return DigitsSource(split, size)

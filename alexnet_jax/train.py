@@ -90,12 +90,7 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
             f"image_size={config.image_size} is larger than resize_size={config.resize_size}: "
             "crops are taken from the resized image; raise resize_size or lower image_size."
         )
-    if config.resize_mode not in sources.RESIZE_MODES:
-        problems.append(
-            f"resize_mode={config.resize_mode!r} is not one of {sources.RESIZE_MODES}: "
-            "'shorter_side' (§2: shorter side to resize_size, centre square) or 'warp' (the "
-            "whole image to resize_size x resize_size, as Caffe's data)."
-        )
+    check(lambda: sources.check_resize_mode(config.resize_mode))
     check(lambda: sources.parse_dataset(config.dataset))
     shape = check(lambda: parallel.mesh_shape(config.mesh, config.model, num_devices))
     if config.mesh.grad_sum not in parallel.GRAD_SUMS:
@@ -121,11 +116,9 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
         )
     )
     check(lambda: augment.check_augment_config(config.augment))
-    if config.augment.mean_file and config.augment.mean in ("image", "channel"):
+    if config.augment.mean_file and config.augment.mean in augment.MEAN_IMAGE_MODES:
         # Read now (one array): a bad file is refused before the workdir is touched.
-        a = config.augment
-        path = os.path.expanduser(a.mean_file)
-        check(lambda: augment.load_mean_file(path, a.mean_file_layout, int(config.resize_size)))
+        check(lambda: input_pipeline.mean_file_image(config))
     if config.optimizer.schedule == "plateau":
         check(lambda: optim.Plateau(config.optimizer))
     for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "batch_size"):

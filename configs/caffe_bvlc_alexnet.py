@@ -28,8 +28,9 @@ Caffe's own evaluation (models/bvlc_alexnet/train_val.prototxt) subtracts the me
 config subtracts it instead (`augment.mean='image'`, `mean_file`, `mean_file_layout='caffe'`):
 
   --config=configs/caffe_bvlc_alexnet.py:imagenet_mean.binaryproto
- Its model card (57.1% / 80.2% top-1 /
-top-5 accuracy, centre crop) is the figure to compare with, not a number measured here.
+
+Its model card (57.1% / 80.2% top-1 / top-5 accuracy, centre crop) is the figure to compare
+with, not a number measured here.
 """
 
 import ml_collections
