@@ -696,7 +696,7 @@ def _check_cifar_init(init: str) -> None:
 
 # AlexNet's fields that the CIFAR nets do not have, with the value that means "not used": any
 # other value is refused rather than silently ignored.
-_ALEXNET_ONLY = {
+ALEXNET_ONLY = {
     "lrn_before_relu": (),
     "within_map_after": (),
     "within_map_size": 5,
@@ -903,7 +903,7 @@ def create_model(
         )
     if name in CIFAR_NETS:
         _check_cifar_init(m.init)
-        for field, unused in _ALEXNET_ONLY.items():
+        for field, unused in ALEXNET_ONLY.items():
             if (tuple(m[field]) if isinstance(m[field], list) else m[field]) != unused:
                 raise ValueError(
                     f"model.{field}={m[field]!r} is an AlexNet switch; the {name!r} net (a "

@@ -10,7 +10,6 @@ uninterrupted run would have.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -546,17 +545,8 @@ def _train_and_evaluate(
     config, workdir, mesh, rows, train_source, eval_source, test_source, allowed
 ) -> dict[str, float]:
     if jax.process_index() == 0:
-        path = os.path.join(workdir, "config.json")
-        if allowed:
-            changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in allowed.items())
-            say(f"config changed on resume (allowed): {changes}")
-            with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
-                f.write(json.dumps({"changes": {k: list(v) for k, v in allowed.items()}}) + "\n")
-        text = config.to_json_best_effort(indent=2, sort_keys=True)
-        if not os.path.exists(path) or open(path).read() != text:
-            with open(path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+        for notice in workdir_lib.write_record(config, workdir, allowed):
+            say(notice)
     steps_per_epoch, total_steps = num_steps(config, len(train_source))
     tx = optim.create_optimizer(
         config.optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps

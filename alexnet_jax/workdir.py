@@ -16,9 +16,11 @@ cannot be checked from here and is never taken over: the message says how to rem
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import socket
+import subprocess
 from typing import Any
 
 LOCK_NAME = ".lock"
@@ -74,15 +76,124 @@ ADDED_FIELDS = {
     "resize_mode": "shorter_side",
     "augment.mean_file": "",
     "augment.mean_file_layout": "caffe",
+    # Fields older than the ones above (runs recorded since the training loop first wrote
+    # config.json, commit 3f3694d, lack them).
+    "model.lrn_kind": "cross_map",  # the only LRN before the field
+    "model.compute_dtype": "float32",
+    "test_split": "",  # no test split: validation on eval_split only
 }
+
+# The config record: config.json holds the config's fields and, under this key, the format of
+# the record and the code version that wrote it (`code_version`). A record without the key is of
+# format 1 (written before issue 23 of this project, by alexnet_jax 0.1.0).
+RECORD_KEY = "__record__"
+RECORD_FORMAT = 2
+
+
+def code_version() -> dict[str, Any]:
+    """{'package': alexnet_jax's version, 'commit': the git commit of the code (with '+dirty'
+    when its tracked files have uncommitted changes), or None outside a git checkout}."""
+    return {"package": _package_version(), "commit": _commit()}
+
+
+def _package_version() -> str:
+    import alexnet_jax
+
+    return alexnet_jax.__version__
+
+
+@functools.cache
+def _commit() -> str | None:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, ".git")):
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    changed = dirty.returncode == 0 and dirty.stdout.strip()
+    return head.stdout.strip() + ("+dirty" if changed else "")
+
+
+def describe_version(record: dict[str, Any] | None) -> str:
+    """'alexnet_jax 0.2.0 (commit abc1234)' of a record's `written_by`, or what an old record
+    without one means."""
+    if not record or "written_by" not in record:
+        return "alexnet_jax 0.1.0 or earlier (format 1: no version recorded)"
+    by = record["written_by"]
+    commit = f" (commit {by['commit'][:12]})" if by.get("commit") else ""
+    return f"alexnet_jax {by.get('package', '?')}{commit}"
+
+
+def new_record() -> dict[str, Any]:
+    """The `RECORD_KEY` entry this code writes."""
+    return {"format": RECORD_FORMAT, "written_by": code_version()}
+
+
+def read_record(workdir: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the config.json as written, its record or None for format 1).
+
+    Raises:
+      WorkdirError: for a config.json that is not a JSON object, or of a newer format.
+    """
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise WorkdirError(
+            f"{path} cannot be read ({e}); it is the record of the run in {workdir}: repair "
+            "it, or use another --workdir."
+        ) from None
+    if not isinstance(data, dict):
+        raise WorkdirError(
+            f"{path} holds a JSON {type(data).__name__}, not a config record; it is not a run "
+            "of this project: use another --workdir."
+        )
+    record = data.get(RECORD_KEY)
+    if record is not None and (
+        not isinstance(record, dict) or not isinstance(record.get("format"), int)
+    ):
+        raise WorkdirError(f"{path}: its {RECORD_KEY!r} entry is not a record {{'format': N}}.")
+    if record is not None and record["format"] > RECORD_FORMAT:
+        raise WorkdirError(
+            f"{path} is a config record of format {record['format']}, written by "
+            f"{describe_version(record)}; this code ({describe_version(new_record())}) reads "
+            f"formats up to {RECORD_FORMAT}: resume the run with that version or a newer one."
+        )
+    return data, record
+
+
+def added_field_value(field: str, recorded: dict[str, Any]) -> Any:
+    """The value of a field added since a run was recorded that computes what the code did
+    then (`ADDED_FIELDS`), for the network the run recorded: an AlexNet switch that a CIFAR net
+    does not have takes the value that means "not used" there, the only one it accepts."""
+    if field.startswith("model.") and recorded.get("model.name", "alexnet") != "alexnet":
+        from alexnet_jax import models
+
+        unused = models.ALEXNET_ONLY.get(field.removeprefix("model."), ADDED_FIELDS[field])
+        return list(unused) if isinstance(unused, tuple) else unused
+    return ADDED_FIELDS[field]
+
+
+def fill_added_fields(saved: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the flat record with every field added since filled in, {field: the value filled})."""
+    filled = {k: added_field_value(k, saved) for k in ADDED_FIELDS if k not in saved}
+    return {**filled, **saved}, filled
 
 
 def recorded_config(workdir: str) -> dict[str, Any]:
     """The flat config a run recorded (workdir/config.json, as `flat_config`), a field added
-    since filled with its `ADDED_FIELDS` value: what the run computed, in today's fields."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        saved = flat_config(json.load(f))
-    return {**{k: v for k, v in ADDED_FIELDS.items() if k not in saved}, **saved}
+    since filled with its `added_field_value`: what the run computed, in today's fields."""
+    return fill_added_fields(flat_config(read_record(workdir)[0]))[0]
 
 
 class WorkdirError(ValueError):
@@ -105,8 +216,10 @@ def check_path(workdir: str) -> None:
 
 
 def flat_config(config: Any) -> dict[str, Any]:
-    """{'model.lrn': True, ...} of a ConfigDict or of a run's config.json dict, as JSON values."""
+    """{'model.lrn': True, ...} of a ConfigDict or of a run's config.json dict, as JSON values
+    (a config.json's `RECORD_KEY` is not a field)."""
     data = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
+    data = {k: v for k, v in data.items() if k != RECORD_KEY}
 
     def flat(d: dict, prefix: str) -> dict[str, Any]:
         out = {}
@@ -127,26 +240,61 @@ def config_changes(config: Any, workdir: str) -> tuple[dict, dict]:
       (allowed, refused): each {field: (in config.json, now)}; both empty when the workdir
       has no config.json.
     """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(workdir, "config.json")):
         return {}, {}
-    try:
-        with open(path) as f:
-            old = flat_config(json.load(f))
-    except (OSError, ValueError) as e:
-        raise WorkdirError(
-            f"{path} cannot be read ({e}); it is the record of the run in {workdir}: repair "
-            "it, or use another --workdir."
-        ) from None
+    old, filled = fill_added_fields(flat_config(read_record(workdir)[0]))
     new = flat_config(config)
     allowed, refused = {}, {}
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if a == b or (key not in old and key in ADDED_FIELDS and b == ADDED_FIELDS[key]):
+        if a == b or (key in filled and key not in new):
             continue
         may = any(key == f or (f.endswith(".") and key.startswith(f)) for f in MAY_CHANGE_ON_RESUME)
         (allowed if may else refused)[key] = (a, b)
     return allowed, refused
+
+
+def write_record(config: Any, workdir: str, allowed: dict) -> list[str]:
+    """Writes the run's config.json (its fields and this code's `RECORD_KEY` entry) and
+    appends what changed since the record to config_changes.jsonl: the allowed changes, the
+    fields an older record lacked (filled with `added_field_value`) and the version that wrote
+    it. Atomic (a temporary file renamed over it). Process 0 only.
+
+    Returns:
+      The notices to print, one line each: the allowed changes, and the record's migration.
+    """
+    path = os.path.join(workdir, "config.json")
+    old_record, filled = None, {}
+    if os.path.exists(path):
+        data, old_record = read_record(workdir)
+        filled = fill_added_fields(flat_config(data))[1]
+    record = new_record()
+    notices, change = [], {}
+    if allowed:
+        notices.append(
+            "config changed on resume (allowed): "
+            + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in allowed.items())
+        )
+        change["changes"] = {k: list(v) for k, v in allowed.items()}
+    if filled:
+        notices.append(
+            f"migrated the config record of {describe_version(old_record)}: {len(filled)} "
+            "fields added since, read as what that code computed: "
+            + ", ".join(f"{k}={v!r}" for k, v in filled.items())
+        )
+        change["migrated_fields"] = filled
+    if os.path.exists(path) and (old_record or {}).get("written_by") != record["written_by"]:
+        change["record"] = {"from": describe_version(old_record), "to": describe_version(record)}
+    if change:
+        with open(os.path.join(workdir, "config_changes.jsonl"), "a") as f:
+            f.write(json.dumps(change) + "\n")
+    data = {RECORD_KEY: record, **json.loads(config.to_json_best_effort())}
+    text = json.dumps(data, indent=2, sort_keys=True)
+    if not os.path.exists(path) or open(path).read() != text:
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    return notices
 
 
 def refuse_config_changes(refused: dict, workdir: str) -> None:

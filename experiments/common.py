@@ -141,11 +141,12 @@ def subprocess_env(cpu_devices: int | None = None) -> dict:
 
 def config_differences(config: Any, workdir: str | Path) -> dict[str, tuple[Any, Any]]:
     """{field: (value in workdir/config.json, value in `config`)} of the fields that differ
-    (a field missing on one side reads as '<absent>'); {} when there is no config.json."""
+    (a field added since the run was recorded reads as `workdir.added_field_value`, one
+    missing on one side as '<absent>'); {} when there is no config.json."""
     path = Path(workdir) / "config.json"
     if not path.exists():
         return {}
-    saved, new = flat_config(json.loads(path.read_text())), flat_config(config)
+    saved, new = workdir_lib.recorded_config(str(workdir)), flat_config(config)
     absent = "<absent>"
     return {
         k: (saved.get(k, absent), new.get(k, absent))

@@ -1,6 +1,7 @@
 """alexnet_jax/workdir.py: the lock, config changes on resume, a workdir that is a file."""
 
 import json
+import os
 import socket
 import subprocess
 
@@ -116,6 +117,74 @@ def test_a_run_recorded_before_a_field_existed_resumes_at_the_old_behaviour(tmp_
     new = alexnet.get_config()
     new.model.dropout_scaling = "inverted"  # what every run before the field did
     assert workdir.config_changes(new, str(tmp_path)) == ({}, {})
-    # Today's default (the paper's test-time scaling) is another function: refused.
+    # Today's default (the paper's test-time scaling) is another function: refused, naming the
+    # value the record is read as.
     allowed, refused = workdir.config_changes(alexnet.get_config(), str(tmp_path))
-    assert refused == {"model.dropout_scaling": ("<absent>", "test_time")} and allowed == {}
+    assert refused == {"model.dropout_scaling": ("inverted", "test_time")} and allowed == {}
+
+
+def test_a_cifar_run_recorded_before_alexnet_switches_existed_takes_their_unused_values(tmp_path):
+    """The CIFAR nets do not have AlexNet's switches (models.ALEXNET_ONLY): a record from before
+    one existed is read with the value that means "not used" there, the only one check_config
+    accepts (model.dropout_scaling: 'test_time', not ADDED_FIELDS' 'inverted' for AlexNet)."""
+    from configs import default
+
+    old = json.loads(default.get_config().to_json_best_effort())
+    for key in set(workdir.ADDED_FIELDS) - {"test_split"}:  # the default has a test split
+        *sections, field = key.split(".")
+        parent = old
+        for section in sections:
+            parent = parent[section]
+        del parent[field]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert workdir.config_changes(default.get_config(), str(tmp_path)) == ({}, {})
+    recorded = workdir.recorded_config(str(tmp_path))
+    assert recorded["model.dropout_scaling"] == "test_time"  # ALEXNET_ONLY's unused value
+    assert recorded["model.lrn_kind"] == "cross_map" and recorded["model.init_std"] == []
+    assert workdir.added_field_value("model.dropout_scaling", {"model.name": "alexnet"}) == (
+        "inverted"
+    )
+    # A real change is still refused.
+    changed = default.get_config()
+    changed.model.lrn_kind = "within_map"
+    assert workdir.config_changes(changed, str(tmp_path))[1] == {
+        "model.lrn_kind": ("cross_map", "within_map")
+    }
+
+
+def test_the_config_record_carries_its_format_and_the_code_version(tmp_path):
+    import alexnet_jax
+    from configs import default
+
+    config = default.get_config()
+    assert workdir.write_record(config, str(tmp_path), {}) == []  # a new run: nothing to say
+    data, record = workdir.read_record(str(tmp_path))
+    assert record["format"] == workdir.RECORD_FORMAT
+    assert record["written_by"]["package"] == alexnet_jax.__version__
+    assert workdir.flat_config(data) == workdir.flat_config(config)  # the record is no field
+    assert workdir.config_changes(config, str(tmp_path)) == ({}, {})
+    # A record of format 1 (no key, fields missing) is migrated with one notice line.
+    old = json.loads(config.to_json_best_effort())
+    del old["model"]["lrn_kind"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    notices = workdir.write_record(config, str(tmp_path), {})
+    assert len(notices) == 1 and "model.lrn_kind='cross_map'" in notices[0]
+    assert "alexnet_jax 0.1.0 or earlier" in notices[0]
+    change = json.loads((tmp_path / "config_changes.jsonl").read_text().splitlines()[-1])
+    assert change["migrated_fields"] == {"model.lrn_kind": "cross_map"}
+    assert change["record"]["to"].startswith(f"alexnet_jax {alexnet_jax.__version__}")
+    # A record of a newer format than this code reads is refused in one line.
+    newer = {workdir.RECORD_KEY: {"format": workdir.RECORD_FORMAT + 1}, **old}
+    (tmp_path / "config.json").write_text(json.dumps(newer))
+    with pytest.raises(workdir.WorkdirError, match="reads formats up to"):
+        workdir.config_changes(config, str(tmp_path))
+
+
+def test_the_package_version_is_pyproject_s():
+    import tomllib
+
+    import alexnet_jax
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["version"] == alexnet_jax.__version__
