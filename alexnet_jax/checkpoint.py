@@ -10,18 +10,34 @@ position; continue from the restored step. Since every random number is
 computes exactly what the uninterrupted run would have. The training metrics of the steps since
 the last logged event are saved too, so the first event after a resume averages the same steps.
 
-Faults (`restore_latest`, `save`, `wait`): a checkpoint that cannot be read is reported in one
-line, moved aside to `checkpoints/<step>.corrupt` and the previous one is used; a save that
-would not fit on the disk (checked before each save) or that fails for lack of space stops the
-run with `DiskFullError`, naming the bytes needed and free and the last intact checkpoint, and
-leaves no temporary directory behind.
+What a checkpoint proves (format 2, `FORMAT`): beside the state it holds a `meta` item, the
+code version that wrote it and a checksum of every array (`checksums`: two 32-bit sums of mixed
+bits and indices, computed on the devices, so any mesh and any number of processes give the
+same sums) and of the schedule's and data's JSON. A restore recomputes them; a difference is
+bytes that changed after they were written.
+
+Faults (`restore_latest`, `save`, `wait`), three kinds kept apart:
+- bytes that cannot be read, or that differ from their checksums: reported in one line (naming
+  the array), moved aside to `checkpoints/<step>.corrupt` (never deleted) and the previous
+  checkpoint is tried;
+- a readable checkpoint whose tree differs from the one this code builds: a known change is
+  migrated (`MIGRATIONS`: one notice line each), anything else is refused in one line naming the
+  differing leaves and the version that wrote it, and the checkpoint is left where it is;
+- a save that would not fit on the disk (checked before each save) or that fails for lack of
+  space stops the run with `DiskFullError`, naming the bytes needed and free and the last intact
+  checkpoint, and leaves no temporary directory behind.
+Checkpoints of format 1 (alexnet_jax 0.1.0, no `meta`) restore with a notice that their bytes
+cannot be verified.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gc
 import glob
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -33,11 +49,15 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from alexnet_jax import workdir as workdir_lib
+
 CORRUPT_SUFFIX = ".corrupt"
 DISK_FULL_EXIT_CODE = 74  # EX_IOERR of sysexits.h
+FORMAT = 2  # 1: alexnet_jax 0.1.0, no 'meta' item; 2: 'meta' with the version and checksums
 
 
 class DiskFullError(OSError):
@@ -46,6 +66,190 @@ class DiskFullError(OSError):
 
 class NoReadableCheckpointError(ValueError):
     """Checkpoints exist, but none of them can be read."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint whose arrays are not the tree this code builds (left in place)."""
+
+
+class ChecksumError(ValueError):
+    """Bytes read back that differ from what was written (the message names the array)."""
+
+
+# --- checksums ------------------------------------------------------------------------------
+
+
+def _fmix(h: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finalizer: a bijection that spreads every input bit."""
+    h = h ^ (h >> 16)
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _words(x: jax.Array) -> jax.Array:
+    """Every element's bits as uint32 (a trailing axis of 2 for 64-bit types)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    size = np.dtype(x.dtype).itemsize
+    if size in (1, 2):
+        unsigned = jnp.uint8 if size == 1 else jnp.uint16
+        return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def _sums(x: jax.Array) -> jax.Array:
+    """Two 32-bit checksums of an array: sums over its elements of mixed (bits, index) pairs.
+
+    A sum of integers modulo 2^32 does not depend on the order it is taken in, so the result
+    is the same for any sharding, mesh or process count. Each term is a bijection of the
+    element's bits for a fixed index, so changing one element always changes both sums; changes
+    of several elements cancel in both with probability about 2^-64.
+    """
+    w = _words(x)
+    w = w.reshape(1) if w.ndim == 0 else w
+    index = jnp.zeros(w.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(w.ndim)):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * np.uint32(stride)
+        stride = (stride * w.shape[axis]) % 2**32
+    a = jnp.sum(_fmix(w ^ _fmix(index * np.uint32(2) + np.uint32(1))), dtype=jnp.uint32)
+    b = jnp.sum(_fmix(w * np.uint32(0x9E3779B1) + _fmix(index ^ np.uint32(0x5BD1E995))),
+                dtype=jnp.uint32)  # fmt: skip
+    return jnp.stack([a, b])
+
+
+_all_sums = jax.jit(lambda leaves: [_sums(x) for x in leaves])
+
+
+def _key_name(key: Any) -> str:
+    for attribute in ("name", "key", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def leaf_paths(tree: Any) -> dict[str, Any]:
+    """{'params/conv1/kernel': leaf, ...}: a pytree's leaves by path, the way Orbax stores
+    them (attributes, dict keys and sequence indices alike)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in flat}
+
+
+def checksums(tree: Any) -> dict[str, str]:
+    """{path: 'xxxxxxxx-xxxxxxxx'}: the `_sums` of every array of a pytree (global arrays of any
+    sharding, or NumPy), computed in one compiled pass."""
+    leaves = leaf_paths(tree)
+    sums = jax.device_get(_all_sums(list(leaves.values())))
+    return {path: f"{int(s[0]):08x}-{int(s[1]):08x}" for path, s in zip(leaves, sums)}
+
+
+def json_checksum(data: Any) -> str:
+    """SHA-256 of a JSON item as `json.dumps(sort_keys=True)` writes it."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def _verify(step: int, meta: dict, state: Any, schedule: Any, data: Any) -> None:
+    """Raises ChecksumError naming the first item or array whose checksum differs."""
+    saved = meta.get("checksums", {})
+    for name, item in (("schedule", schedule), ("data", data)):
+        if name in saved and json_checksum(item) != saved[name]:
+            raise ChecksumError(f"its {name} item differs from the checksum saved with it")
+    ours = checksums(state)
+    want = saved.get("state", {})
+    if set(want) != set(ours):
+        raise ChecksumError(
+            f"its checksums name {len(want)} arrays and it holds {len(ours)}; the meta item "
+            "does not belong to these arrays"
+        )
+    bad = [path for path in ours if ours[path] != want[path]]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ChecksumError(
+            f"array {bad[0]}{more} differs from the checksum saved with it (bytes changed "
+            "after they were written)"
+        )
+
+
+# --- migrations -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    """A known change of the checkpointed tree: leaves this code has that older checkpoints
+    lack, and how their values follow from what those checkpoints hold."""
+
+    name: str  # what the notice says was done
+    since: str  # the version and commit that changed the tree
+    matches: Callable[[str], bool]  # a leaf path this migration fills
+    fill: Callable[[str, dict[str, Any], int], Any]  # (path, restored leaves, step) -> value
+
+
+def _schedule_count(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) >= 3 and parts[-3] == "hyperparams_states" and parts[-1] == "count"
+
+
+MIGRATIONS = (
+    Migration(
+        name="added the learning-rate schedule's update count, equal to the step (the number "
+        "of updates made)",
+        since="alexnet_jax 0.1.0 at commit 7bf32c6 (optim on Optax schedules)",
+        matches=_schedule_count,
+        fill=lambda path, restored, step: step,
+    ),
+)
+
+
+def _tree_plan(step: int, saved: dict[str, Any], target: dict[str, Any], version: str):
+    """The migrations that turn the checkpoint's leaves `saved` into this code's `target`.
+
+    Returns:
+      {path: migration} for every leaf of `target` the checkpoint lacks.
+
+    Raises:
+      CheckpointMismatchError: for a difference no migration explains.
+    """
+    missing = [p for p in target if p not in saved]
+    extra = [p for p in saved if p not in target]
+    reshaped = [
+        f"{p} {tuple(saved[p].shape)} {np.dtype(saved[p].dtype).name} here "
+        f"{tuple(target[p].shape)} {np.dtype(target[p].dtype).name}"
+        for p in target
+        if p in saved
+        and (
+            tuple(saved[p].shape) != tuple(target[p].shape)
+            or np.dtype(saved[p].dtype) != np.dtype(target[p].dtype)
+        )
+    ]
+    plan = {}
+    for path in missing:
+        known = next((m for m in MIGRATIONS if m.matches(path)), None)
+        if known is not None:
+            plan[path] = known
+    unexplained = [p for p in missing if p not in plan]
+    if not (unexplained or extra or reshaped):
+        return plan
+
+    def listed(what: str, paths: list[str]) -> str:
+        more = f" and {len(paths) - 4} more" if len(paths) > 4 else ""
+        return f"{what}: {', '.join(paths[:4])}{more}" if paths else ""
+
+    parts = [
+        listed("only in the checkpoint", extra),
+        listed("only in this code's tree", unexplained),
+        listed("other shape or dtype", reshaped),
+    ]
+    raise CheckpointMismatchError(
+        f"the checkpoint of step {step} was written by {version} and holds another tree than "
+        f"this code builds ({'; '.join(p for p in parts if p)}); it is left where it is. If it "
+        "is another network, use a new --workdir for this config; if it is this run written by "
+        "another version of alexnet_jax, resume it with that version (no migration of this "
+        "difference is known)."
+    )
 
 
 def _mib(n: float) -> str:
@@ -89,6 +293,17 @@ class _DropDiskFullReports(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_DropDiskFullReports())
+
+
+class _DropStepMetadataWarning(logging.Filter):
+    """Reading one item's tree metadata (`Checkpointer.restore`) makes Orbax warn that the
+    item's folder has no step-level metadata file, which only the step folder has."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Metadata file does not exist")
+
+
+logging.getLogger("absl").addFilter(_DropStepMetadataWarning())
 
 
 class _DropAbandonedReads(logging.Filter):
@@ -171,6 +386,10 @@ class Checkpointer:
         self._say = say
         self._needed = 0
         self._warned_step = None
+        # (step, what its verification said) of the checkpoint this run resumed from, and
+        # whether a checkpoint was saved since: a NaN before that names it first.
+        self.resumed: tuple[int, str] | None = None
+        self.saved_since_resume = False
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -247,6 +466,16 @@ class Checkpointer:
             if free < self._needed:
                 self.wait()  # a pending save may still fail or succeed first
                 raise self._disk_full(step, free)
+        meta = {
+            "format": FORMAT,
+            "written_by": workdir_lib.code_version(),
+            "step": step,
+            "checksums": {
+                "state": checksums(state),
+                "schedule": json_checksum(schedule),
+                "data": json_checksum(data),
+            },
+        }
         try:
             self._manager.save(
                 step,
@@ -254,9 +483,11 @@ class Checkpointer:
                     state=ocp.args.StandardSave(state),
                     schedule=ocp.args.JsonSave(schedule),
                     data=ocp.args.JsonSave(data),
+                    meta=ocp.args.JsonSave(meta),
                 ),
                 force=True,
             )
+            self.saved_since_resume = True
         except Exception as e:
             if _is_disk_full(e):  # this save, or the one before it still being committed
                 _quiet_abandoned_reads()
@@ -299,55 +530,125 @@ class Checkpointer:
 
     # --- restoring ------------------------------------------------------------------------
 
+    def step_path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def read_meta(self, step: int) -> dict | None:
+        """The `meta` item of a checkpoint (version, checksums), None for format 1."""
+        path = os.path.join(self.step_path(step), "meta", "metadata")
+        if not os.path.isdir(os.path.dirname(path)):
+            return None
+        with open(path) as f:
+            meta = json.load(f)
+        if not isinstance(meta, dict) or not isinstance(meta.get("format"), int):
+            raise ValueError("its meta item is not a checkpoint record {'format': N, ...}")
+        return meta
+
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, Any]:
-        """Restores (state, schedule state, data state) of `step`.
+        """Restores (state, schedule state, data state) of `step`, checked and migrated.
+
+        The arrays are read as the checkpoint's own tree (its metadata), each into the sharding
+        of the same path in `abstract_state`, checked against the checksums saved with them,
+        and then arranged as `abstract_state`; a leaf the checkpoint lacks is filled by its
+        `MIGRATIONS` entry (one notice line each).
 
         Args:
           step: which checkpoint.
           abstract_state: a pytree of `jax.ShapeDtypeStruct` with shardings, the layout the
             arrays are restored into (so a run may resume on a different mesh).
+
+        Raises:
+          CheckpointMismatchError: the checkpoint is readable and holds another tree.
+          ChecksumError: bytes differ from the checksums saved with them.
+          Exception: whatever Orbax and TensorStore raise for bytes they cannot read.
         """
+        meta = self.read_meta(step)
+        if meta is not None and meta["format"] > FORMAT:
+            raise CheckpointMismatchError(
+                f"the checkpoint of step {step} is of format {meta['format']}, written by "
+                f"{workdir_lib.describe_version(meta)}; this code reads formats up to {FORMAT}: "
+                "resume the run with that version or a newer one. It is left where it is."
+            )
+        version = workdir_lib.describe_version(meta)
+        with ocp.PyTreeCheckpointer() as reader:
+            tree = reader.metadata(os.path.join(self.step_path(step), "state")).item_metadata.tree
+        saved = leaf_paths(tree)
+        target = leaf_paths(abstract_state)
+        plan = _tree_plan(step, saved, target, version)
+        as_saved = jax.tree_util.tree_unflatten(
+            jax.tree_util.tree_structure(tree),
+            [
+                jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=target[path].sharding)
+                for path, m in saved.items()
+            ],
+        )
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
+                state=ocp.args.StandardRestore(as_saved),
                 schedule=ocp.args.JsonRestore(),
                 data=ocp.args.JsonRestore(),
             ),
         )
-        return restored["state"], restored["schedule"], restored["data"]
+        state, schedule, data = restored["state"], restored["schedule"], restored["data"]
+        if meta is None:
+            self._say(
+                f"notice: the checkpoint of step {step} was written by {version}, before "
+                "checkpoints carried checksums: its bytes cannot be verified."
+            )
+        else:
+            _verify(step, meta, state, schedule, data)
+        leaves = leaf_paths(state)
+        for migration in dict.fromkeys(plan.values()):
+            paths = [p for p, m in plan.items() if m is migration]
+            self._say(
+                f"migrated the checkpoint of step {step} (written by {version}; the tree "
+                f"changed in {migration.since}): {migration.name}: {', '.join(paths)}."
+            )
+        values = []
+        for path, abstract in target.items():
+            if path in leaves:
+                values.append(leaves[path])
+            else:
+                value = np.asarray(plan[path].fill(path, leaves, step), abstract.dtype)
+                values.append(jax.device_put(np.broadcast_to(value, abstract.shape),
+                                             abstract.sharding))  # fmt: skip
+        state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract_state), values)
+        return state, schedule, data
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, Any] | None:
         """Restores the newest checkpoint that can be read; None when there is none at all.
 
-        A checkpoint that fails to read is reported in one line and moved aside to
-        `<step>.corrupt` (Orbax's commit marker still decides what is complete), then the
-        previous one is tried.
+        A checkpoint whose bytes cannot be read, or differ from their checksums, is reported
+        in one line and moved aside to `<step>.corrupt` (Orbax's commit marker still decides
+        what is complete), then the previous one is tried. A readable checkpoint of another
+        tree stops the run and stays where it is.
 
         Raises:
           NoReadableCheckpointError: checkpoints were written, none can be read.
-          ValueError: a checkpoint's arrays do not fit the model (another network).
+          CheckpointMismatchError: a readable checkpoint holds another tree (another network,
+            or another version's without a known migration).
         """
         while (step := self.latest_step()) is not None:
             try:
-                return (step, *self.restore(step, abstract_state))
+                restored = (step, *self.restore(step, abstract_state))
+            except CheckpointMismatchError:
+                _quiet_abandoned_reads()
+                raise
             except Exception as e:
                 _quiet_abandoned_reads()
-                if (
-                    "tree structures do not match" in str(e)
-                    or "shape" in str(e).lower()
-                    and ("mismatch" in str(e).lower())
-                ):
-                    raise ValueError(
-                        f"the checkpoint of step {step} in {self.directory} holds another "
-                        f"network than this config builds ({_gist(e)[:160]}); use a new "
-                        "--workdir for this config."
-                    ) from None
                 aside = self._move_aside(step)
-                self._say(
-                    f"checkpoint of step {step} cannot be read ({_gist(e)}); moved it to "
-                    f"{aside} and trying the previous one."
+                why = f"is damaged: {e}" if isinstance(e, ChecksumError) else (
+                    f"cannot be read ({_gist(e)})"
                 )
+                self._say(
+                    f"checkpoint of step {step} {why}; moved it to {aside} and trying the "
+                    "previous one."
+                )
+            else:
+                self.resumed = (step, "format 1: not verifiable" if self.read_meta(step) is None
+                                else "its checksums matched")  # fmt: skip
+                return restored
         if self.set_aside():
             raise NoReadableCheckpointError(
                 f"no readable checkpoint in {self.directory} (set aside as unreadable: "

@@ -446,20 +446,37 @@ def _checked(step: int, values: Any, checkpointer: checkpoint.Checkpointer) -> d
     """
     values = {k: float(v) for k, v in jax.device_get(values).items()}
     bad = [k for k in ("train_loss", "param_norm") if not math.isfinite(values[k])]
-    if bad:
-        checkpointer.wait()
-        last = checkpointer.latest_step()
-        kept = (
-            f"the last good checkpoint (step {last}) in {checkpointer.directory} is kept"
-            if last is not None
-            else "no checkpoint had been written yet"
+    if not bad:
+        return values
+    checkpointer.wait()
+    what = ", ".join(f"{k} = {values[k]}" for k in bad)
+    if checkpointer.resumed is not None and not checkpointer.saved_since_resume:
+        # Nothing was saved since the resume: the checkpoint it came from is the first suspect.
+        resumed, verified = checkpointer.resumed
+        previous = [s for s in checkpointer.all_steps() if s < resumed]
+        then = (
+            f"rerun the same command to resume from step {max(previous)}"
+            if previous
+            else "rerun the same command to start afresh"
         )
-        what = ", ".join(f"{k} = {values[k]}" for k in bad)
+        path = checkpointer.step_path(resumed)
         raise FloatingPointError(
-            f"{what} at step {step}: the run is stopped and {kept}. Lower "
-            "optimizer.learning_rate or check the input data."
+            f"{what} at step {step}, {step - resumed} step(s) after resuming from the "
+            f"checkpoint of step {resumed} ({verified}): that checkpoint is the first suspect, "
+            f"and nothing was saved since. Move it aside (mv {path} {path}.suspect) and {then}; "
+            "if the run diverges there again, lower optimizer.learning_rate or check the input "
+            "data."
         )
-    return values
+    last = checkpointer.latest_step()
+    kept = (
+        f"the last good checkpoint (step {last}) in {checkpointer.directory} is kept"
+        if last is not None
+        else "no checkpoint had been written yet"
+    )
+    raise FloatingPointError(
+        f"{what} at step {step}: the run is stopped and {kept}. Lower "
+        "optimizer.learning_rate or check the input data."
+    )
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
