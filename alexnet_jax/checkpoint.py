@@ -638,8 +638,10 @@ class Checkpointer:
             except Exception as e:
                 _quiet_abandoned_reads()
                 aside = self._move_aside(step)
-                why = f"is damaged: {e}" if isinstance(e, ChecksumError) else (
-                    f"cannot be read ({_gist(e)})"
+                why = (
+                    f"is damaged: {e}"
+                    if isinstance(e, ChecksumError)
+                    else (f"cannot be read ({_gist(e)})")
                 )
                 self._say(
                     f"checkpoint of step {step} {why}; moved it to {aside} and trying the "
