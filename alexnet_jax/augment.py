@@ -32,6 +32,7 @@ deviations sqrt(l_i) instead, which gives a shift of about 12 pixel units whatev
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -47,6 +48,14 @@ MEAN_IMAGE_MODES = ("image", "channel")  # the modes that subtract (part of) a m
 # bounds host memory (64 x 256 x 256 x 3 x 8 bytes = 100 MB) whatever the caller's chunk size,
 # and keeps every partial sum an integer below 2**53, so the float64 sums are exact.
 _STATS_SUBCHUNK = 64
+
+
+_STATS_NAMES = ("mean_image", "pca_eigvals", "pca_eigvecs")  # the arrays of a DataStats .npz
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception as one line, for a message about a file numpy could not read."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 @jax.tree_util.register_dataclass
@@ -98,12 +107,19 @@ class DataStats:
         Returns:
           The DataStats, as float32 NumPy arrays.
         """
-        with np.load(os.fspath(path)) as data:
-            return cls(
-                mean_image=data["mean_image"].astype(np.float32),
-                pca_eigvals=data["pca_eigvals"].astype(np.float32),
-                pca_eigvecs=data["pca_eigvecs"].astype(np.float32),
-            )
+        path = os.fspath(path)
+        try:
+            with np.load(path) as data:  # allow_pickle=False: an object array is refused
+                stats = {k: data[k].astype(np.float32) for k in _STATS_NAMES}
+            mean, vals, vecs = stats.values()
+            if mean.ndim != 3 or mean.shape[2] != 3 or vals.shape != (3,) or vecs.shape != (3, 3):
+                raise ValueError(f"arrays of shapes {[a.shape for a in stats.values()]}")
+        except Exception as e:  # zip, zlib, header and size errors, a missing array
+            raise ValueError(
+                f"{path} is not a statistics cache written by DataStats.save ({_first_line(e)}); "
+                "delete it and it is computed again."
+            ) from None
+        return cls(**stats)
 
 
 def compute_data_stats(images: Iterable[np.ndarray]) -> DataStats:
@@ -270,12 +286,17 @@ def read_binaryproto(path: str) -> np.ndarray:
         raise ValueError(f"{path} is not a Caffe BlobProto file: it {e}") from None
     flat = np.concatenate(values) if values else np.zeros(0, np.float32)
     shape = dims or [legacy.get(i, 1) for i in (1, 2, 3, 4)]
-    if not flat.size or int(np.prod(shape)) != flat.size:
+    if not flat.size or math.prod(shape) != flat.size:  # exact: a file's dims may overflow int64
         raise ValueError(
             f"{path} is not a Caffe BlobProto file with data: {flat.size} values for the "
             f"shape {tuple(shape)}."
         )
-    return flat.reshape(shape)
+    try:
+        return flat.reshape(shape)
+    except ValueError as e:  # more dimensions than numpy has
+        raise ValueError(
+            f"{path} is not a Caffe BlobProto file: {len(shape)} dims ({e})."
+        ) from None
 
 
 def load_mean_file(path: str, layout: str, size: int) -> np.ndarray:
@@ -307,10 +328,11 @@ def load_mean_file(path: str, layout: str, size: int) -> np.ndarray:
         mean = read_binaryproto(path)
     else:
         try:
-            mean = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
+            mean = np.load(path, allow_pickle=False)  # an object array is refused, not run
+        except Exception as e:  # header and size errors, MemoryError for a huge shape
             raise ValueError(
-                f"augment.mean_file={path!r} is not a .npy array or a .binaryproto blob ({e})."
+                f"augment.mean_file={path!r} is not a .npy array or a .binaryproto blob "
+                f"({_first_line(e)})."
             ) from None
     mean = np.asarray(mean, np.float32)
     if layout == "caffe":

@@ -721,8 +721,32 @@ def restore_params(workdir_or_checkpoint: str) -> tuple[int, Any]:
             "its checkpoints/<step> folders)."
         )
     step = int(path.parent.name) if path.parent.name.isdigit() else -1
-    with ocp.PyTreeCheckpointer() as ckptr:
-        tree = ckptr.metadata(path.resolve()).item_metadata.tree
-        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        state = ckptr.restore(path.resolve(), restore_args=args)
+    others = sorted(
+        (p.name for p in path.parent.parent.iterdir() if p.name.isdigit() and p != path.parent),
+        key=int,
+    )
+    instead = (
+        f"evaluate another checkpoint ({path.parent.parent}/{others[-1]})"
+        if others
+        else "train the run again"
+    )
+    try:
+        meta_file = path.parent / "meta" / "metadata"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = ckptr.metadata(path.resolve()).item_metadata.tree
+            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            state = ckptr.restore(path.resolve(), restore_args=args)
+        if meta is not None:
+            want = meta["checksums"]["state"]
+            bad = [k for k, v in checksums(state).items() if want.get(k) != v]
+            if bad:
+                raise ChecksumError(f"array {bad[0]} differs from the checksum saved with it")
+    except Exception as e:
+        _quiet_abandoned_reads()
+        why = str(e) if isinstance(e, ChecksumError) else f"cannot be read ({_gist(e)})"
+        raise NoReadableCheckpointError(
+            f"the checkpoint {path.parent} is damaged: {why}; {instead}, or resume the run, "
+            "which sets it aside and continues from the previous one."
+        ) from None
     return step, jax.tree.map(np.asarray, state["params"])

@@ -188,10 +188,23 @@ class BatchIterator(grain.DatasetIterator):
         return {"next_batch": self._next_batch, "skipped": dict(self.skipped)}
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Resumes at `state` (`get_state`'s, as a checkpoint's JSON gives it back).
+
+        Raises:
+          ValueError: a state that is not `{'next_batch': int >= 0, 'skipped': {reason: int}}`.
+        """
+        ok = isinstance(state, dict) and isinstance(state.get("skipped"), dict)
+        numbers = [state.get("next_batch"), *state["skipped"].values()] if ok else []
+        if not ok or not all(type(n) is int and n >= 0 for n in numbers):
+            raise ValueError(
+                f"the data iterator state {state!r:.120} is not {{'next_batch': int >= 0, "
+                "'skipped': {reason: int >= 0}}: the checkpoint's data item is damaged; move "
+                "that checkpoint aside to resume from the one before."
+            )
         self._assert_not_closed()
         self._parent.close()
-        self._next_batch = int(state["next_batch"])
-        self.skipped = {r: int(state["skipped"].get(r, 0)) for r in SKIP_REASONS}
+        self._next_batch = state["next_batch"]
+        self.skipped = {r: state["skipped"].get(r, 0) for r in SKIP_REASONS}
         parent = _start(self._batches[self._next_batch :], self._config)
         self._parents, self._ctx = (parent,), parent._ctx
 
@@ -500,8 +513,7 @@ def prepare(
     meta_path = os.path.join(out_dir, sources.PREPARED_METADATA)
     meta: dict[str, Any] = {"splits": {}}
     if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
+        meta = sources.read_prepared_metadata(out_dir)
     made = sources.prepared_resize_mode(meta)
     kept = sorted(set(meta["splits"]) - set(splits))
     if kept and made != config.resize_mode:

@@ -57,7 +57,8 @@ class MetricWriter:
         if os.path.exists(self.path):
             with open(self.path) as f:
                 lines = f.readlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= resume_step]
+            events = _events(self.path, lines)  # without a line cut off by a kill
+            kept = [line for line, e in zip(lines, events) if e["step"] <= resume_step]
             if len(kept) < len(lines):
                 with open(self.path + ".tmp", "w") as f:
                     f.writelines(kept)
@@ -94,7 +95,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _events(path: str, lines: list[str]) -> list[dict[str, Any]]:
+    """The events of metrics.jsonl's `lines`. A last line without its newline that does not
+    parse was cut off by a kill mid-write and is left out; any other is an error.
+
+    Raises:
+      ValueError: a line that is not a JSON object with an integer step (naming the line).
+    """
+    events = []
+    for number, line in enumerate(lines, 1):
+        try:
+            event = json.loads(line)
+        except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+            if number == len(lines) and not line.endswith("\n"):
+                break
+            event = f"{type(e).__name__}: {e}"
+        if not isinstance(event, dict) or type(event.get("step")) is not int:
+            raise ValueError(
+                f"{path}, line {number}, is not an event with a step ({str(event):.80}); the "
+                "file is damaged: remove that line (or restore the file) and run again."
+            )
+        events.append(event)
+    return events
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-    """All events of a run's metrics.jsonl, in order."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    """All events of a run's metrics.jsonl, in order (`_events`)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    with open(path) as f:
+        return _events(path, f.readlines())

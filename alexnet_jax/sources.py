@@ -54,6 +54,10 @@ from PIL import Image, UnidentifiedImageError
 SKIP_REASONS = ("unreadable", "undecodable", "truncated")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# The formats of those extensions, the only ones an image's bytes are decoded as. Pillow
+# otherwise guesses the format from the content, and its EPS decoder runs Ghostscript (an
+# interpreter of the file's PostScript) on a .jpg that holds PostScript.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 
 # Bilinear with Pillow's antialiasing (its filter support widens when shrinking), the resize
 # torchvision's ImageNet recipes use. The paper does not name its filter.
@@ -131,6 +135,44 @@ def check_resize_mode(mode: str) -> None:
         )
 
 
+def read_prepared_metadata(directory: str) -> dict[str, Any]:
+    """The metadata.json of a prepared dataset, checked: a dict of splits whose files are names
+    inside `directory`.
+
+    Raises:
+      ValueError: not JSON, or not that structure (the message names the file).
+    """
+    path = os.path.join(directory, PREPARED_METADATA)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+        meta = f"not JSON ({type(e).__name__}: {e})"
+    problem = meta if isinstance(meta, str) else _metadata_problem(meta)
+    if problem:
+        raise ValueError(
+            f"{path} is not the metadata of a prepared dataset: {problem}; prepare the data "
+            "again (python -m alexnet_jax.input_pipeline --prepare)."
+        )
+    return meta
+
+
+def _metadata_problem(meta: Any) -> str:
+    """What is wrong with a prepared dataset's metadata ('' when nothing)."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("splits"), dict):
+        return "no dict of 'splits'"
+    for split, entry in meta["splits"].items():
+        files = entry.get("files") if isinstance(entry, dict) else None
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            return f"split {split!r} lists no file names"
+        outside = [f for f in files if os.path.basename(f) != f or f in ("", ".", "..")]
+        if outside:  # a path would read files from elsewhere
+            return f"split {split!r} names files outside its folder: {outside[:3]}"
+    if type(meta.get("num_classes")) is not int:
+        return f"num_classes is {meta.get('num_classes')!r:.60}, not a whole number"
+    return ""
+
+
 def prepared_resize_mode(meta: dict[str, Any]) -> str:
     """The resize mode a prepared dataset's metadata records (before the field: §2's)."""
     return meta.get("resize_mode", "shorter_side")
@@ -187,7 +229,7 @@ def decode_square(data: bytes, size: int, where: str, mode: str = "shorter_side"
       BadExample: 'truncated' or 'undecodable'.
     """
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             image.draft(None, (size, size))
             image.load()
             return resize_square(to_rgb(image), size, mode)
@@ -581,15 +623,13 @@ class PreparedSource(Source):
         from array_record.python import array_record_data_source
 
         directory = os.path.expanduser(directory)
-        meta_path = os.path.join(directory, PREPARED_METADATA)
-        if not os.path.exists(meta_path):
+        if not os.path.exists(os.path.join(directory, PREPARED_METADATA)):
             raise DatasetNotPreparedError(
                 f"{directory!r} is not a prepared dataset (no {PREPARED_METADATA}); write one "
                 "with: python -m alexnet_jax.input_pipeline --config=<config> --prepare "
                 f"--out={directory}"
             )
-        with open(meta_path) as f:
-            meta = json.load(f)
+        meta = read_prepared_metadata(directory)
         if split not in meta["splits"]:
             raise ValueError(f"{directory} has splits {sorted(meta['splits'])}, not {split!r}")
         made = prepared_resize_mode(meta)

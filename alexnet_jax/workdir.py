@@ -129,8 +129,10 @@ def describe_version(record: dict[str, Any] | None) -> str:
     if not record or "written_by" not in record:
         return "alexnet_jax 0.1.0 or earlier (format 1: no version recorded)"
     by = record["written_by"]
-    commit = f" (commit {by['commit'][:12]})" if by.get("commit") else ""
-    return f"alexnet_jax {by.get('package', '?')}{commit}"
+    if not isinstance(by, dict):
+        return f"an unknown version (its record says {str(by)[:40]!r})"
+    commit = f" (commit {str(by['commit'])[:12]})" if by.get("commit") else ""
+    return f"alexnet_jax {str(by.get('package', '?'))[:20]}{commit}"
 
 
 def new_record() -> dict[str, Any]:
@@ -148,7 +150,7 @@ def read_record(workdir: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     try:
         with open(path) as f:
             data = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise WorkdirError(
             f"{path} cannot be read ({e}); it is the record of the run in {workdir}: repair "
             "it, or use another --workdir."
@@ -341,9 +343,10 @@ class Lock:
     def _holder(self) -> dict:
         try:
             with open(self.path) as f:
-                return json.load(f)
-        except (OSError, ValueError):
+                holder = json.load(f)
+        except (OSError, ValueError, RecursionError):
             return {}
+        return holder if isinstance(holder, dict) else {}  # garbage: an unknown holder
 
     def __enter__(self) -> Lock:
         me = {

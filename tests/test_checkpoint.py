@@ -348,3 +348,22 @@ def test_the_schedule_count_leaf_is_migrated_from_the_step(tmp_path):
     assert len(said) == 1 and said[0].startswith("migrated the checkpoint of step 7 ")
     assert "opt_state/hyperparams_states/learning_rate/count" in said[0]
     ck.close()
+
+
+def test_restore_params_checks_the_checksums_too(tmp_path):
+    """What evaluate reads (`restore_params`) is verified like a resume."""
+    import json
+
+    ck, _ = _saved(tmp_path, steps=(1, 2))
+    ck.close()
+    meta_file = tmp_path / "checkpoints" / "2" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["checksums"]["state"]["w"] = "00000000-00000000"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(checkpoint.NoReadableCheckpointError) as e:
+        checkpoint.restore_params(str(tmp_path))
+    assert str(e.value) == (
+        f"the checkpoint {tmp_path}/checkpoints/2 is damaged: array w differs from the checksum "
+        f"saved with it; evaluate another checkpoint ({tmp_path}/checkpoints/1), or resume the "
+        "run, which sets it aside and continues from the previous one."
+    )

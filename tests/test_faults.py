@@ -106,6 +106,48 @@ def test_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_used(tmp_pa
     assert "30.corrupt" in said[0] and "resumed from the checkpoint of step 20" in run.stdout
     assert (workdir / "checkpoints" / "30.corrupt").is_dir()
     assert_same_params(workdir, finished)  # step 20 -> 30 again, the same bits
+    assert _steps(workdir) == ["10", "20", "30", "30.corrupt"]
+
+
+def _steps(workdir: Path) -> list[str]:
+    return sorted(p.name for p in (workdir / "checkpoints").iterdir())
+
+
+def test_random_bytes_in_the_newest_checkpoint_fall_back_and_end_bit_identical(tmp_path, finished):
+    """4,096 random bytes over the middle of the newest checkpoint's largest data file (as a bad
+    disk or an interrupted copy leaves them; issue 23 saw NaNs resumed from such a file)."""
+    workdir = _copy(finished, tmp_path)
+    data = max((p for p in (workdir / "checkpoints" / "30" / "state").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)  # fmt: skip
+    with open(data, "r+b") as f:
+        f.seek(data.stat().st_size // 2)
+        f.write(np.random.RandomState(23).bytes(4096))
+    run = cli(workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    said = [ln for ln in run.stdout.splitlines() if ln.startswith("checkpoint of step 30 ")]
+    assert len(said) == 1 and ("is damaged: array " in said[0] or "cannot be read" in said[0])
+    assert said[0].endswith("30.corrupt and trying the previous one.")
+    assert "resumed from the checkpoint of step 20" in run.stdout
+    assert _steps(workdir) == ["10", "20", "30", "30.corrupt"]  # set aside, not deleted
+    assert_same_params(workdir, finished)
+
+
+def test_a_checkpoint_of_another_network_is_left_in_place_with_one_line(tmp_path, finished):
+    """Readable arrays of another shape are not damage: nothing is moved, the leaves are named."""
+    other = tmp_path / "other"
+    run = cli(other, "--config.image_size=24", "--config.resize_size=28",
+              "--config.num_train_steps=10")  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    workdir = _copy(finished, tmp_path)
+    shutil.rmtree(workdir / "checkpoints")
+    shutil.copytree(other / "checkpoints", workdir / "checkpoints")
+    before = tree_hash(workdir)
+    line = one_line_error(cli(workdir))
+    assert line.startswith("error: the checkpoint of step 10 was written by alexnet_jax ")
+    assert "holds another tree than this code builds (other shape or dtype: " in line
+    assert "params/local3/kernel (6, 6, 576, 32) float32 here (8, 8, 576, 32) float32" in line
+    assert "it is left where it is" in line
+    assert tree_hash(workdir) == before and _steps(workdir) == ["10"]
 
 
 def test_no_readable_checkpoint_refuses_and_says_how_to_start_fresh(tmp_path, finished):

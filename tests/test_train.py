@@ -119,16 +119,28 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     # A changed learning rate is refused on resume (workdir.config_changes) unless the workdir
     # has no recorded config: take it away to continue the same checkpoint with the NaN.
     (tmp_path / "config.json").unlink()
-    with pytest.raises(
-        FloatingPointError,
-        match="at step 11: .* last good checkpoint "
-        r"\(step 10\)",
-    ):
+    # Right after a resume, the checkpoint it resumed from is named as the first suspect (with
+    # what its verification said), before the learning rate.
+    with pytest.raises(FloatingPointError) as e:
         train.train_and_evaluate(config, str(tmp_path))
+    text = str(e.value)
+    assert text.startswith(
+        "param_norm = nan at step 11, 1 step(s) after resuming from the "
+        "checkpoint of step 10 (its checksums matched): that checkpoint is the first suspect, "
+        "and nothing was saved since. Move it aside "
+        f"(mv {tmp_path}/checkpoints/10 {tmp_path}/checkpoints/10.suspect) and rerun the same "
+        "command to resume from step 5;"
+    ), text
+    assert text.index("first suspect") < text.index("optimizer.learning_rate")
     step, params = _restored_params(tmp_path)
     assert step == 10
     for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(good)):
         np.testing.assert_array_equal(x, y)
+    # A run that did not resume (or saved since) keeps the plain advice.
+    fresh = tmp_path / "fresh"
+    with pytest.raises(FloatingPointError, match="at step 1: .* no checkpoint had been written "
+                       "yet. Lower optimizer.learning_rate"):  # fmt: skip
+        train.train_and_evaluate(config, str(fresh))
 
 
 @pytest.mark.parametrize(

@@ -188,3 +188,16 @@ def test_the_package_version_is_pyproject_s():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "pyproject.toml"), "rb") as f:
         assert tomllib.load(f)["project"]["version"] == alexnet_jax.__version__
+
+
+def test_garbage_records_and_locks_are_one_line_or_an_unknown_holder(tmp_path):
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # nested too deep
+    with pytest.raises(workdir.WorkdirError, match="cannot be read"):
+        workdir.read_record(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"__record__": {"format": 2, "written_by": [1]}}')
+    _, record = workdir.read_record(str(tmp_path))
+    assert workdir.describe_version(record) == "an unknown version (its record says '[1]')"
+    for garbage in ("[1]", '"x"', "3"):
+        (tmp_path / workdir.LOCK_NAME).write_text(garbage)
+        with pytest.raises(workdir.WorkdirError, match="is in use by another run: pid None"):
+            workdir.Lock(str(tmp_path)).__enter__()
