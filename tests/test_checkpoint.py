@@ -221,8 +221,11 @@ def test_checksums_are_the_same_on_any_sharding_and_see_every_element():
             if changed.dtype == np.bool_:
                 changed[position] = ~changed[position]
             else:
-                bits = changed.view(np.uint8 if changed.dtype.itemsize == 1 else
-                                    {2: np.uint16, 4: np.uint32}[changed.dtype.itemsize])
+                bits = changed.view(
+                    np.uint8
+                    if changed.dtype.itemsize == 1
+                    else {2: np.uint16, 4: np.uint32}[changed.dtype.itemsize]
+                )
                 bits[position] ^= 1
             sums = checkpoint.checksums({**arrays, name: changed.reshape(np.shape(array))})
             a0, b0 = base[name].split("-")
