@@ -561,9 +561,6 @@ def _check_readable(source: Any, split: str, sample: int = 16) -> None:
 def _train_and_evaluate(
     config, workdir, mesh, rows, train_source, eval_source, test_source, allowed
 ) -> dict[str, float]:
-    if jax.process_index() == 0:
-        for notice in workdir_lib.write_record(config, workdir, allowed):
-            say(notice)
     steps_per_epoch, total_steps = num_steps(config, len(train_source))
     tx = optim.create_optimizer(
         config.optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps
@@ -588,6 +585,11 @@ def _train_and_evaluate(
         checkpointer.expect_size(state)
         train_iter = input_pipeline.create_train_iterator(config, train_source, rows=rows)
         restored = checkpointer.restore_latest(checkpoint.abstract_like(state))
+        # The record is written once the checkpoint is known to be this run's (a refused
+        # restore leaves config.json as it was).
+        if jax.process_index() == 0:
+            for notice in workdir_lib.write_record(config, workdir, allowed):
+                say(notice)
         start, window = None, []
         if restored is not None:
             start, state, schedule_state, data_state = restored

@@ -247,14 +247,20 @@ def run_config(workdir: str | Path) -> Any:
     configs/alexnet.py: a field added since the run has the value that computes what the code
     did before the field existed (`workdir.ADDED_FIELDS`, e.g. dropout_scaling='inverted'), or
     its default for a speed switch; a field the code no longer has is dropped with a note."""
+    return config_from_flat(workdir_lib.recorded_config(str(workdir)), f"{workdir}/config.json")
+
+
+def config_from_flat(saved: dict[str, Any], where: str = "the record") -> Any:
+    """A ConfigDict from a flat {'model.lrn': True, ...} record (`workdir.flat_config`), on top of
+    today's configs/alexnet.py (tuples where the field is a tuple); a field the code no longer
+    has is dropped with a note on stderr."""
     from configs import alexnet
 
-    saved = workdir_lib.recorded_config(str(workdir))
     config = alexnet.get_config()
     current = workdir_lib.flat_config(config)
     dropped = sorted(k for k in saved if k not in current)
     if dropped:
-        print(f"note: {workdir}/config.json has fields this code no longer has, ignored: "
+        print(f"note: {where} has fields this code no longer has, ignored: "
               f"{', '.join(dropped)}", file=sys.stderr)  # fmt: skip
     with config.unlocked():
         for key, value in saved.items():
