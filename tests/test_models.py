@@ -193,8 +193,11 @@ def test_cpu_and_xla_kernels_agree_in_logits_and_every_gradient(size, towers):
 
     (la, ga), (lb, gb) = grads("cpu"), grads("xla")
     assert rel_err(la, lb) < 1e-5
+    # A bias gradient is a float32 sum over every position of the batch, taken in another order
+    # by each path: measured 2.1e-4 for conv1's on an AVX2-only AMD EPYC (under 1e-4 where XLA
+    # has AVX-512). A wrong gradient is off by order 1.
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ga), jax.tree.leaves(gb)):
-        assert rel_err(a, b) < 1e-4, jax.tree_util.keystr(path)
+        assert rel_err(a, b) < 1e-3, jax.tree_util.keystr(path)
 
 
 def test_auto_kernels_follow_the_backend(monkeypatch):
