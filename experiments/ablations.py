@@ -48,6 +48,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import json
 import shutil
 import tempfile
 import time
@@ -56,7 +57,7 @@ from typing import Any
 
 from configs import alexnet as alexnet_config
 from configs import default as default_config
-from experiments import common
+from experiments import common, sweep
 
 VARIANTS = ("no_lrn", "no_overlap", "one_tower", "no_pca", "no_dropout", "tanh")
 BASES = {"cifar": default_config, "alexnet": alexnet_config}
@@ -198,8 +199,43 @@ def metric_keys(results: dict) -> tuple[str, str, str]:
     return "eval_top1_error", "eval_top5_error", "eval"
 
 
-def run(planned: dict, model_name: str) -> dict:
-    """{variant: {'overrides', 'runs': [{seed, status, seconds, ..., metrics}] or None}}."""
+def write_manifest(planned: dict, args: Any, root: Path, budget: dict) -> None:
+    """The sweep manifest of the runs (experiments/sweep.py): `sweep status` and `sweep report`
+    read an ablation folder like any sweep. The run folders' own records decide what may be
+    continued (`refuse_changed`); the manifest follows the plan of the latest invocation."""
+    runs = {
+        sweep.run_id(name, seed): {
+            "variant": name, "seed": seed, "config": common.flat_config(config)
+        }
+        for name, entry in planned.items()
+        for seed, config, _ in entry["runs"] or ()
+    }  # fmt: skip
+    variants = {
+        name: [f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}"
+               for k, v in entry["overrides"].items()]
+        for name, entry in planned.items()
+        if name != "paper" and entry["runs"] is not None
+    }  # fmt: skip
+    seeds = max((len(e["runs"]) for e in planned.values() if e["runs"]), default=0)
+    manifest = sweep.new_manifest(args.base, "paper", variants, seeds, budget, runs)
+    path = root / sweep.MANIFEST
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            manifest["submissions"] = old.get("submissions", [])
+        except ValueError:
+            pass
+    manifest["submissions"].append({
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "launcher": {"launcher": "inline", "by": "experiments.ablations"},
+        "runs": list(runs), "job_ids": {},
+    })  # fmt: skip
+    sweep.write_json_atomic(path, manifest)
+
+
+def run(planned: dict, model_name: str, root: Path | None = None) -> dict:
+    """{variant: {'overrides', 'runs': [{seed, status, seconds, ..., metrics}] or None}}: each
+    run through the sweep runner's inline launcher (`sweep.run_inline`), in this process."""
     results = {}
     for name, entry in planned.items():
         results[name] = {"overrides": entry["overrides"], "runs": None}
@@ -216,7 +252,7 @@ def run(planned: dict, model_name: str) -> dict:
                 print(f"{name:10s} seed {seed}: resumed from step {start} in {folder}")
             else:
                 print(f"{name:10s} seed {seed}: started in {folder}")
-            outcome = common.resumable_run(config, folder)
+            outcome = sweep.run_inline(folder.parent, sweep.run_id(name, seed), config)
             metrics = outcome["metrics"]
             results[name]["runs"].append(
                 {
@@ -346,9 +382,14 @@ def main(argv=None) -> dict:
         for entry in planned.values():
             for _, _, folder in entry["runs"] or ():
                 shutil.rmtree(folder, ignore_errors=True)
+                rid = folder.name
+                (root / "status" / f"{rid}.json").unlink(missing_ok=True)
+                sweep.log_file(root, rid).unlink(missing_ok=True)
     refuse_changed(planned)
 
     what = f"{steps} steps" if steps > 0 else f"{args.epochs} epochs"
+    root.mkdir(parents=True, exist_ok=True)
+    write_manifest(planned, args, root, {"epochs": args.epochs, "steps": steps})
     results = run(planned, base_cfg.model.name)
     _, _, kind = metric_keys(results)
     split = f"'{base_cfg.get('test_split')}'" if kind == "test" else f"'{base_cfg.eval_split}'"
