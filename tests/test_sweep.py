@@ -51,10 +51,10 @@ def _base(**budget):
     return ablations.base_config("cifar", None, "", overrides)
 
 
-def _fake_sweep(root: Path, seeds: int = 3, variants=("no_lrn", "tanh")) -> dict:
+def _fake_sweep(root: Path, seeds: int = 3, variants=("no_lrn", "act_tanh")) -> dict:
     """A finished sweep folder written as the runner writes one, with seeded random results: the
     metrics files (each run's own record) and result.json agree."""
-    changes = {"no_lrn": {"model.lrn": False}, "tanh": {"model.activation": "tanh"}}
+    changes = {"no_lrn": {"model.lrn": False}, "act_tanh": {"model.activation": "tanh"}}
     runs = sweep.plan(_base(), "base", {v: changes[v] for v in variants}, seeds)
     manifest = {
         "format": sweep.FORMAT, "base": "cifar", "base_variant": "base",
@@ -100,7 +100,7 @@ def test_the_report_matches_an_independent_computation_from_the_metrics_files(tm
         last = [json.loads(ln) for ln in lines if "test_top1_error" in ln][-1]
         finals.setdefault(entry["variant"], {})[entry["seed"]] = last["test_top1_error"]
     base = np.array([finals["base"][s] for s in range(3)])
-    for variant in ("base", "no_lrn", "tanh"):
+    for variant in ("base", "no_lrn", "act_tanh"):
         values = np.array([finals[variant][s] for s in range(3)])
         got = data["summary"][variant]["metrics"]["test_top1_error"]
         np.testing.assert_allclose([got["mean"], got["std"]], [values.mean(), values.std(ddof=1)],
@@ -116,7 +116,8 @@ def test_the_report_matches_an_independent_computation_from_the_metrics_files(tm
     d = 100 * (np.array([finals["no_lrn"][s] for s in range(3)]) - base)
     low, high = 100 * np.array(stats.ttest_rel(d / 100 + base, base).confidence_interval())
     assert f"{d.mean():+.2f} [{low:+.2f}, {high:+.2f}] (n = 3)" in text
-    assert "+1.4 (§3.3)" in text  # the paper's figure beside its ablation
+    assert "no_lrn: +1.4 (§3.3)" in text  # the paper's figure beside its ablation ...
+    assert "tanh: n/a (CIFAR-10" in text  # ... found by the change, not by the name
     assert (tmp_path / "out" / "learning_curves.png").stat().st_size > 10_000
     assert (tmp_path / "out" / "paired_changes.png").stat().st_size > 10_000
 
