@@ -309,7 +309,7 @@ def refuse_config_changes(refused: dict, workdir: str) -> None:
         )
 
 
-def _kernel_start(pid: int) -> str | None:
+def kernel_start(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -318,14 +318,16 @@ def _kernel_start(pid: int) -> str | None:
         return None
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def process_alive(pid: int, start: str | None) -> bool:
+    """Whether process `pid` of this host runs and, when `start` (its `kernel_start`) is
+    known, is the same process (not a later one given the same pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    now = _kernel_start(pid)
+    now = kernel_start(pid)
     return start is None or now is None or now == start
 
 
@@ -353,7 +355,7 @@ class Lock:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "kernel_start": _kernel_start(os.getpid()),
+            "kernel_start": kernel_start(os.getpid()),
         }
         for _ in range(3):
             try:
@@ -367,7 +369,7 @@ class Lock:
                 if (
                     same_host
                     and isinstance(pid, int)
-                    and not _alive(pid, holder.get("kernel_start"))
+                    and not process_alive(pid, holder.get("kernel_start"))
                 ):
                     self._say(
                         f"notice: took over the stale lock {self.path} of pid {pid} (started "

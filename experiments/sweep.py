@@ -136,16 +136,12 @@ def last_training_event(folder: Path, size: int = 16384) -> dict | None:
 
 def _alive(status: dict) -> bool:
     """Whether a 'running' run's job still runs (checkable on its own host only)."""
+    from alexnet_jax import workdir as workdir_lib  # standard library only: no JAX
+
     pid = status.get("job_pid")
     if status.get("host") != socket.gethostname() or not isinstance(pid, int):
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return workdir_lib.process_alive(pid, status.get("job_start"))
 
 
 def effective_state(status: dict) -> str:
@@ -399,9 +395,12 @@ def run_inline(sweep: Path, rid: str, config: Any) -> dict:
     from experiments import common
 
     previous = read_status(sweep, rid)
+    from alexnet_jax import workdir as workdir_lib
+
     update_status(sweep, rid, state="running", pid=os.getpid(), job_pid=os.getpid(),
-                  host=socket.gethostname(), attempts=previous.get("attempts", 0) + 1,
-                  reason=None)  # fmt: skip
+                  job_start=workdir_lib.kernel_start(os.getpid()), host=socket.gethostname(),
+                  attempts=previous.get("attempts", 0) + 1, reason=None,
+                  started=time.time())  # fmt: skip
     try:
         outcome = common.resumable_run(config, run_folder(sweep, rid))
     except SystemExit as e:

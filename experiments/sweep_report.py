@@ -216,7 +216,8 @@ def figures(sweep: Path, manifest: dict, done: dict, summary: dict, out: Path) -
             if band is None:
                 continue
             epochs, mean, low, high = band
-            ax.plot(epochs, scale * mean, color=color, label=f"{variant} (n={len(runs)})")
+            ax.plot(epochs, scale * mean, "o-", markersize=3, color=color,
+                    label=f"{variant} (n={len(runs)})")  # fmt: skip
             ax.fill_between(epochs, scale * low, scale * high, color=color, alpha=0.2)
         for epoch in _drops(runs):
             for ax in axes:
@@ -251,7 +252,7 @@ def figures(sweep: Path, manifest: dict, done: dict, summary: dict, out: Path) -
     ax.axhline(0, color="grey", linewidth=1)
     ax.set_xticks(range(len(variants)), variants, rotation=20)
     ax.set(ylabel=f"{head} change vs {base} (points)",
-           title="paired change by seed, mean with 95% t interval (dots: seeds)")  # fmt: skip
+           title="paired change: mean, 95% t interval, seeds")  # fmt: skip
     fig.tight_layout()
     changes_path = out / "paired_changes.png"
     fig.savefig(changes_path, dpi=110)

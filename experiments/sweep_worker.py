@@ -34,6 +34,7 @@ from pathlib import Path
 
 import submitit
 
+from alexnet_jax import workdir as workdir_lib
 from experiments import sweep as sweep_lib
 
 _PR_SET_PDEATHSIG = 1
@@ -88,7 +89,8 @@ class SweepRun(submitit.helpers.Checkpointable):
                 sweep_lib.update_status(
                     sweep, self.rid, state="running", pid=self._child.pid, job_pid=os.getpid(),
                     host=socket.gethostname(), attempts=previous.get("attempts", 0) + 1,
-                    reason=None,
+                    reason=None, started=time.time(),
+                    job_start=workdir_lib.kernel_start(os.getpid()),
                 )  # fmt: skip
             code = self._child.wait()
         if code == 0:

@@ -354,3 +354,27 @@ def test_preempted_and_killed_runs_resume_and_end_bit_identical(tmp_path):
     lines = subprocess.run([sys.executable, "-m", "experiments.sweep", "status", str(folder)],
                            cwd=ROOT, env=_env(), capture_output=True, text=True).stdout  # fmt: skip
     assert lines.splitlines()[-1] == "4 runs: 4 finished"
+
+
+@pytest.mark.slow
+def test_parallel_local_runs_overlap_and_each_finishes(tmp_path):
+    """--parallel 2: two runs at a time through submitit's local executor (on a CPU host they
+    share its cores; on a GPU host each gets its share of CUDA_VISIBLE_DEVICES)."""
+    folder = tmp_path / "sweep"
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", "run", str(folder), "--base=cifar",
+         "--seeds=2", "--steps=4", "--set=mesh.data=1", "--parallel=2"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    a, b = (sweep.read_status(folder, f"base_seed{s}") for s in (0, 1))
+    assert a["state"] == b["state"] == "finished"
+    assert b["started"] < a["updated"] and a["started"] < b["updated"]  # both ran at once
+
+
+def test_parallel_local_slots_share_the_visible_gpus(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert sweep._gpu_shares(2) == [[0, 1], [2, 3]]
+    assert sweep._gpu_shares(4) == [[0], [1], [2], [3]]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert sweep._gpu_shares(2) == [[], []]  # no GPU: the slots share the CPU
