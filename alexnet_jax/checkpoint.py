@@ -386,8 +386,8 @@ class Checkpointer:
         self._say = say
         self._needed = 0
         self._warned_step = None
-        # (step, what its verification said) of the checkpoint this run resumed from, and
-        # whether a checkpoint was saved since: a NaN before that names it first.
+        # (step, what its verification said) of the checkpoint last restored (the one this run
+        # resumed from), and whether a checkpoint was saved since: a NaN before that names it.
         self.resumed: tuple[int, str] | None = None
         self.saved_since_resume = False
         self._manager = ocp.CheckpointManager(
@@ -596,8 +596,10 @@ class Checkpointer:
                 f"notice: the checkpoint of step {step} was written by {version}, before "
                 "checkpoints carried checksums: its bytes cannot be verified."
             )
+            self.resumed = (step, "format 1: not verifiable")
         else:
             _verify(step, meta, state, schedule, data)
+            self.resumed = (step, "its checksums matched")
         leaves = leaf_paths(state)
         for migration in dict.fromkeys(plan.values()):
             paths = [p for p, m in plan.items() if m is migration]
@@ -648,8 +650,6 @@ class Checkpointer:
                     "previous one."
                 )
             else:
-                self.resumed = (step, "format 1: not verifiable" if self.read_meta(step) is None
-                                else "its checksums matched")  # fmt: skip
                 return restored
         if self.set_aside():
             raise NoReadableCheckpointError(

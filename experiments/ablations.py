@@ -331,17 +331,8 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     parser = common.argument_parser(__doc__)
     parser.add_argument("--base", default="cifar", help="cifar | alexnet | a config file path")
-    parser.add_argument("--dataset", default=None, help="default: the base config's")
-    parser.add_argument("--data_dir", default="")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="'' = the paper run only")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3, help="budget per run")
-    parser.add_argument("--steps", type=int, default=-1, help="> 0: overrides --epochs")
-    parser.add_argument("--eval_every", type=int, default=None, help="default: the base's")
-    parser.add_argument("--checkpoint_every", type=int, default=None, help="default: the base's")
-    parser.add_argument("--log_every", type=int, default=None, help="default: the base's")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="change a base config field (repeatable)")  # fmt: skip
+    sweep.add_base_flags(parser)  # --seeds, --epochs, --steps, cadences, --set
     parser.add_argument("--out", default=None)
     parser.add_argument("--workdir", default=None, help="default: <tmp>/alexnet_jax_ablations/")
     parser.add_argument("--fresh", action="store_true", help="delete this invocation's runs")
@@ -358,11 +349,7 @@ def main(argv=None) -> dict:
 
     variants = [v for v in args.variants.split(",") if v]
     seeds, steps = args.seeds, args.steps
-    cadences = {
-        "eval_every_steps": args.eval_every,
-        "checkpoint_every_steps": args.checkpoint_every,
-        "log_every_steps": args.log_every,
-    }
+    cadences = sweep.cadences(args)
     if args.quick:
         variants, seeds, steps = ["no_lrn", "one_tower"], 1, 4
         cadences = {k: v or 2 for k, v in cadences.items()}

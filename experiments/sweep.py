@@ -103,14 +103,19 @@ def update_status(sweep: Path, rid: str, **fields: Any) -> dict:
     return status
 
 
-def last_line(path: Path, size: int = 8192) -> str:
-    """The last non-empty line of a text file (its last `size` bytes), '' if none."""
+def _tail_lines(path: Path, size: int) -> list[str]:
+    """The lines of a text file's last `size` bytes ([] if it cannot be read)."""
     try:
         with open(path, "rb") as f:
             f.seek(max(0, f.seek(0, 2) - size))
-            lines = f.read().decode(errors="replace").splitlines()
+            return f.read().decode(errors="replace").splitlines()
     except OSError:
-        return ""
+        return []
+
+
+def last_line(path: Path, size: int = 8192) -> str:
+    """The last non-empty line of a text file (its last `size` bytes), '' if none."""
+    lines = _tail_lines(path, size)
     # A progress bar's carriage returns leave its last state on the line.
     lines = [ln.rsplit("\r", 1)[-1].strip() for ln in lines]
     return next((ln for ln in reversed(lines) if ln), "")
@@ -118,13 +123,7 @@ def last_line(path: Path, size: int = 8192) -> str:
 
 def last_training_event(folder: Path, size: int = 16384) -> dict | None:
     """The last logged training event of a run (metrics.jsonl's tail), or None."""
-    try:
-        with open(folder / "metrics.jsonl", "rb") as f:
-            f.seek(max(0, f.seek(0, 2) - size))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
+    for line in reversed(_tail_lines(folder / "metrics.jsonl", size)):
         try:
             event = json.loads(line)
         except ValueError:
@@ -511,12 +510,7 @@ def _plan_from_args(args: argparse.Namespace) -> dict:
 
     base = args.base or "cifar"
     overrides = {"num_epochs": args.epochs, "num_train_steps": args.steps}
-    cadences = {
-        "eval_every_steps": args.eval_every,
-        "checkpoint_every_steps": args.checkpoint_every,
-        "log_every_steps": args.log_every,
-    }
-    overrides.update({k: v for k, v in cadences.items() if v is not None})
+    overrides.update({k: v for k, v in cadences(args).items() if v is not None})
     overrides.update(ablations.parse_set(ablations.load_base(base), args.set))
     base_config = ablations.base_config(base, args.dataset, args.data_dir, overrides,
                                         args.scale_schedule)  # fmt: skip
@@ -527,6 +521,30 @@ def _plan_from_args(args: argparse.Namespace) -> dict:
     if args.base_variant in typed:
         raise SweepError(f"a variant is named {args.base_variant!r}, the base's name; rename it.")
     return plan(base_config, args.base_variant, typed, args.seeds)
+
+
+def add_base_flags(parser: argparse.ArgumentParser) -> None:
+    """The seeds, data, budget, cadence and --set flags of a sweep (and of experiments.ablations,
+    the paper's named sweep)."""
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--dataset", default=None, help="default: the base config's")
+    parser.add_argument("--data_dir", default="")
+    parser.add_argument("--epochs", type=int, default=3, help="budget per run")
+    parser.add_argument("--steps", type=int, default=-1, help="> 0: overrides --epochs")
+    parser.add_argument("--eval_every", type=int, default=None, help="default: the base's")
+    parser.add_argument("--checkpoint_every", type=int, default=None, help="default: the base's")
+    parser.add_argument("--log_every", type=int, default=None, help="default: the base's")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a base config field (repeatable)")  # fmt: skip
+
+
+def cadences(args: argparse.Namespace) -> dict[str, int | None]:
+    """The config's cadence fields as `add_base_flags` sets them (None: the base's)."""
+    return {
+        "eval_every_steps": args.eval_every,
+        "checkpoint_every_steps": args.checkpoint_every,
+        "log_every_steps": args.log_every,
+    }
 
 
 LAUNCHER_FLAGS = ("launcher", "parallel", "nodes", "gpus_per_node", "cpus_per_task", "partition",
@@ -546,16 +564,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...")
     run.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2")
     run.add_argument("--ablations", default="", help="NAMES of configs/ablations/, or 'all'")
-    run.add_argument("--seeds", type=int, default=3)
-    run.add_argument("--dataset", default=None, help="default: the base config's")
-    run.add_argument("--data_dir", default="")
-    run.add_argument("--epochs", type=int, default=3, help="budget per run")
-    run.add_argument("--steps", type=int, default=-1, help="> 0: overrides --epochs")
-    run.add_argument("--eval_every", type=int, default=None, help="default: the base's")
-    run.add_argument("--checkpoint_every", type=int, default=None, help="default: the base's")
-    run.add_argument("--log_every", type=int, default=None, help="default: the base's")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="change a base config field (repeatable)")  # fmt: skip
+    add_base_flags(run)
     run.add_argument("--scale_schedule", action="store_true",
                      help="scale the base's epoch-keyed settings to --epochs")  # fmt: skip
     run.add_argument("--retry_failed", action="store_true", help="resubmit the failed runs")
