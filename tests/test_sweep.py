@@ -220,7 +220,8 @@ def test_the_slurm_launcher_submits_one_array_with_the_requested_resources(tmp_p
          "--variant=no_lrn:model.lrn=False", "--grid=model.activation=relu,tanh", "--seeds=2",
          "--steps=6", "--launcher=slurm", "--nodes=2", "--gpus_per_node=4",
          "--cpus_per_task=10", "--time=600", "--partition=gpu", "--account=lab42",
-         "--array_parallelism=3", "--sbatch=qos=high"],
+         "--array_parallelism=3", "--sbatch=qos=high", "--signal_delay=300",
+         "--max_requeues=5"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -228,7 +229,7 @@ def test_the_slurm_launcher_submits_one_array_with_the_requested_resources(tmp_p
     for line in ("#SBATCH --array=0-7%3", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",
                  "#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=10",
                  "#SBATCH --time=600", "#SBATCH --partition=gpu", "#SBATCH --account=lab42",
-                 "#SBATCH --qos=high", "#SBATCH --signal=USR2@120"):  # fmt: skip
+                 "#SBATCH --qos=high", "#SBATCH --signal=USR2@300"):  # fmt: skip
         assert line in script.splitlines(), (line, script)
     assert "submitit.core._submit" in script and "srun" in script
     assert (record / "sbatch_args").read_text().count("\n") == 1  # one array, one sbatch
@@ -245,6 +246,7 @@ def test_the_slurm_launcher_submits_one_array_with_the_requested_resources(tmp_p
         with open(folder / "submitit" / f"4242_{i}" / f"4242_{i}_submitted.pkl", "rb") as f:
             delayed = pickle.load(f)
         elements[i] = (delayed.function.sweep, delayed.function.rid)
+        assert delayed._timeout_countdown == 5  # --max_requeues: time-outs requeued
     assert {rid for _, rid in elements.values()} == set(manifest["runs"])
     assert {s for s, _ in elements.values()} == {str(folder.resolve())}
     assert not (record / "other_calls").exists()  # nothing but sbatch was called
