@@ -684,6 +684,13 @@ class Checkpointer:
         self._manager.close()
 
 
+def has_checkpoints(workdir: str) -> bool:
+    """Whether `workdir/checkpoints` holds a complete step folder (Orbax names a checkpoint by
+    its step once it is complete): a run that will resume, or try to. Reads the listing only."""
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(p.isdigit() for p in os.listdir(directory))
+
+
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) of a pytree of arrays."""
     return jax.tree.map(

@@ -425,12 +425,16 @@ class AlexNet(nn.Module):
             )(x)
             if layer.name == "fc8":
                 break
+            # Features (alexnet_jax.features): the layer's output before and after its
+            # activation, before any normalization, pooling or dropout that follows.
+            self.sow("intermediates", f"{layer.name}_pre", x)
             # The table says where the paper normalizes; the module fields switch it (§3.3).
             normalize = layer.lrn and self.lrn
             before = normalize and layer.name in self.lrn_before_relu
             if before:
                 x = self._normalizations(x, layer.name, local, tower0)
             x = act(x)
+            self.sow("intermediates", f"{layer.name}_act", x)
             if normalize and not before:
                 x = self._normalizations(x, layer.name, local, tower0)
             if layer.dropout and self.dropout_on == "outputs":
@@ -670,7 +674,10 @@ class CifarNet(nn.Module):
                 bias_init=bias_init,
                 name=spec.name,
             )
-            x = act(layer(x))
+            x = layer(x)
+            self.sow("intermediates", f"{spec.name}_pre", x)
+            x = act(x)
+            self.sow("intermediates", f"{spec.name}_act", x)
             if spec.lrn and self.lrn and spec.lrn_before_pool:
                 x = self._lrn(x)
             self.sow("intermediates", f"{spec.name}_out", x)

@@ -35,6 +35,7 @@ from alexnet_jax import (
     optim,
     parallel,
     sources,
+    transfer,
 )
 from alexnet_jax import workdir as workdir_lib
 
@@ -107,6 +108,7 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
             f"batch_size={config.batch_size} is not divisible by the {num_processes} processes."
         )
     problems += _split_problems(config)
+    problems += transfer.check_init_from(config)
     check(lambda: optim.create_optimizer(config.optimizer))
     check(
         lambda: optim.check_multiplier_keys(
@@ -199,11 +201,19 @@ def num_steps(config: Any, train_examples: int) -> tuple[int, int]:
 
 
 def create_train_state(
-    config: Any, mesh: jax.sharding.Mesh, tx: optax.GradientTransformation, rng: jax.Array
+    config: Any,
+    mesh: jax.sharding.Mesh,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    imported: transfer.Imported | None = None,
 ) -> TrainState:
-    """Initialises the parameters (§5 initialisation) and places them on the mesh."""
+    """Initialises the parameters (§5 initialisation, or `config.model.init`'s) and places them
+    on the mesh; `imported` (`transfer.load`) replaces its layers bit for bit (fine-tuning:
+    step 0, a fresh optimizer state)."""
     init_rng, train_rng = jax.random.split(rng)
     params = parallel.init_params(config.model, (config.image_size,) * 2 + (3,), init_rng)
+    if imported is not None:
+        params = transfer.merge(params, imported)
     params = parallel.shard(params, mesh, parallel.param_spec(config.model))
     opt_state = jax.jit(tx.init)(params)
     return TrainState(
@@ -513,6 +523,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         )
     allowed, refused = workdir_lib.config_changes(config, workdir)
     workdir_lib.refuse_config_changes(refused, workdir)
+    # A run that starts afresh from another network reads it now, before anything is written;
+    # a run with checkpoints resumes from its own and never reads the source again.
+    imported = None
+    if config.init_from.source and not checkpoint.has_checkpoints(workdir):
+        imported = transfer.load(config)
     lock = workdir_lib.Lock(workdir, say=say)
     refused = None
     if jax.process_index() == 0:
@@ -534,8 +549,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
         raise refused
     try:
         return _train_and_evaluate(
-            config, workdir, mesh, rows, train_source, eval_source, test_source, allowed
-        )
+            config, workdir, mesh, rows, train_source, eval_source, test_source, allowed,
+            imported,
+        )  # fmt: skip
     finally:
         lock.__exit__(None, None, None)
 
@@ -559,7 +575,7 @@ def _check_readable(source: Any, split: str, sample: int = 16) -> None:
 
 
 def _train_and_evaluate(
-    config, workdir, mesh, rows, train_source, eval_source, test_source, allowed
+    config, workdir, mesh, rows, train_source, eval_source, test_source, allowed, imported=None
 ) -> dict[str, float]:
     steps_per_epoch, total_steps = num_steps(config, len(train_source))
     tx = optim.create_optimizer(
@@ -585,10 +601,24 @@ def _train_and_evaluate(
         checkpointer.expect_size(state)
         train_iter = input_pipeline.create_train_iterator(config, train_source, rows=rows)
         restored = checkpointer.restore_latest(checkpoint.abstract_like(state))
+        if restored is None and config.init_from.source:
+            if imported is None:  # its checkpoints were all damaged and set aside: start over
+                imported = transfer.load(config)
+            state = create_train_state(config, mesh, tx, jax.random.key(config.seed), imported)
+            r = imported.record
+            say(
+                f"initialised from {r['source']} ({r['format']}"
+                + (f", step {r['step']}" if "step" in r else f", sha256 {r['sha256'][:16]}")
+                + f"): imported {', '.join(r['imported'])}"
+                + (f"; {', '.join(r['excluded'])} from this config's init" if r["excluded"] else "")
+            )
+        elif restored is not None:
+            imported = None  # resumed: the record keeps what the run was started from
         # The record is written once the checkpoint is known to be this run's (a refused
         # restore leaves config.json as it was).
         if jax.process_index() == 0:
-            for notice in workdir_lib.write_record(config, workdir, allowed):
+            record = None if imported is None else imported.record
+            for notice in workdir_lib.write_record(config, workdir, allowed, record):
                 say(notice)
         start, window = None, []
         if restored is not None:

@@ -64,6 +64,14 @@ class WeightsError(ValueError):
     """Weights that cannot be imported into the configured network (the message says why)."""
 
 
+class ShapeMismatchError(WeightsError):
+    """A layer of the file whose shape the configured network does not have (`layer`)."""
+
+    def __init__(self, message: str, layer: str):
+        super().__init__(message)
+        self.layer = layer
+
+
 def sha256(path: str) -> str:
     """The SHA-256 of a file, hex."""
     digest = hashlib.sha256()
@@ -110,10 +118,11 @@ def _split(name: str, kernel: np.ndarray, bias: np.ndarray, model_config: Any) -
 
 def _check(name: str, what: str, got: tuple, want: tuple, layout: str, fmt: str) -> None:
     if tuple(got) != tuple(want):
-        raise WeightsError(
+        raise ShapeMismatchError(
             f"{name}: {what} has shape {tuple(got)}, the configured network needs {tuple(want)} "
             f"({layout}); check that the file is {fmt} for this config's model (towers, widths, "
-            "num_classes, image_size)."
+            "num_classes, image_size).",
+            name,
         )
 
 
@@ -335,18 +344,21 @@ def _numbers(path: str, name: str, what: str, value: Any) -> np.ndarray:
     return array
 
 
-def caffe_npy_params(path: str, model_config: Any, image_size: int) -> dict:
+def caffe_npy_params(path: str, model_config: Any, image_size: int, exclude=()) -> dict:
     """The parameters of a caffe-tensorflow `bvlc_alexnet.npy` for `model_config`'s network.
 
     Layers are read by name (conv1..conv5, fc6..fc8); each value is [weights, biases] (or a
     dict with 'weights'/'biases'). Kernels are used as stored, (H, W, in, out), and fc weights
     as (in, out), fc6's rows in H x W x C order, because the converter already did those
-    conversions. conv1's input channels are reversed (BGR to RGB).
+    conversions. conv1's input channels are reversed (BGR to RGB). Layers in `exclude` are
+    neither read nor checked, and are absent from the result.
     """
     data = _read_caffe_npy(path)
     expected = _expected(model_config, image_size)
     params = {}
     for name in _LAYERS:
+        if name in exclude:
+            continue
         if name not in data:
             raise WeightsError(
                 f"{path} has no layer {name!r} (it has {sorted(data)}); a bvlc_alexnet.npy holds "
@@ -405,15 +417,18 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
 
 
-def torchvision_params(path: str, model_config: Any, image_size: int) -> dict:
+def torchvision_params(path: str, model_config: Any, image_size: int, exclude=()) -> dict:
     """The parameters of torchvision's alexnet state dict (`.pth` or `.npz`) for
-    `model_config`'s network (configs/torchvision_alexnet.py)."""
+    `model_config`'s network (configs/torchvision_alexnet.py); layers in `exclude` are neither
+    read nor checked."""
     state = _read_state_dict(path)
     expected = _expected(model_config, image_size)
     pool5 = models.spatial_sizes(image_size, model_config.pool_window, model_config.conv1_padding)
     side = pool5["pool5"]
     params = {}
     for name in _LAYERS:
+        if name in exclude:
+            continue
         key = TORCHVISION_KEYS[name]
         if f"{key}.weight" not in state or f"{key}.bias" not in state:
             raise WeightsError(
@@ -439,8 +454,43 @@ def torchvision_params(path: str, model_config: Any, image_size: int) -> dict:
     return params
 
 
-def load_weights(path: str, weights_format: str, model_config: Any, image_size: int) -> dict:
-    """The parameters of the weights file `path` (`FORMATS`) for `model_config`'s network.
+# What a source path is, by its form: a folder is a training run, these suffixes weights files.
+SUFFIX_FORMATS = {".npy": "caffe_npy", ".pth": "torchvision", ".pt": "torchvision",
+                  ".npz": "torchvision"}  # fmt: skip
+
+
+def infer_format(path: str, given: str = "") -> str:
+    """'run' for a folder (a training run's workdir or one of its checkpoints), else the
+    weights format of `path`'s suffix (`SUFFIX_FORMATS`); `given` (one of `FORMATS` or 'run')
+    wins when set.
+
+    Raises:
+      WeightsError: for an unknown `given`, or a file whose suffix says nothing.
+    """
+    if given:
+        if given not in (*FORMATS, "run"):
+            raise WeightsError(
+                f"format {given!r} is not one of {('run', *FORMATS)} (or '' to infer it from "
+                "the path)."
+            )
+        return given
+    if os.path.isdir(path):
+        return "run"
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in SUFFIX_FORMATS:
+        return SUFFIX_FORMATS[suffix]
+    raise WeightsError(
+        f"{path}: cannot tell the format from the name (a folder is a run; "
+        f"{', '.join(f'{k} is {v}' for k, v in SUFFIX_FORMATS.items())}); give it, one of "
+        f"{('run', *FORMATS)}."
+    )
+
+
+def load_weights(
+    path: str, weights_format: str, model_config: Any, image_size: int, exclude=()
+) -> dict:
+    """The parameters of the weights file `path` (`FORMATS`) for `model_config`'s network,
+    without the layers in `exclude` (those are neither read nor checked).
 
     Raises:
       WeightsError: for an unknown format, a missing or unreadable file, a missing layer or a
@@ -455,5 +505,5 @@ def load_weights(path: str, weights_format: str, model_config: Any, image_size: 
             f"weights import into AlexNet only; the config's model.name is {model_config.name!r}."
         )
     if weights_format == "caffe_npy":
-        return caffe_npy_params(path, model_config, image_size)
-    return torchvision_params(path, model_config, image_size)
+        return caffe_npy_params(path, model_config, image_size, exclude)
+    return torchvision_params(path, model_config, image_size, exclude)

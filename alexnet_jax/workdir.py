@@ -81,6 +81,11 @@ ADDED_FIELDS = {
     "model.lrn_kind": "cross_map",  # the only LRN before the field
     "model.compute_dtype": "float32",
     "test_split": "",  # no test split: validation on eval_split only
+    # Issue 25: training from another network's parameters (none before).
+    "init_from.source": "",
+    "init_from.format": "",
+    "init_from.step": -1,
+    "init_from.exclude": [],
 }
 
 # The config record: config.json holds the config's fields and, under this key, the format of
@@ -256,11 +261,16 @@ def config_changes(config: Any, workdir: str) -> tuple[dict, dict]:
     return allowed, refused
 
 
-def write_record(config: Any, workdir: str, allowed: dict) -> list[str]:
+def write_record(
+    config: Any, workdir: str, allowed: dict, init_from: dict[str, Any] | None = None
+) -> list[str]:
     """Writes the run's config.json (its fields and this code's `RECORD_KEY` entry) and
     appends what changed since the record to config_changes.jsonl: the allowed changes, the
     fields an older record lacked (filled with `added_field_value`) and the version that wrote
     it. Atomic (a temporary file renamed over it). Process 0 only.
+
+    `init_from`: what a run starting from another network imported (`transfer.load`), kept in
+    the record as 'init_from'; None keeps the record's own (a resumed run never re-imports).
 
     Returns:
       The notices to print, one line each: the allowed changes, and the record's migration.
@@ -271,6 +281,10 @@ def write_record(config: Any, workdir: str, allowed: dict) -> list[str]:
         data, old_record = read_record(workdir)
         filled = fill_added_fields(flat_config(data))[1]
     record = new_record()
+    if init_from is None and old_record and "init_from" in old_record:
+        init_from = old_record["init_from"]
+    if init_from is not None:
+        record["init_from"] = init_from
     notices, change = [], {}
     if allowed:
         notices.append(

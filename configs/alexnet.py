@@ -141,6 +141,19 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.augment = get_augment_config()  # §2, §4.1; each field an ablation.
 
+    # Start from another network's parameters instead of §5's initialisation (fine-tuning;
+    # alexnet_jax/transfer.py, docs/transfer.md). Read once, when the run starts at step 0.
+    config.init_from = ml_collections.ConfigDict()
+    # '' = the paper's initialisation | a run's workdir | a caffe-tensorflow bvlc_alexnet.npy |
+    # a torchvision alexnet state dict (.pth, or .npz of its arrays).
+    config.init_from.source = ""
+    # '' = from the source: a folder 'run', .npy 'caffe_npy', .pth/.npz 'torchvision'.
+    config.init_from.format = ""
+    config.init_from.step = -1  # A run's checkpoint step; -1 = its latest.
+    # Layers that keep this config's initialisation (not imported), e.g. ('fc8',) for a new
+    # model.num_classes. Freeze or speed up layers with optimizer.layer_lr_multipliers.
+    config.init_from.exclude = ()
+
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1  # Data-parallel replicas; -1 = all devices the tower axis leaves.
     config.mesh.tower = 0  # Devices per replica's towers: 0 = two when possible, 1 = side by side.

@@ -1,7 +1,8 @@
 """Every documented switch, on every network, against an independent computation.
 
 The fields are read from the documentation's tables (`config.model` in docs/model.md,
-`config.augment` in docs/data.md, `config.optimizer` in docs/training.md), so a field
+`config.augment` in docs/data.md, `config.optimizer` in docs/training.md, `config.init_from`
+in docs/transfer.md), so a field
 documented there without a check here fails `test_every_documented_field_has_a_check`, and a
 config field missing from the tables fails `test_every_config_field_is_documented`. A check
 computes what the switched layer should give from the same parameters (NumPy, float64; the
@@ -35,10 +36,14 @@ from configs import alexnet as alexnet_config
 from configs import cifar10_fig1, cifar10_lrn
 from configs.ablations import one_tower
 from tests.helpers import random_stats
+from tests.test_transfer import INIT_FROM_CHECKS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-SECTIONS = ("model", "augment", "optimizer")
-DOCUMENTED_IN = {"model": "model.md", "augment": "data.md", "optimizer": "training.md"}
+SECTIONS = ("model", "augment", "optimizer", "init_from")
+DOCUMENTED_IN = {
+    "model": "model.md", "augment": "data.md", "optimizer": "training.md",
+    "init_from": "transfer.md",
+}  # fmt: skip
 NETWORKS = ("alexnet", "alexnet_1tower", "cifar_fig1", "cifar_lrn")
 _BASE_CONFIGS = {
     "alexnet": alexnet_config.get_config,
@@ -1383,7 +1388,10 @@ OPTIMIZER_CHECKS = {
     "step_factor": check_step_factor,
 }
 
-CHECKS = {"model": MODEL_CHECKS, "augment": AUGMENT_CHECKS, "optimizer": OPTIMIZER_CHECKS}
+CHECKS = {
+    "model": MODEL_CHECKS, "augment": AUGMENT_CHECKS, "optimizer": OPTIMIZER_CHECKS,
+    "init_from": INIT_FROM_CHECKS,
+}  # fmt: skip
 
 
 # --- The tests ---------------------------------------------------------------------------------
@@ -1420,3 +1428,8 @@ def test_augment_switch(field):
 @pytest.mark.parametrize("field", documented_fields("optimizer"))
 def test_optimizer_switch(field):
     OPTIMIZER_CHECKS[field]()
+
+
+@pytest.mark.parametrize("field", documented_fields("init_from"))
+def test_init_from_switch(field, tmp_path):
+    INIT_FROM_CHECKS[field](tmp_path)
