@@ -64,6 +64,7 @@ class Layer:
     lrn: bool = False  # LRN after the activation (§3.3)
     pool: bool = False  # max pooling after (LRN and) the activation (§3.4)
     dropout: bool = False  # dropout on the layer's outputs (§4.2)
+    removed: bool = False  # model.remove_conv: not computed; its pooling still is (§7)
 
     @property
     def is_conv(self) -> bool:
@@ -81,6 +82,40 @@ ALEXNET_LAYERS: tuple[Layer, ...] = (
     Layer("fc8", 0, sees="both", bias=0.0),
 )
 
+# §7: "removing any of the middle layers results in a loss of about 2% for the top-1".
+MIDDLE_CONV_LAYERS = ("conv2", "conv3", "conv4", "conv5")
+EXTRA_CONV_SEES = ("own", "both")
+
+
+def extra_conv_layer(kernels: int, sees: str = "own") -> Layer:
+    """Table 2's "extra sixth convolutional layer over the last pooling layer" (1 CNN*): the
+    paper gives no size; here 3x3, stride 1, pad 1 (pool5's 6x6 maps stay 6x6, so fc6's
+    fan-in does not change), `kernels` over all towers, no LRN, no pooling, bias 0 (§5's rule
+    puts 1 only in conv2, conv4, conv5, fc6 and fc7). docs/model.md gives the reasons."""
+    return Layer("conv6", kernels, 3, 1, 1, sees, 0.0)
+
+
+def alexnet_layers(
+    remove_conv: Sequence[str] = (), extra_conv: int = 0, extra_conv_sees: str = "own"
+) -> tuple[Layer, ...]:
+    """The layers of an AlexNet with `model.remove_conv` / `model.extra_conv`: the removed ones
+    marked `removed` (their pooling stays), conv6 after conv5 when `extra_conv` > 0."""
+    out = []
+    for layer in ALEXNET_LAYERS:
+        out.append(dataclasses.replace(layer, removed=True) if layer.name in remove_conv else layer)
+        if layer.name == "conv5" and extra_conv:
+            out.append(extra_conv_layer(extra_conv, extra_conv_sees))
+    return tuple(out)
+
+
+def model_layers(model_config) -> tuple[Layer, ...]:
+    """`alexnet_layers` of an AlexNet `config.model` (fields added since read as absent)."""
+    m = model_config
+    return alexnet_layers(
+        tuple(m.get("remove_conv", ())), m.get("extra_conv", 0), m.get("extra_conv_sees", "own")
+    )
+
+
 # Caffe's bvlc_alexnet (docs/paper.md, Training): bias 0.1 where the paper uses 1, fc6/fc7
 # weights std 0.005.
 _CAFFE_BIAS = 0.1
@@ -95,7 +130,9 @@ OWT_WIDTHS = {
 }  # fmt: skip
 
 
-def tower_widths(towers: int, num_classes: int, one_tower_kernels: str = "half") -> dict[str, int]:
+def tower_widths(
+    towers: int, num_classes: int, one_tower_kernels: str = "half", extra_conv: int = 0
+) -> dict[str, int]:
     """Kernels per tower of every AlexNet layer.
 
     Args:
@@ -107,6 +144,8 @@ def tower_widths(towers: int, num_classes: int, one_tower_kernels: str = "half")
         footnote 2: half the kernels of conv1-conv4, conv5 and the fc layers unchanged);
         'full' is the ungrouped net with the two-tower widths (62,378,344 parameters);
         'owt' is torchvision's one-tower net (64-192-384-256-256 kernels, 61,100,840 parameters).
+      extra_conv: kernels of the sixth conv layer (`extra_conv_layer`) over all towers, 0 for
+        none; split over the towers like conv5 (one tower: all of them).
 
     Returns:
       Layer name -> kernels (output features) per tower.
@@ -140,6 +179,18 @@ def tower_widths(towers: int, num_classes: int, one_tower_kernels: str = "half")
             )
         else:
             widths[layer.name] = total // towers
+    if extra_conv:
+        if isinstance(extra_conv, bool) or not isinstance(extra_conv, int) or extra_conv < 0:
+            raise ValueError(
+                f"model.extra_conv must be 0 (none) or the kernels of the sixth conv layer, "
+                f"e.g. 256, got {extra_conv!r}."
+            )
+        if extra_conv % towers:
+            raise ValueError(
+                f"model.extra_conv={extra_conv} kernels cannot be split over model.towers="
+                f"{towers}; use a multiple of {towers}."
+            )
+        widths["conv6"] = extra_conv // towers
     return widths
 
 
@@ -276,6 +327,11 @@ class AlexNet(nn.Module):
       init_std: (layer, std) pairs replacing the weight std of `weight_init` for those layers
         (the released code's initW: 0.03 for conv3-conv5).
       pool_window: 3 (overlapping pooling, §3.4) or 2; the stride is 2 either way.
+      remove_conv: middle conv layers (of conv2-conv5) left out (§7). The next layer reads the
+        removed layer's input with its own kernel count (its fan-in follows) and its own tower
+        connectivity; the removed layer's LRN goes with it, its pooling stays where it was.
+      extra_conv: kernels of Table 2's sixth conv layer over pool5 (`extra_conv_layer`), 0 for
+        none; extra_conv_sees: 'own' (each tower its own maps, like conv4 and conv5) or 'both'.
       dropout_rate: dropout on the outputs of fc6 and fc7 in training (§4.2).
       dropout_scaling: 'test_time' (§4.2: outputs multiplied by 1 - rate at test time) or
         'inverted' (kept units divided by 1 - rate in training); see `_dropout`.
@@ -319,6 +375,9 @@ class AlexNet(nn.Module):
     within_map_k: float = 1.0
     init_std: tuple[tuple[str, float], ...] = ()
     pool_window: int = 3
+    remove_conv: tuple[str, ...] = ()
+    extra_conv: int = 0
+    extra_conv_sees: str = "own"
     dropout_rate: float = 0.5
     dropout_scaling: str = "test_time"
     dropout_on: str = "outputs"
@@ -395,7 +454,9 @@ class AlexNet(nn.Module):
         _check_compute_dtype(self.compute_dtype)
         check_image_size(images.shape[1], self.pool_window, self.conv1_padding)
         act = _activation(self.activation)
-        widths = tower_widths(self.towers, self.num_classes, self.one_tower_kernels)
+        widths = tower_widths(
+            self.towers, self.num_classes, self.one_tower_kernels, self.extra_conv
+        )
         local, tower0 = self._local_towers()
         kernels = resolve_kernels(self.kernels)
         init_std = dict(self.init_std)
@@ -403,7 +464,12 @@ class AlexNet(nn.Module):
         before, after = conv1_pads(images.shape[1], self.conv1_padding)
         pads = ((0, 0), (before, after), (before, after), (0, 0))
         x = jnp.pad(images, pads) if before or after else images
-        for layer in ALEXNET_LAYERS:
+        for layer in alexnet_layers(self.remove_conv, self.extra_conv, self.extra_conv_sees):
+            if layer.removed:  # §7: the next layer reads this one's input; its pooling stays
+                if layer.pool:
+                    x = _max_pool(x, self.pool_window, kernels)
+                    self.sow("intermediates", f"pool{layer.name[-1]}_out", x)
+                continue
             width = widths[layer.name]
             if layer.sees == "both" and layer.name != "conv1":
                 x = self._all_towers(x)
@@ -720,6 +786,9 @@ ALEXNET_ONLY = {
     "grouped_conv": False,
     "kernels": "auto",
     "compute_dtype": "float32",
+    "remove_conv": (),
+    "extra_conv": 0,
+    "extra_conv_sees": "own",
 }
 
 
@@ -742,7 +811,7 @@ def _check_lrn_kind(kind: str) -> None:
 def parameter_names(model_config) -> list[str]:
     """'conv1/kernel', 'conv1/bias', ... of the network `model_config` names (not built)."""
     if model_config.name == "alexnet":
-        layers = [layer.name for layer in ALEXNET_LAYERS]
+        layers = [layer.name for layer in model_layers(model_config) if not layer.removed]
     elif model_config.name in CIFAR_NETS:
         layers = [layer.name for layer in CIFAR_NETS[model_config.name]]
     else:
@@ -798,9 +867,60 @@ def _check_layer_names(field: str, names, allowed: Sequence[str]) -> None:
         )
 
 
-def _check_init_std(init_std) -> dict[str, float]:
-    """model.init_std as {layer: std}, or a ValueError naming what is wrong."""
-    layers = tuple(layer.name for layer in ALEXNET_LAYERS)
+def _check_architecture(m) -> None:
+    """model.remove_conv and model.extra_conv(_sees), and the switches that name a layer
+    they remove."""
+    remove = m.remove_conv
+    if isinstance(remove, str) or not isinstance(remove, (tuple, list)):
+        raise ValueError(
+            f"model.remove_conv must be a tuple of layers among {MIDDLE_CONV_LAYERS}, got "
+            f"{remove!r}; e.g. ('conv3',)."
+        )
+    for name in remove:
+        if name in MIDDLE_CONV_LAYERS:
+            continue
+        if name in ("conv1", "fc6", "fc7", "fc8", "conv6"):
+            raise ValueError(
+                f"model.remove_conv names {name!r}, which is not a middle conv layer: §7 removes "
+                f"one of {MIDDLE_CONV_LAYERS} (conv1 reads the image, the fully connected layers "
+                "are not convolutional); choose among those."
+            )
+        raise ValueError(
+            f"model.remove_conv names {name!r}, not a layer of AlexNet; choose among "
+            f"{MIDDLE_CONV_LAYERS}."
+        )
+    if len(set(remove)) != len(remove):
+        raise ValueError(f"model.remove_conv names a layer twice: {tuple(remove)}.")
+    extra = m.extra_conv
+    if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
+        raise ValueError(
+            f"model.extra_conv must be 0 (none) or the kernels of the sixth conv layer over pool5 "
+            f"(Table 2's 1 CNN*; e.g. 256), got {extra!r}."
+        )
+    if m.extra_conv_sees not in EXTRA_CONV_SEES:
+        raise ValueError(
+            f"model.extra_conv_sees must be one of {EXTRA_CONV_SEES}, got {m.extra_conv_sees!r}: "
+            "'own' (each tower its own maps, like conv4 and conv5) or 'both' (like conv3)."
+        )
+    if m.extra_conv_sees != "own" and not extra:
+        raise ValueError(
+            f"model.extra_conv_sees={m.extra_conv_sees!r} sets the sixth conv layer's input, but "
+            "model.extra_conv=0 (no sixth layer): set model.extra_conv (e.g. 256) or leave "
+            "extra_conv_sees='own'."
+        )
+    for field in ("lrn_before_relu", "within_map_after"):
+        gone = [n for n in m[field] if n in remove]
+        if gone:
+            raise ValueError(
+                f"model.{field} names {gone}, which model.remove_conv removes; drop "
+                f"{gone} from model.{field}."
+            )
+
+
+def _check_init_std(init_std, layers: Sequence[str] | None = None) -> dict[str, float]:
+    """model.init_std as {layer: std}, or a ValueError naming what is wrong; `layers`: the
+    network's layers (default: the paper's eight)."""
+    layers = tuple(layers or (layer.name for layer in ALEXNET_LAYERS))
     example = "(('conv3', 0.03), ('conv4', 0.03))"
     if isinstance(init_std, str) or not isinstance(init_std, (tuple, list)):
         raise ValueError(f"model.init_std must be (layer, std) pairs, e.g. {example}.")
@@ -861,7 +981,15 @@ def create_model(
             )
         _check_layer_names("lrn_before_relu", m.lrn_before_relu, NORMALIZED_LAYERS)
         _check_layer_names("within_map_after", m.within_map_after, NORMALIZED_LAYERS)
-        init_std = _check_init_std(m.init_std)
+        _check_architecture(m)
+        tower_widths(m.towers, m.num_classes, m.one_tower_kernels, m.extra_conv)
+        if m.extra_conv_sees == "both" and m.towers == 1:
+            raise ValueError(
+                "model.extra_conv_sees='both' reads every tower's maps, but model.towers=1: one "
+                "tower's maps are all of them, so 'both' would change nothing; leave 'own'."
+            )
+        present = [layer.name for layer in model_layers(m) if not layer.removed]
+        init_std = _check_init_std(m.init_std, present)
         _check_dropout_scaling(m.dropout_scaling)
         size = m.within_map_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -899,6 +1027,9 @@ def create_model(
             towers=m.towers,
             one_tower_kernels=m.one_tower_kernels,
             pool_window=m.pool_window,
+            remove_conv=tuple(m.remove_conv),
+            extra_conv=m.extra_conv,
+            extra_conv_sees=m.extra_conv_sees,
             dropout_rate=m.dropout_rate,
             dropout_scaling=m.dropout_scaling,
             grouped_conv=m.grouped_conv,

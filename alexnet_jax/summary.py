@@ -46,10 +46,20 @@ def layer_table(config: Any) -> list[Row]:
     params, inter = jax.eval_shape(run)
     outputs = {name.removesuffix("_out"): v[0].shape[1:] for name, v in inter.items()}
     alexnet = config.model.name == "alexnet"
-    sees = {layer.name: layer.sees for layer in models.ALEXNET_LAYERS}
+    layers = models.model_layers(config.model) if alexnet else ()
+    sees = {layer.name: layer.sees for layer in layers}
+    removed = {layer.name: layer for layer in layers if layer.removed}
+    order = [layer.name for layer in layers] if alexnet else list(params)
 
     rows = [Row("input", "", "", (size, size, 3), 0, 0)]
-    for name, p in params.items():
+    for name in order:
+        if name in removed:  # model.remove_conv: the input passes on; the pooling stays (§7)
+            rows.append(Row(name, "removed", "(model.remove_conv)", rows[-1].output, 0, 0))
+            pool = f"pool{name[-1]}"
+            if removed[name].pool and pool in outputs:
+                rows.append(Row(pool, "", "max 3/2", outputs[pool], 0, 0))
+            continue
+        p = params[name]
         kernel = p["kernel"].shape
         count = sum(math.prod(x.shape) for x in jax.tree.leaves(p))
         out = outputs.get(name, outputs.get("logits"))

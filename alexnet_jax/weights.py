@@ -84,10 +84,14 @@ def sha256(path: str) -> str:
 def _expected(model_config: Any, image_size: int) -> dict[str, tuple[tuple[int, ...], int]]:
     """{layer: (the whole layer's kernel shape in H, W, in, out / in, out order, towers)}."""
     m = model_config
-    widths = models.tower_widths(m.towers, m.num_classes, m.one_tower_kernels)
+    widths = models.tower_widths(
+        m.towers, m.num_classes, m.one_tower_kernels, m.get("extra_conv", 0)
+    )
     pool5 = models.spatial_sizes(image_size, m.pool_window, m.conv1_padding)["pool5"]
     out, previous = {}, 3
-    for layer in models.ALEXNET_LAYERS:
+    for layer in models.model_layers(m):
+        if layer.removed:  # model.remove_conv: the next layer reads what this one read
+            continue
         total = widths[layer.name] * m.towers
         if layer.name == "fc8":
             total = m.num_classes
@@ -105,7 +109,9 @@ def _split(name: str, kernel: np.ndarray, bias: np.ndarray, model_config: Any) -
     """A whole layer (kernel ..., out), bias (out,) as the towers' parameters (leading axis)."""
     m = model_config
     towers = m.towers
-    per = models.tower_widths(towers, m.num_classes, m.one_tower_kernels)[name]
+    per = models.tower_widths(towers, m.num_classes, m.one_tower_kernels, m.get("extra_conv", 0))[
+        name
+    ]
     total = kernel.shape[-1]
     if name == "fc8" and per * towers != total:  # an odd class count: the last tower is padded
         pad = per * towers - total
@@ -356,7 +362,7 @@ def caffe_npy_params(path: str, model_config: Any, image_size: int, exclude=()) 
     data = _read_caffe_npy(path)
     expected = _expected(model_config, image_size)
     params = {}
-    for name in _LAYERS:
+    for name in expected:
         if name in exclude:
             continue
         if name not in data:
@@ -426,9 +432,14 @@ def torchvision_params(path: str, model_config: Any, image_size: int, exclude=()
     pool5 = models.spatial_sizes(image_size, model_config.pool_window, model_config.conv1_padding)
     side = pool5["pool5"]
     params = {}
-    for name in _LAYERS:
+    for name in expected:
         if name in exclude:
             continue
+        if name not in TORCHVISION_KEYS:  # model.extra_conv's conv6
+            raise WeightsError(
+                f"{path}: torchvision's alexnet has no {name} (model.extra_conv adds it); "
+                f"initialise it from the config instead (config.init_from.exclude=('{name}',))."
+            )
         key = TORCHVISION_KEYS[name]
         if f"{key}.weight" not in state or f"{key}.bias" not in state:
             raise WeightsError(

@@ -81,6 +81,10 @@ ADDED_FIELDS = {
     "model.lrn_kind": "cross_map",  # the only LRN before the field
     "model.compute_dtype": "float32",
     "test_split": "",  # no test split: validation on eval_split only
+    # The paper's eight layers, before the architecture switches of §7 and Table 2.
+    "model.remove_conv": [],
+    "model.extra_conv": 0,
+    "model.extra_conv_sees": "own",
     # Issue 25: training from another network's parameters (none before).
     "init_from.source": "",
     "init_from.format": "",

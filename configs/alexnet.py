@@ -38,6 +38,12 @@ def get_model_config() -> ml_collections.ConfigDict:
     m.within_map_beta = 0.75  # beta.
     m.within_map_k = 1.0  # k (cuda-convnet's rnorm: 1).
     m.pool_window = 3  # 3: overlapping pooling (§3.4); 2: non-overlapping. Stride 2 either way.
+    # Middle conv layers left out (§7), of conv2..conv5: the next layer reads their input with
+    # its own kernel count; their pooling stays (docs/model.md).
+    m.remove_conv = ()
+    # Kernels of a sixth conv layer over pool5 (Table 2's "1 CNN*"; 3x3, pad 1), 0 = none.
+    m.extra_conv = 0
+    m.extra_conv_sees = "own"  # Its input: 'own' tower's maps (like conv4, conv5) | 'both'.
     m.dropout_rate = 0.5  # On the outputs of fc6 and fc7 (§4.2); 0 disables.
     # 'test_time': outputs x (1 - rate) at test (§4.2, the 2012 code) | 'inverted': kept units
     # / (1 - rate) in training (PyTorch, Flax).

@@ -82,6 +82,51 @@ def test_totals_of_each_variant(model, params, macs):
     assert f"{macs:,}" in table
 
 
+# Hand counts, kernel shapes x towers + biases, of the paper's two-tower layers:
+_CONV1 = 2 * (11 * 11 * 3 * 48 + 48)  # 34,944
+_CONV2 = 2 * (5 * 5 * 48 * 128 + 128)  # 307,456
+_CONV3 = 2 * (3 * 3 * 256 * 192 + 192)  # 885,120
+_CONV4 = 2 * (3 * 3 * 192 * 192 + 192)  # 663,936
+_CONV5 = 2 * (3 * 3 * 192 * 128 + 128)  # 442,624
+_FC6 = 2 * (6 * 6 * 256 * 2048 + 2048)  # 37,752,832
+_FC7 = 2 * (4096 * 2048 + 2048)  # 16,781,312
+_FC8 = 2 * (4096 * 500 + 500)  # 4,097,000
+_PAPER = _CONV1 + _CONV2 + _CONV3 + _CONV4 + _CONV5 + _FC6 + _FC7 + _FC8
+
+
+@pytest.mark.parametrize(
+    "model, params, removed_row",
+    [
+        ({}, _PAPER, None),
+        # conv2 gone: conv3 (both towers) reads pool2 of conv1's 96 maps.
+        ({"remove_conv": ("conv2",)}, _PAPER - _CONV2 - _CONV3 + 2 * (3 * 3 * 96 * 192 + 192),
+         "conv2"),
+        # conv3 gone: conv4 (own tower) reads its tower's 128 maps of pool2.
+        ({"remove_conv": ("conv3",)}, _PAPER - _CONV3 - _CONV4 + 2 * (3 * 3 * 128 * 192 + 192),
+         "conv3"),
+        # conv4 gone: conv5 (own tower) reads conv3's 192 per tower, as it read conv4's.
+        ({"remove_conv": ("conv4",)}, _PAPER - _CONV4, "conv4"),
+        # conv5 gone: pool5 pools conv4's 384 maps, fc6 reads 6 x 6 x 384.
+        ({"remove_conv": ("conv5",)}, _PAPER - _CONV5 - _FC6 + 2 * (6 * 6 * 384 * 2048 + 2048),
+         "conv5"),
+        # Table 2's sixth layer, 256 kernels (128 per tower) over pool5, own tower or both.
+        ({"extra_conv": 256}, _PAPER + 2 * (3 * 3 * 128 * 128 + 128), None),
+        ({"extra_conv": 256, "extra_conv_sees": "both"}, _PAPER + 2 * (3 * 3 * 256 * 128 + 128),
+         None),
+    ],
+)  # fmt: skip
+def test_parameter_counts_of_the_architecture_switches(model, params, removed_row):
+    rows = summary.layer_table(_config(**model))
+    assert sum(r.params for r in rows) == params
+    by = {r.layer: r for r in rows}
+    if removed_row:  # shown as removed, its pooling kept where the paper has one
+        assert by[removed_row].towers == "removed" and by[removed_row].params == 0
+    spatial = [by[k].output[0] for k in ("pool1", "pool2", "pool5")]
+    assert spatial == [27, 13, 6]
+    if "extra_conv" in model:
+        assert by["conv6"].output == (6, 6, 256) and by["fc6"].kernel == "9216 -> 2048"
+
+
 def test_grouping_saves_36_percent_of_the_multiply_adds():
     grouped = sum(r.macs for r in summary.layer_table(_config()))
     full = sum(r.macs for r in summary.layer_table(_config(towers=1, one_tower_kernels="full")))

@@ -199,7 +199,10 @@ def _params(network: str, shape_key: tuple) -> dict:
     return jax.tree.map(np.asarray, params)
 
 
-_SHAPE_FIELDS = ("towers", "one_tower_kernels", "num_classes", "init", "name", "init_std")
+_SHAPE_FIELDS = (
+    "towers", "one_tower_kernels", "num_classes", "init", "name", "init_std", "remove_conv",
+    "extra_conv", "extra_conv_sees",
+)  # fmt: skip
 
 
 def _shape_key(network: str, overrides: dict) -> tuple:
@@ -621,6 +624,95 @@ def check_pool_window(network):
         assert_switch(inter[f"pool{layer}_out"], pool_ref(conv_out, 2), pool_ref(conv_out, 3))
 
 
+def check_remove_conv(network):
+    """§7: each middle conv layer removed. The next layer's pre-activations are computed here
+    from the removed layer's input (its pooling kept), with the next layer's own parameters;
+    the removed layer has no parameters (a switch that is ignored keeps them)."""
+    if not _is_alexnet(network):
+        return refused(network, "remove_conv", ("conv3",))
+    pad1 = (1, 1)
+    for name in models.MIDDLE_CONV_LAYERS:
+        _, params, inter, _ = run(network, remove_conv=(name,))
+        assert name not in params and f"{name}_pre" not in inter, name
+        if name == "conv2":  # pool2 stays on conv1's path: conv3 reads pool2(pool1(conv1))
+            np.testing.assert_allclose(inter["pool2_out"], pool_ref(inter["pool1_out"], 3))
+            got, x, nxt, sees = inter["conv3_pre"], inter["pool2_out"], "conv3", "both"
+        elif name == "conv3":  # conv4 (own tower) reads pool2
+            got, x, nxt, sees = inter["conv4_pre"], inter["pool2_out"], "conv4", "own"
+        elif name == "conv4":  # conv5 (own tower) reads conv3's outputs
+            got, x, nxt, sees = inter["conv5_pre"], inter["conv3_out"], "conv5", "own"
+        else:  # pool5 stays on conv4's path; fc6 reads its 6 x 6 x 384
+            np.testing.assert_allclose(inter["pool5_out"], pool_ref(inter["conv4_out"], 3))
+            want = tower_fc_ref(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
+            assert params["fc6"]["kernel"].shape[-2] == 6 * 6 * inter["conv4_out"].shape[-1]
+            assert_switch(inter["fc6_pre"], want, None)
+            continue
+        want = tower_conv_ref(x, params[nxt]["kernel"], params[nxt]["bias"], sees, 1, pad1)
+        assert_switch(got, want, None)
+        # Its kernel count is its own; its fan-in is what it now reads (per tower for 'own').
+        towers = _towers(network)
+        fan_in = x.shape[-1] // (towers if sees == "own" else 1)
+        assert params[nxt]["kernel"].shape[-2] == fan_in, (name, params[nxt]["kernel"].shape)
+        # The paper's biases follow the layer that remains: 1 in conv4 and conv5, 0 in conv3.
+        assert np.all(params[nxt]["bias"] == (0.0 if nxt == "conv3" else 1.0))
+    # Two at once: conv5 reads pool2 (conv3 and conv4 gone).
+    _, params, inter, _ = run(network, remove_conv=("conv3", "conv4"))
+    want = tower_conv_ref(
+        inter["pool2_out"], params["conv5"]["kernel"], params["conv5"]["bias"], "own", 1, pad1
+    )
+    assert_switch(inter["conv5_pre"], want, None)
+    for bad in (("conv1",), ("fc6",)):
+        with pytest.raises(ValueError, match="not a middle conv layer"):
+            models.create_model(net_config(network, remove_conv=bad).model)
+    with pytest.raises(ValueError, match="model.within_map_after names"):
+        models.create_model(
+            net_config(network, remove_conv=("conv2",), within_map_after=("conv2",)).model
+        )
+
+
+def check_extra_conv(network):
+    """Table 2's sixth conv layer: 3x3 pad 1 over pool5, `extra_conv` kernels over the towers,
+    ReLU, then fc6 reads it (6 x 6 maps, so fc6's fan-in is unchanged)."""
+    if not _is_alexnet(network):
+        return refused(network, "extra_conv", 256)
+    towers = _towers(network)
+    for kernels in (256, 128):
+        _, params, inter, _ = run(network, extra_conv=kernels)
+        k = params["conv6"]["kernel"]
+        assert k.shape == (towers, 3, 3, 256 // towers, kernels // towers), k.shape
+        pre = tower_conv_ref(inter["pool5_out"], k, params["conv6"]["bias"], "own", 1, (1, 1))
+        assert_switch(inter["conv6_pre"], pre, None)
+        act = np.maximum(pre, 0)
+        want = tower_fc_ref(act, params["fc6"]["kernel"], params["fc6"]["bias"])
+        if kernels == 256:  # without the layer, fc6 would read pool5 itself
+            plain = tower_fc_ref(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
+            assert_switch(inter["fc6_pre"], want, plain)
+        # §5's init: N(0, 0.01) weights; the bias rule gives 1 only to conv2/4/5, fc6/7.
+        assert abs(np.std(k) / 0.01 - 1) < 0.05 and not np.any(params["conv6"]["bias"])
+    with pytest.raises(ValueError, match="model.extra_conv"):
+        models.create_model(net_config(network, extra_conv=-1).model)
+
+
+def check_extra_conv_sees(network):
+    """'both': the sixth layer reads every tower's maps (like conv3); 'own' its tower's."""
+    if not _is_alexnet(network):
+        return refused(network, "extra_conv_sees", "both")
+    if _towers(network) == 1:  # one tower: 'both' would change nothing, so it is refused
+        with pytest.raises(ValueError, match="model.extra_conv_sees='both'"):
+            models.create_model(net_config(network, extra_conv=256, extra_conv_sees="both").model)
+        return None
+    _, params, inter, _ = run(network, extra_conv=256, extra_conv_sees="both")
+    k, b = params["conv6"]["kernel"], params["conv6"]["bias"]
+    assert k.shape == (2, 3, 3, 256, 128)
+    want = tower_conv_ref(inter["pool5_out"], k, b, "both", 1, (1, 1))
+    # The same kernels read as own-tower ones (each tower its half of the input maps).
+    halves = np.stack([k[0][:, :, :128], k[1][:, :, 128:]])
+    own = tower_conv_ref(inter["pool5_out"], halves, b, "own", 1, (1, 1))
+    assert_switch(inter["conv6_pre"], want, own)
+    with pytest.raises(ValueError, match="model.extra_conv_sees"):
+        models.create_model(net_config(network, extra_conv=256, extra_conv_sees="all").model)
+
+
 def _check_dropout(network, scaling, rate):
     """fc6's outputs in training (each unit dropped or kept, at the scaling's size, the drop
     fraction `rate`) and at test time (all units, times 1 - rate under 'test_time')."""
@@ -818,6 +910,9 @@ MODEL_CHECKS = {
     "grouped_conv": check_grouped_conv,
     "kernels": check_kernels,
     "compute_dtype": check_compute_dtype,
+    "remove_conv": check_remove_conv,
+    "extra_conv": check_extra_conv,
+    "extra_conv_sees": check_extra_conv_sees,
 }
 
 
