@@ -294,6 +294,11 @@ class Source:
         """
         raise NotImplementedError
 
+    def example_name(self, index: int) -> str:
+        """What the dataset calls example `index`, for a list of extracted examples: here
+        '<split>#<index>'; a folder's path relative to its root, a TFDS record's file name."""
+        return f"{self.split}#{_check_index(index, len(self))}"
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
@@ -413,6 +418,7 @@ class FolderSource(Source):
             )
         self.name, self.split, self.size = f"folder:{root}", split, size
         self.resize_mode = resize_mode
+        self._root = root
         split_dirs = {
             "train": "train",
             "val": "val" if os.path.isdir(os.path.join(root, "val")) else "validation",
@@ -468,6 +474,11 @@ class FolderSource(Source):
 
     def __len__(self) -> int:
         return len(self._paths)
+
+    def example_name(self, index: int) -> str:
+        """The image's path relative to the dataset's root, '/'-separated."""
+        path = self._paths[_check_index(index, len(self))]
+        return os.path.relpath(path, self._root).replace(os.sep, "/")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = _check_index(index, len(self))
@@ -569,6 +580,8 @@ class TfdsSource(Source):
         self.num_classes = info.features[label_key].num_classes
         self.class_names = list(info.features[label_key].names)
         self._image_key, self._label_key = image_key, label_key
+        # ImageNet's records carry the original file name (n01440764_10026.JPEG).
+        self._file_key = "file_name" if "file_name" in info.features else None
         self._data = tfds.data_source(
             name,
             split=split,
@@ -595,6 +608,19 @@ class TfdsSource(Source):
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def example_name(self, index: int) -> str:
+        """'<split>#<index>', followed by ' (<file name>)' when the records carry one."""
+        name = super().example_name(index)
+        if self._file_key is None:
+            return name
+        try:
+            file_name = self._data[int(index)][self._file_key]
+        except Exception:  # A damaged record: its reading reports it; the index names it.
+            return name
+        if isinstance(file_name, bytes):
+            file_name = file_name.decode("utf-8", "replace")
+        return f"{name} ({file_name})"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = _check_index(index, len(self))
@@ -734,6 +760,10 @@ class SlicedSource(Source):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.base[self.indices[_check_index(index, len(self))]]
+
+    def example_name(self, index: int) -> str:
+        """The base split's name of the example ('train#1150' for 'train[80%:]'[0])."""
+        return self.base.example_name(self.indices[_check_index(index, len(self))])
 
 
 def shared_examples(a: Source, b: Source) -> int:

@@ -3,7 +3,9 @@
 
 The paper: neighbours in fc7 space are semantically alike even when their pixels are not (a
 dog in other poses). Features are those of the centre patch with the training mean subtracted
-(the evaluation view); the CIFAR nets have no fc7, so the input of their last layer is used.
+(the evaluation view), computed by `alexnet_jax.features`: for AlexNet `fc7_out`, fc7 after the
+ReLU and dropout's test-time scaling; the CIFAR nets have no fc7, so the input of their last
+layer is used.
 Also printed: how often a neighbour has the query's label (the quantitative form of the claim),
 in feature space and, for reference, in raw pixel space (the S x S x 3 uint8 image the
 evaluation pipeline delivers).
@@ -34,12 +36,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import jax
 import numpy as np
 
-from alexnet_jax import augment, input_pipeline, models, sources
+from alexnet_jax import features, input_pipeline, models
 from experiments import common
 
 # Queries are converted to float64 for the distance products this many bytes at a time.
@@ -54,61 +54,24 @@ def feature_layer(config) -> str:
     return f"pool{last.name[-1]}_out" if last.pool else f"{last.name}_out"
 
 
-class _Prefix(sources.Source):
-    """The first n examples of a source (the pipeline never reads past them)."""
-
-    def __init__(self, source: sources.Source, n: int):
-        self._source, self._n = source, min(n, len(source))
-        self.name, self.split, self.size = source.name, source.split, source.size
-        self.num_classes, self.class_names = source.num_classes, source.class_names
-        self.stats_dir = source.stats_dir
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not 0 <= index < self._n:
-            raise IndexError(index)
-        return self._source[index]
-
-
 def stream(config, split: str, limit: int = 0) -> Iterator[tuple[np.ndarray, ...]]:
     """(source indices, uint8 images (n, S, S, 3), labels) of the first `limit` (0: all)
     examples of `split`, one evaluation batch at a time, in source order; unreadable examples
     are left out (masked by the pipeline), so the indices say which ones these are."""
     source = input_pipeline.create_source(config, split)
     if limit:
-        source = _Prefix(source, limit)
-    with input_pipeline.create_eval_iterator(
-        config, source, process_index=0, process_count=1
-    ) as it:
-        start = 0
-        for batch in it:
-            mask = np.asarray(batch["mask"], bool)
-            index = np.arange(start, start + len(mask))
-            start += len(mask)
-            yield index[mask], np.asarray(batch["image"])[mask], np.asarray(batch["label"])[mask]
+        source = features.Prefix(source, limit)
+    yield from features.kept_batches(config, source)
 
 
 def embedder(config, params, layer: str, stats) -> Callable[[np.ndarray], np.ndarray]:
-    """images uint8 (n, S, S, 3) -> float32 features (n, D) of `layer` for the centre patch.
-    A short batch is padded to config.batch_size, so only one shape is ever compiled."""
-    model = models.create_model(config.model)
-
-    @jax.jit
-    def embed(images):
-        x = augment.eval_views(images, stats, config.augment, config.image_size, ten_crop=False)
-        _, state = model.apply({"params": params}, x, train=False, mutable=["intermediates"])
-        h = state["intermediates"][layer][0]
-        return h.reshape(h.shape[0], -1)
-
-    def run(images: np.ndarray) -> np.ndarray:
-        n, b = len(images), max(len(images), config.batch_size)
-        if n < b:
-            images = np.concatenate([images, np.zeros((b - n, *images.shape[1:]), images.dtype)])
-        return np.asarray(embed(images))[:n]
-
-    return run
+    """images uint8 (n, S, S, 3) -> float32 features (n, D) of `layer` (a name
+    `alexnet_jax.features` accepts) for the centre patch, computed by
+    `features.feature_function`: a short batch is padded to config.batch_size, so only one
+    shape is ever compiled."""
+    (resolved,) = features.resolve_layers(config, [layer])
+    compute = features.feature_function(config, params, [resolved], stats, "centre")
+    return lambda images: compute(images)[layer]
 
 
 def sq_distances(queries: np.ndarray, query_norms: np.ndarray, keys: np.ndarray) -> np.ndarray:
