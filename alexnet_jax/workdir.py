@@ -349,6 +349,22 @@ def process_alive(pid: int, start: str | None) -> bool:
     return start is None or now is None or now == start
 
 
+def live_holder(workdir: str) -> str | None:
+    """Who holds `workdir`'s lock, in words, when that run may still be running (a live pid on
+    this host, or any holder on another host); None when the workdir is free or the holder is
+    gone. For tools that delete run folders: never under a running run."""
+    lock = Lock(workdir)
+    if not os.path.exists(lock.path):
+        return None
+    holder = lock._holder()
+    pid, host = holder.get("pid"), holder.get("host")
+    if host == socket.gethostname() and isinstance(pid, int):
+        if not process_alive(pid, holder.get("kernel_start")):
+            return None
+        return f"pid {pid} on this host, started {holder.get('started')}"
+    return f"pid {pid} on host {host} (not checkable from here), started {holder.get('started')}"
+
+
 class Lock:
     """`workdir/.lock` for the lifetime of a run (a context manager).
 

@@ -377,12 +377,19 @@ def main(argv=None) -> dict:
 
     planned = plan(base_cfg, variants, seeds, root)
     if args.fresh:
-        for entry in planned.values():
-            for _, _, folder in entry["runs"] or ():
-                shutil.rmtree(folder, ignore_errors=True)
-                rid = folder.name
-                (root / "status" / f"{rid}.json").unlink(missing_ok=True)
-                sweep.log_file(root, rid).unlink(missing_ok=True)
+        folders = [f for entry in planned.values() for _, _, f in entry["runs"] or ()]
+        for folder in folders:  # never delete a folder under a run that is still going
+            holder = common.workdir_lib.live_holder(str(folder))
+            if holder:
+                raise SystemExit(
+                    f"--fresh: {folder} is in use by a running run ({holder}); stop it or wait "
+                    "for it to end, then run this command again."
+                )
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+            rid = folder.name
+            (root / "status" / f"{rid}.json").unlink(missing_ok=True)
+            sweep.log_file(root, rid).unlink(missing_ok=True)
     refuse_changed(planned)
 
     what = f"{steps} steps" if steps > 0 else f"{args.epochs} epochs"

@@ -188,3 +188,32 @@ def test_fresh_deletes_the_runs_and_starts_over(tmp_path):
     run = tmp_path / "runs" / "paper_seed0"
     steps = [e["step"] for e in metrics.read_metrics(str(run)) if "train_loss" in e]
     assert steps == [1, 2, 3, 4]  # one run from step 0: the old events are gone
+
+
+def test_fresh_never_deletes_a_folder_a_live_run_holds(tmp_path):
+    """--fresh refuses, in one line, to delete a run folder whose lock a running process holds
+    (here: this test's own process), and deletes it once the holder is gone."""
+    import json
+    import os
+    import socket
+    import subprocess
+
+    from alexnet_jax import workdir as workdir_lib
+
+    run = tmp_path / "runs" / "paper_seed0"
+    run.mkdir(parents=True)
+    lock = run / workdir_lib.LOCK_NAME
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now",
+          "kernel_start": workdir_lib.kernel_start(os.getpid())}  # fmt: skip
+    lock.write_text(json.dumps(me))
+    args = [
+        "--base=configs/default.py", "--variants=", "--seeds=1", "--steps=2",
+        f"--workdir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}", "--fresh",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match=f"--fresh: {run} is in use by a running run .pid"):
+        ablations.main(args)
+    assert lock.exists()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that has ended: the lock is stale, the folder may go
+    lock.write_text(json.dumps({**me, "pid": gone.pid, "kernel_start": None}))
+    assert workdir_lib.live_holder(str(run)) is None
