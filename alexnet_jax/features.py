@@ -730,7 +730,7 @@ def read_record(out: str) -> dict[str, Any]:
             f"{out} has no {RECORD}: not a features folder (python -m alexnet_jax.features "
             "writes one), or its extraction did not finish."
         ) from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise FeaturesError(f"{path} cannot be read ({_first_line(e)}); extract again.") from None
     if not isinstance(record, dict) or not isinstance(record.get("layers"), list):
         raise FeaturesError(f"{path} is not a features record (no list of layers).")
@@ -787,17 +787,23 @@ def load_features(out: str, layer: str) -> tuple[np.ndarray, np.ndarray, dict[st
                 x = np.array(_load_array(path, (n, dim), "float32", z, layer))
                 labels = np.array(_load_array(path, (n,), "int64", z, "labels"))
             return x, labels, record
-        x = np.empty((n, dim), np.float32)
-        row = 0
+        # Every shard is mapped (its header checked against the record, its size against the
+        # file) before anything is allocated: a record claiming more rows than the files hold
+        # is refused, not allocated.
+        parts = []
         for shard in entry["shards"]:
-            rows = int(shard["rows"])
-            path = os.path.join(out, shard["file"])
-            x[row : row + rows] = _load_array(path, (rows, dim), "float32")
-            row += rows
+            name = str(shard["file"])
+            if os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+                raise FeaturesError(f"{out}/{RECORD} names a shard outside the folder: {name!r}.")
+            parts.append(
+                _load_array(os.path.join(out, name), (int(shard["rows"]), dim), "float32")
+            )
+        row = sum(len(part) for part in parts)
         if row != n:
             raise FeaturesError(
                 f"{out}: the shards of {layer} hold {row} rows, the record says {n}; extract again."
             )
+        x = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
         labels = np.array(_load_array(os.path.join(out, LABELS), (n,), "int64"))
     except (KeyError, TypeError) as e:
         raise FeaturesError(f"{out}/{RECORD} is not a features record ({e!r} missing).") from None
