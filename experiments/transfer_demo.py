@@ -17,10 +17,12 @@ What runs (all through the real code paths: folder datasets of PNGs, the trainin
    20% in val/); `target/` holds digits 5-9: train/ the first `--per_class` (10) training
    images of each class, val/ the next 20 of each, test/ every test image of 5-9.
 2. Pre-training: configs/default.py on `pretrain/` (5 classes, its 15 epochs), seed 0.
-3. (a) Fine-tuning against from scratch, for each seed: the same config on `target/`
-   (constant rate 0.01 as the default, batch 10, `--steps` steps, validation every 10 steps),
-   once from the pre-trained run (`init_from.source`, fc10 excluded: it has new classes) and
-   once from the config's initialisation. The two arms differ only in `init_from`.
+3. (a) Fine-tuning against from scratch, for each seed: the same config on `target/` (batch
+   10, `--steps` steps, validation every 10 steps) in three arms: from the pre-trained run
+   (`init_from.source`, fc10 excluded: it has new classes) with configs/finetune.py's recipe
+   (rate 0.001, fc10 at 10x); from the pre-trained run with the default's constant rate 0.01;
+   and from the config's initialisation with rate 0.01 (the last two differ only in
+   `init_from`).
 4. (b) The linear probe on `target/` (train: its train/ split; test: its test/ split) of the
    pre-trained net's features and of the same net randomly initialised (seed 0), per layer.
 
@@ -102,7 +104,9 @@ def base_config(dataset: Path, seed: int):
     return config
 
 
-def target_config(data: Path, seed: int, steps: int, source: Path | None):
+def target_config(data: Path, seed: int, steps: int, source: Path | None, recipe: str):
+    """configs/default.py on `target/`; `recipe` 'default' (its constant rate 0.01 for every
+    layer) or 'finetune' (configs/finetune.py's: a tenth of the rate, the new classifier 10x)."""
     config = base_config(data / "target", seed)
     config.batch_size = 10
     config.num_train_steps = steps
@@ -112,7 +116,18 @@ def target_config(data: Path, seed: int, steps: int, source: Path | None):
     if source is not None:
         config.init_from.source = str(source)
         config.init_from.exclude = ("fc10",)
+    if recipe == "finetune":
+        config.optimizer.learning_rate = 0.001
+        config.optimizer.layer_lr_multipliers = (("fc10", 10.0),)
     return config
+
+
+# (name, from the pre-trained run, recipe): the arms of (a).
+ARMS = (
+    ("fine-tuned, rate 0.001, fc10 x10", True, "finetune"),
+    ("fine-tuned, rate 0.01", True, "default"),
+    ("from scratch, rate 0.01", False, "default"),
+)
 
 
 def _curve(workdir: Path) -> list[tuple[int, float]]:
@@ -145,7 +160,19 @@ def main() -> None:
     parser.add_argument("--layers", default="conv1,conv2,pool2,local3,local4,fc10")
     parser.add_argument("--workdir", default="/tmp/alexnet_jax_transfer_demo")
     parser.add_argument("--out", default=None, help="Results folder (default experiments/...).")
+    parser.add_argument(
+        "--report", action="store_true",
+        help="Only rewrite results.md and the figure from the folder's results.json.",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.report:
+        out = common.results_dir(NAME, args.out)
+        summary = json.loads((out / "results.json").read_text())
+        (out / "results.md").write_text(markdown(summary))
+        args.per_class = summary["finetune"]["per_class"]
+        plot(summary["finetune"]["runs"], out / "learning_curves.png", args)
+        print((out / "results.md").read_text())
+        return
     started = time.time()
     work = Path(args.workdir)
     data = work / "data"
@@ -159,12 +186,11 @@ def main() -> None:
     pre_result = common.fresh_run(pre_config, pre)
     print(f"pre-trained on digits 0-4: validation top-1 error {pre_result['eval_top1_error']:.4f}")
 
-    arms = {"fine-tuned": pre, "from scratch": None}
-    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    runs: dict[str, list[dict]] = {arm: [] for arm, _, _ in ARMS}
     for seed in range(args.seeds):
-        for arm, source in arms.items():
-            workdir = work / f"{arm.replace(' ', '_')}_seed{seed}"
-            config = target_config(data, seed, args.steps, source)
+        for i, (arm, pretrained, recipe) in enumerate(ARMS):
+            workdir = work / f"arm{i}_seed{seed}"
+            config = target_config(data, seed, args.steps, pre if pretrained else None, recipe)
             result = common.fresh_run(config, workdir)
             runs[arm].append({"seed": seed, **result, "curve": _curve(workdir)})
             print(f"{arm}, seed {seed}: test top-1 error {result['test_top1_error']:.4f}")
@@ -184,7 +210,12 @@ def main() -> None:
         "finetune": {
             "steps": args.steps, "batch_size": 10, "per_class": args.per_class,
             "runs": runs,
-            "config_finetuned": common.flat_config(target_config(data, 0, args.steps, pre)),
+            "configs": {
+                arm: common.flat_config(
+                    target_config(data, 0, args.steps, pre if pretrained else None, recipe)
+                )
+                for arm, pretrained, recipe in ARMS
+            },
         },  # fmt: skip
         "probe": probes,
     }
@@ -215,10 +246,13 @@ def markdown(s: dict) -> str:
         f"{100 * s['pretrain']['result']['eval_top1_error']:.2f}%.",
         "",
         f"## (a) Fine-tuning vs from scratch: {f['per_class']} labelled images a class, "
-        f"{f['steps']} steps of {f['batch_size']}, {len(f['runs']['fine-tuned'])} seeds",
+        f"{f['steps']} steps of {f['batch_size']}, {len(next(iter(f['runs'].values())))} seeds",
         "",
-        "Both arms: the same config and seeds (constant rate 0.01, momentum 0.9, the default's "
-        "augmentation); fine-tuned: `init_from.source` = the pre-trained run, fc10 excluded.",
+        "Every arm: configs/default.py on the target folder, the same seeds, budget, momentum "
+        "0.9 and augmentation. Fine-tuned: `init_from.source` = the pre-trained run, fc10 "
+        "excluded (new classes), either with configs/finetune.py's recipe (rate 0.001, fc10 at "
+        "10x through `optimizer.layer_lr_multipliers`) or with the from-scratch arm's constant "
+        "rate 0.01.",
         "",
         "| arm | test top-1 error % (mean ± std) | per seed | validation top-1 % (final) |",
         "|---|---|---|---|",
@@ -229,6 +263,14 @@ def markdown(s: dict) -> str:
             f"| {arm} | {_mean_std([r['test_top1_error'] for r in runs])} | {per_seed} | "
             f"{_mean_std([r['eval_top1_error'] for r in runs])} |"
         )
+    scratch = f["runs"][ARMS[-1][0]]
+    lines += ["", f"Paired by seed, minus {ARMS[-1][0]} (points of test top-1 error):", ""]
+    for arm, _, _ in ARMS[:-1]:
+        pairs = zip(f["runs"][arm], scratch)
+        d = 100 * np.asarray([a["test_top1_error"] - b["test_top1_error"] for a, b in pairs])
+        spread = f" ± {d.std(ddof=1):.2f}" if len(d) > 1 else ""
+        per_seed = ", ".join(f"{x:+.2f}" for x in d)
+        lines.append(f"- {arm}: {d.mean():+.2f}{spread} ({per_seed})")
     lines += ["", "Learning curves: learning_curves.png (validation error, mean and range).", ""]
     probes = s["probe"]
     lines += [
@@ -265,14 +307,14 @@ def markdown(s: dict) -> str:
 def plot(runs: dict, path: Path, args) -> None:
     plt = common.plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, color in (("fine-tuned", "C0"), ("from scratch", "C1")):
+    for (arm, _, _), color in zip(ARMS, ("C0", "C2", "C1")):
         steps = [s for s, _ in runs[arm][0]["curve"]]
         errors = np.asarray([[100 * e for _, e in r["curve"]] for r in runs[arm]])
         ax.plot(steps, errors.mean(0), color=color, label=f"{arm} (mean of {len(errors)} seeds)")
         ax.fill_between(steps, errors.min(0), errors.max(0), color=color, alpha=0.2)
     ax.set_xlabel(f"step (batch 10; {args.per_class} images a class)")
     ax.set_ylabel("validation top-1 error (%)")
-    ax.set_title("Digits 5-9 from digits 0-4 features vs from scratch")
+    ax.set_title("Digits 5-9: fine-tuned from digits 0-4 vs from scratch")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
