@@ -49,3 +49,39 @@ def digit_images(batch: int, size: int = 32) -> tuple[jax.Array, jax.Array]:
     x = digits.images[:batch] * (255.0 / 16.0)
     x = np.kron(x, np.ones((size // 8, size // 8)))[..., None].repeat(3, axis=-1)
     return jnp.asarray(x - x.mean(), jnp.float32), jnp.asarray(digits.target[:batch])
+
+
+def torchvision_alexnet_module():
+    """torchvision's AlexNet (`features`, `avgpool`, `classifier`), random weights: torchvision's
+    own when it is installed, else its definition (torchvision/models/alexnet.py) by hand.
+    Needs torch."""
+    import torch
+    from torch import nn
+
+    try:
+        import torchvision
+
+        return torchvision.models.alexnet()
+    except ImportError:
+        pass
+
+    class AlexNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+                nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
+                nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(True),
+                nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(True),
+                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2),
+            )  # fmt: skip
+            self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+            self.classifier = nn.Sequential(
+                nn.Dropout(0.5), nn.Linear(9216, 4096), nn.ReLU(True),
+                nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(True), nn.Linear(4096, 1000),
+            )  # fmt: skip
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+    return AlexNet()

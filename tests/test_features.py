@@ -169,22 +169,10 @@ def test_torchvision_weights_reproduce_torchs_activations(tmp_path):
     torch = pytest.importorskip("torch")
     from torch import nn
 
-    # torchvision's AlexNet (torchvision/models/alexnet.py), built here: torchvision may be
-    # absent.
-    net_features = nn.Sequential(
-        nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(True),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(True),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2),
-    )  # fmt: skip
-    classifier = nn.Sequential(
-        nn.Dropout(0.5), nn.Linear(9216, 4096), nn.ReLU(True),
-        nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(True), nn.Linear(4096, 1000),
-    )  # fmt: skip
+    from tests.helpers import torchvision_alexnet_module
+
     torch.manual_seed(0)
-    net = nn.Module()
-    net.features, net.avgpool, net.classifier = net_features, nn.AdaptiveAvgPool2d(6), classifier
+    net = torchvision_alexnet_module()
     for module in net.modules():  # biases large enough that a wrong one shows
         if isinstance(module, nn.Conv2d | nn.Linear):
             nn.init.normal_(module.bias, 0.0, 0.1)
@@ -210,9 +198,9 @@ def test_torchvision_weights_reproduce_torchs_activations(tmp_path):
         flat = torch.flatten(net.avgpool(pool5), 1)
         want = {
             "pool5": pool5.permute(0, 2, 3, 1).reshape(2, -1).numpy(),  # NCHW -> NHWC rows
-            "fc6": classifier[:3](flat).numpy(),
-            "fc7": classifier[:6](flat).numpy(),
-            "fc8": classifier(flat).numpy(),
+            "fc6": net.classifier[:3](flat).numpy(),
+            "fc7": net.classifier[:6](flat).numpy(),
+            "fc8": net.classifier(flat).numpy(),
         }
     for name, value in want.items():
         assert got[name].shape == value.shape and rel_err(got[name], value) < 1e-4, name

@@ -204,35 +204,9 @@ def test_torchvision_npz_round_trip_matches_its_forward(tmp_path):
 @pytest.mark.slow  # float64 forward passes of the full network
 def test_torchvision_pth_matches_torchs_own_forward(tmp_path):
     torch = pytest.importorskip("torch")
-    from torch import nn
+    from tests.helpers import torchvision_alexnet_module
 
-    try:
-        import torchvision
-
-        net = torchvision.models.alexnet()
-    except ImportError:  # torchvision's definition (torchvision/models/alexnet.py), by hand
-
-        class AlexNet(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.features = nn.Sequential(
-                    nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(True), nn.MaxPool2d(3, 2),
-                    nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(True), nn.MaxPool2d(3, 2),
-                    nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(True),
-                    nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(True),
-                    nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(3, 2),
-                )  # fmt: skip
-                self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-                self.classifier = nn.Sequential(
-                    nn.Dropout(0.5), nn.Linear(9216, 4096), nn.ReLU(True),
-                    nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(True), nn.Linear(4096, 1000),
-                )  # fmt: skip
-
-            def forward(self, x):
-                x = torch.flatten(self.avgpool(self.features(x)), 1)
-                return self.classifier(x)
-
-        net = AlexNet()
+    net = torchvision_alexnet_module()
     torch.manual_seed(0)
     net.eval()
     path = tmp_path / "alexnet-owt.pth"
