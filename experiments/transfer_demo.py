@@ -235,7 +235,8 @@ def markdown(s: dict) -> str:
     lines = [
         "# Transfer in the small: digits 0-4 -> digits 5-9",
         "",
-        f"`{s['command']}` on {s['machine']}, {s['date']} ({s['seconds'] / 60:.1f} min).",
+        f"`{s['command'].strip()}` on {s['machine']} ({s['seconds'] / 60:.1f} min; other jobs "
+        "shared the 2 cores).",
         "",
         "A proxy for ImageNet-to-your-data, not a measurement of it: the §3.3 CIFAR net of "
         "configs/default.py, 8x8 digits upscaled to 36x36, pre-trained on the digits 0-4 and "
@@ -291,15 +292,20 @@ def markdown(s: dict) -> str:
         cells = [f"{100 * r['test_top1_error']:.2f} (C {r['chosen_C']:g})" for r in picked]
         lines.append(f"| {layer} | {row['dim']:,} | " + " | ".join(cells) + " |")
     n_test = first[next(iter(first))]["n_test"]
-    lines += ["", f"{n_test} test images: one is {100 / n_test:.2f}%. Commands:", ""]
+    lines += [
+        "",
+        f"{n_test} test images: one is {100 / n_test:.2f}%. The validation split that chooses C "
+        f"is 20% of {f['per_class']} images a class, two a class: most Cs tie there and the "
+        "smallest wins. Commands:",
+        "",
+    ]
     lines += [f"- {n}: `{p['command']}`" for n, p in probes.items()]
     lines += [
         "",
-        "What it says, and what it does not: the proxy shows the transfer machinery working end "
-        "to end (a run's parameters into a new run with a new classifier; features of any layer "
-        "into a probe). Digits 0-4 and 5-9 share strokes, a random network's features already "
-        "separate digits well, and 50 labelled images leave a few images' difference between "
-        "arms: it is not evidence about ImageNet features on your data.",
+        "This is a proxy: it shows the transfer machinery working end to end (a run's "
+        "parameters start a new run with a new classifier; any layer's features feed a probe) "
+        "on 8x8 digits with 50 labelled images. It is not evidence about ImageNet features on "
+        "your data.",
     ]
     return "\n".join(lines) + "\n"
 
