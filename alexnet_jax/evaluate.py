@@ -117,6 +117,9 @@ def load_members(config: Any, runs: list[str], files: list[str], fmt: str | None
         except checkpoint.NoReadableCheckpointError as e:
             raise EvaluationError(str(e)) from None
         source = {"workdir": os.path.abspath(run), "checkpoint_step": step}
+        init_from = workdir_lib.init_from_record(run)
+        if init_from is not None:  # a fine-tuned run: what it started from
+            source["init_from"] = init_from
         members.append(Member(f"{os.path.basename(os.path.normpath(run))}@{step}", source, params))
     for path in files:
         params = weights.load_weights(path, fmt, config.model, config.image_size)
@@ -304,7 +307,9 @@ def markdown(result: dict[str, Any], config: Any, formats: set[str]) -> str:
     members = "\n".join(
         f"- {m['name']}: "
         + (f"`{m['weights']}` ({m['format']}, sha256 {m['sha256']})" if "weights" in m
-           else f"`{m['workdir']}`, checkpoint step {m['checkpoint_step']}")
+           else f"`{m['workdir']}`, checkpoint step {m['checkpoint_step']}"
+           + (f", initialised from `{m['init_from']['source']}` ({m['init_from']['format']})"
+              if "init_from" in m else ""))
         for m in result["members"]
     )  # fmt: skip
     skipped = ", ".join(f"{k} {v}" for k, v in result["skipped"].items() if v) or "none"

@@ -132,7 +132,11 @@ def load_params(
         evaluate._check_model(config, workdir)  # the parameters only fit the run's network
         path = workdir if step is None else os.path.join(workdir, "checkpoints", str(step))
         found, params = checkpoint.restore_params(path)
-        return params, {"workdir": os.path.abspath(workdir), "checkpoint_step": found}
+        source = {"workdir": os.path.abspath(workdir), "checkpoint_step": found}
+        init_from = workdir_lib.init_from_record(workdir)
+        if init_from is not None:  # a fine-tuned run: what it started from
+            source["init_from"] = init_from
+        return params, source
     if weights:
         fmt = weights_lib.infer_format(weights, weights_format)
         if fmt == "run":

@@ -349,6 +349,17 @@ def process_alive(pid: int, start: str | None) -> bool:
     return start is None or now is None or now == start
 
 
+def init_from_record(workdir: str) -> dict[str, Any] | None:
+    """What a run was initialised from (`transfer.load`'s record, kept in config.json's
+    `RECORD_KEY` entry), or None for a run that started from its config's initialisation."""
+    try:
+        record = read_record(workdir)[1]
+    except WorkdirError:
+        return None
+    found = (record or {}).get("init_from")
+    return found if isinstance(found, dict) else None
+
+
 def live_holder(workdir: str) -> str | None:
     """Who holds `workdir`'s lock, in words, when that run may still be running (a live pid on
     this host, or any holder on another host); None when the workdir is free or the holder is

@@ -155,6 +155,15 @@ def test_a_run_as_source_trains_from_its_parameters(tmp_path, digits_run):
     record = json.loads((tmp_path / "ft" / "config.json").read_text())["__record__"]["init_from"]
     assert record["source"] == str(digits_run) and record["step"] == 3
     assert record["excluded"] == ["fc10"] and record["format"] == "run"
+    # Evaluation and features of the fine-tuned run carry what it started from.
+    from alexnet_jax import evaluate, features
+
+    member = evaluate.load_members(config, [str(tmp_path / "ft")], [], None)[0]
+    assert member.source["init_from"] == record
+    assert features.load_params(config, workdir=str(tmp_path / "ft"))[1]["init_from"] == record
+    assert evaluate.load_members(config, [str(digits_run)], [], None)[0].source.keys() == {
+        "workdir", "checkpoint_step"
+    }  # a run from its config's initialisation has none
 
 
 # --- Faults: one line, nothing written ---------------------------------------------------------
