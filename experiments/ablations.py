@@ -304,13 +304,16 @@ def table(results: dict, base: str, label: str | None = None) -> str:
             for key in (top1, top5):
                 values = [100 * r[key] for r in entry["runs"]]
                 mean, std = common.mean_std(values)
+                # One seed has no spread to show: say so rather than print ± 0.00.
+                spread = f" ± {std:.2f}" if len(values) > 1 else ""
                 if name == "paper":
-                    ours.append(f"{mean:.2f} ± {std:.2f} (error)")
+                    ours.append(f"{mean:.2f}{spread} (error{', n = 1' if not spread else ''})")
                 else:
                     paired = {p["seed"]: p for p in paper_runs}
                     deltas = [100 * (r[key] - paired[r["seed"]][key]) for r in entry["runs"]]
                     d, s = common.mean_std(deltas)
-                    ours.append(f"{d:+.2f} ± {s:.2f} (abs. {mean:.2f})")
+                    spread = f" ± {s:.2f}" if len(deltas) > 1 else " (n = 1)"
+                    ours.append(f"{d:+.2f}{spread} (abs. {mean:.2f})")
         rows.append([name, f"`{change}`", *ours, claim[0], claim[1], claim[2]])
     return common.markdown_table(
         [

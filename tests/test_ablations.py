@@ -107,7 +107,10 @@ def test_table_reports_the_test_split_when_runs_have_it():
         "no_lrn": {"overrides": {"model.lrn": False}, "runs": runs(0.35)},
     }
     assert ablations.metric_keys(with_test)[2] == "test"
-    assert "| no_lrn | `model.lrn=False` | +5.00 ± 0.00" in ablations.table(with_test, "cifar")
+    # One seed: no spread to show, said as n = 1 (never ± 0.00).
+    assert "| no_lrn | `model.lrn=False` | +5.00 (n = 1) (abs. 35.00)" in ablations.table(
+        with_test, "cifar"
+    )
     without = {k: {**v, "runs": runs(None)} for k, v in with_test.items()}
     assert ablations.metric_keys(without)[:2] == ("eval_top1_error", "eval_top5_error")
 
