@@ -317,11 +317,11 @@ def test_command_errors_are_one_line(tmp_path, capsys):
     assert done.returncode == 1 and len(errors) == 1, done.stderr
     assert "unknown layer(s) 'fc6' for cifar_lrn; available: conv1, pool1, conv2" in done.stderr
     # The same function behind it, in this process.
-    bad = tmp_path / "bad.pth"
+    bad = tmp_path / "bad.npz"  # .npz: read without torch, so CI without torch checks it too
     bad.write_bytes(b"not a state dict")
     cases = {
         "no such directory": (_digits(tmp_path), dict(workdir=str(tmp_path / "none"))),
-        "bad.pth cannot be read as a PyTorch state dict": (
+        "bad.npz cannot be read as an .npz of a torchvision state dict": (
             torchvision_alexnet.get_config(),
             dict(weights=str(bad)),
         ),

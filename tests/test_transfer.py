@@ -288,8 +288,14 @@ def test_changed_source_on_resume_is_refused_and_writes_nothing(tmp_path, digits
 @pytest.mark.slow
 def test_torchvision_finetune_killed_resumes_bit_identically_without_the_source(tmp_path):
     data = _folder_dataset(tmp_path / "data", train=4, val=2)
-    source = tmp_path / "alexnet.pth"
-    _write_pth(source, torchvision_state_dict(seed=3))
+    try:  # torch's own .pth when torch is here; else the same state dict as .npz (no torch)
+        import torch  # noqa: F401
+
+        source = tmp_path / "alexnet.pth"
+        _write_pth(source, torchvision_state_dict(seed=3))
+    except ImportError:
+        source = tmp_path / "alexnet.npz"
+        np.savez(source, **torchvision_state_dict(seed=3))
     args = (
         "--config=configs/finetune.py:torchvision", f"--config.dataset=folder:{data}",
         "--config.model.num_classes=3", f"--config.init_from.source={source}",
@@ -317,7 +323,7 @@ def test_torchvision_finetune_killed_resumes_bit_identically_without_the_source(
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.has_checkpoints(killed)
-    source.rename(tmp_path / "moved_away.pth")  # the resume must not need it
+    source.rename(tmp_path / f"moved_away{source.suffix}")  # the resume must not need it
     resumed = _cli(killed, *args, base=())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from the checkpoint of step" in resumed.stdout
@@ -403,17 +409,23 @@ def check_format(tmp: Path) -> None:
     sd = torchvision_state_dict(seed=4)
     config = torchvision_alexnet.get_config()
     np.savez(tmp / "alexnet.npz", **sd)
-    _write_pth(tmp / "alexnet.pth", sd)
-    (tmp / "alexnet.pth").rename(tmp / "alexnet.weights")  # a name that says nothing
     config.init_from.source = str(tmp / "alexnet.npz")
-    assert transfer.load(config).record["format"] == "torchvision"
+    imported = transfer.load(config)
+    assert imported.record["format"] == "torchvision"
+    np.testing.assert_array_equal(imported.params["fc7"]["kernel"][0], sd["classifier.4.weight"].T)
+    ref = caffe_reference(seed=5)
+    write_converter_npy(tmp / "bvlc_alexnet.npy", ref)
+    (tmp / "bvlc_alexnet.npy").rename(tmp / "alexnet.weights")  # a name that says nothing
+    config = caffe_bvlc_alexnet.get_config()
     config.init_from.source = str(tmp / "alexnet.weights")
     with pytest.raises(transfer.TransferError, match="cannot tell the format"):
         transfer.load(config)
-    config.init_from.format = "torchvision"
+    config.init_from.format = "caffe_npy"
     imported = transfer.load(config)
-    np.testing.assert_array_equal(imported.params["fc7"]["kernel"][0], sd["classifier.4.weight"].T)
-    config.init_from.format = "caffe_npy"  # the file is not one: refused, not misread
+    assert imported.record["format"] == "caffe_npy"
+    fc7 = np.concatenate(imported.params["fc7"]["kernel"], axis=-1)
+    np.testing.assert_array_equal(fc7, ref["fc7"][0].T.astype(np.float32))
+    config.init_from.format = "torchvision"  # the file is not one: refused, not misread
     with pytest.raises(transfer.TransferError):
         transfer.load(config)
     config.init_from.source = str(tmp)  # a folder is a run
