@@ -602,7 +602,7 @@ def _train_and_evaluate(
         train_iter = input_pipeline.create_train_iterator(config, train_source, rows=rows)
         restored = checkpointer.restore_latest(checkpoint.abstract_like(state))
         if restored is None and config.init_from.source:
-            if imported is None:  # its checkpoints were all damaged and set aside: start over
+            if imported is None:  # a step folder the restore did not count: read it now
                 imported = transfer.load(config)
             state = create_train_state(config, mesh, tx, jax.random.key(config.seed), imported)
             r = imported.record

@@ -440,3 +440,28 @@ INIT_FROM_CHECKS = {
     "step": check_step,
     "exclude": check_exclude,
 }
+
+
+@pytest.mark.slow
+def test_a_run_whose_only_checkpoint_is_damaged_is_refused_not_reimported(tmp_path, digits_run):
+    """A fine-tuned run with no readable checkpoint left stops in one line (the checkpoint set
+    aside, never deleted) instead of silently starting over; started afresh, it imports again."""
+    workdir = tmp_path / "ft"
+    args = (
+        "--config.num_train_steps=2", "--config.checkpoint_every_steps=2",
+        f"--config.init_from.source={digits_run}", "--config.init_from.exclude=('fc10',)",
+    )  # fmt: skip
+    first = _cli(workdir, *args)
+    assert first.returncode == 0 and "initialised from" in first.stdout, first.stderr[-3000:]
+    largest = max(
+        (p for p in (workdir / "checkpoints" / "2").rglob("*") if p.is_file()),
+        key=lambda p: p.stat().st_size,
+    )
+    data = bytearray(largest.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4096] = os.urandom(4096)
+    largest.write_bytes(bytes(data))
+    line = one_line_error(_cli(workdir, *args), library_noise=True)
+    assert "no readable checkpoint" in line and "2.corrupt" in line, line
+    assert (workdir / "checkpoints" / "2.corrupt").is_dir()
+    fresh = _cli(tmp_path / "ft_again", *args)
+    assert fresh.returncode == 0 and "initialised from" in fresh.stdout, fresh.stderr[-3000:]
