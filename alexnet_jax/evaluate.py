@@ -100,6 +100,30 @@ def _check_model(config: Any, run: str) -> None:
         )
 
 
+def run_params(config: Any, run: str, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """(params as NumPy, source record) of a training run's latest checkpoint (or `step`'s),
+    after checking that the run's recorded model is `config.model`. The record names the
+    workdir and step and, for a fine-tuned run, what it was initialised from.
+
+    Raises:
+      EvaluationError (another network), checkpoint.NoReadableCheckpointError.
+    """
+    _check_model(config, run)
+    path = run if step is None else os.path.join(run, "checkpoints", str(step))
+    found, params = checkpoint.restore_params(path)
+    source = {"workdir": os.path.abspath(run), "checkpoint_step": found}
+    init_from = workdir_lib.init_from_record(run)
+    if init_from is not None:  # a fine-tuned run: what it started from
+        source["init_from"] = init_from
+    return params, source
+
+
+def weights_params(config: Any, path: str, fmt: str) -> tuple[Any, dict[str, Any]]:
+    """(params, source record: path, format, SHA-256) of a weights file for `config.model`."""
+    params = weights.load_weights(path, fmt, config.model, config.image_size)
+    return params, {"weights": os.path.abspath(path), "format": fmt, "sha256": weights.sha256(path)}
+
+
 def load_members(config: Any, runs: list[str], files: list[str], fmt: str | None) -> list[Member]:
     """Every member's parameters, or one EvaluationError / WeightsError for the first bad one."""
     if not runs and not files:
@@ -111,19 +135,14 @@ def load_members(config: Any, runs: list[str], files: list[str], fmt: str | None
         )
     members = []
     for run in runs:
-        _check_model(config, run)
         try:
-            step, params = checkpoint.restore_params(run)
+            params, source = run_params(config, run)
         except checkpoint.NoReadableCheckpointError as e:
             raise EvaluationError(str(e)) from None
-        source = {"workdir": os.path.abspath(run), "checkpoint_step": step}
-        init_from = workdir_lib.init_from_record(run)
-        if init_from is not None:  # a fine-tuned run: what it started from
-            source["init_from"] = init_from
-        members.append(Member(f"{os.path.basename(os.path.normpath(run))}@{step}", source, params))
+        name = f"{os.path.basename(os.path.normpath(run))}@{source['checkpoint_step']}"
+        members.append(Member(name, source, params))
     for path in files:
-        params = weights.load_weights(path, fmt, config.model, config.image_size)
-        source = {"weights": os.path.abspath(path), "format": fmt, "sha256": weights.sha256(path)}
+        params, source = weights_params(config, path, fmt)
         members.append(Member(os.path.basename(path), source, params))
     names = [m.name for m in members]
     for i, m in enumerate(members):  # distinct names for the table

@@ -62,7 +62,6 @@ import numpy as np
 
 from alexnet_jax import (
     augment,
-    checkpoint,
     evaluate,
     input_pipeline,
     models,
@@ -129,23 +128,14 @@ def load_params(
     if workdir:
         if not os.path.isdir(workdir):
             raise FeaturesError(f"--workdir={workdir}: no such directory.")
-        evaluate._check_model(config, workdir)  # the parameters only fit the run's network
-        path = workdir if step is None else os.path.join(workdir, "checkpoints", str(step))
-        found, params = checkpoint.restore_params(path)
-        source = {"workdir": os.path.abspath(workdir), "checkpoint_step": found}
-        init_from = workdir_lib.init_from_record(workdir)
-        if init_from is not None:  # a fine-tuned run: what it started from
-            source["init_from"] = init_from
-        return params, source
+        return evaluate.run_params(config, workdir, step)  # the run's network only
     if weights:
         fmt = weights_lib.infer_format(weights, weights_format)
         if fmt == "run":
             raise FeaturesError(
                 f"--weights={weights} is a folder; pass a training run as --workdir."
             )
-        params = weights_lib.load_weights(weights, fmt, config.model, config.image_size)
-        digest = weights_lib.sha256(weights)
-        return params, {"weights": os.path.abspath(weights), "format": fmt, "sha256": digest}
+        return evaluate.weights_params(config, weights, fmt)
     init_rng, _ = jax.random.split(jax.random.key(config.seed))  # as train.create_train_state
     shape = (config.image_size, config.image_size, 3)
     params = jax.tree.map(np.asarray, parallel.init_params(config.model, shape, init_rng))

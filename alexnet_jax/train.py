@@ -596,7 +596,9 @@ def _train_and_evaluate(
     with jax.set_mesh(mesh):
         stats = input_pipeline.load_data_stats(config, train_source)
         stats = jax.device_put(stats, NamedSharding(mesh, P()))
-        state = create_train_state(config, mesh, tx, jax.random.key(config.seed))
+        # With a source read above, the imported layers are in place from the start (a restore
+        # replaces the whole state anyway).
+        state = create_train_state(config, mesh, tx, jax.random.key(config.seed), imported)
         checkpointer = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints, say=say)
         checkpointer.expect_size(state)
         train_iter = input_pipeline.create_train_iterator(config, train_source, rows=rows)
@@ -604,7 +606,9 @@ def _train_and_evaluate(
         if restored is None and config.init_from.source:
             if imported is None:  # a step folder the restore did not count: read it now
                 imported = transfer.load(config)
-            state = create_train_state(config, mesh, tx, jax.random.key(config.seed), imported)
+                state = create_train_state(
+                    config, mesh, tx, jax.random.key(config.seed), imported
+                )
             r = imported.record
             say(
                 f"initialised from {r['source']} ({r['format']}"
