@@ -178,3 +178,22 @@ def test_one_command_extracts_the_test_split_after_the_choices(tmp_path, monkeyp
     assert [r["n_test"] for r in result["layers"]] == [64, 64]
     assert result["provenance"]["test"]["split"] == "test"
     assert (tmp_path / "probe" / "features" / "test" / "features.json").exists()
+
+
+def test_compare_tabulates_each_probes_own_results(pixels, tmp_path):
+    """--compare: one row per layer, each probe's test error and chosen C as its results.json
+    has them, '-' where a probe lacks the layer."""
+    train, test, _, _ = pixels
+    a, b = tmp_path / "a", tmp_path / "b"
+    first = _run(train, test, a, "--layers=pixels,top", "--Cs=1")
+    second = _run(train, test, b, "--layers=top", "--Cs=0.1")
+    linear_probe.main([f"--compare={a},{b}", f"--out={tmp_path / 'both'}"])
+    table = (tmp_path / "both" / "results.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    rows = {line.split("|")[1].strip(): line for line in lines}
+    by = {n: {r["layer"]: r for r in res["layers"]} for n, res in (("a", first), ("b", second))}
+    top_a, top_b = by["a"]["top"], by["b"]["top"]
+    assert f"{100 * top_a['test_top1_error']:.2f} (C 1)" in rows["top (32-d)"]
+    assert f"{100 * top_b['test_top1_error']:.2f} (C 0.1)" in rows["top (32-d)"]
+    cells = [c.strip() for c in rows["pixels (64-d)"].split("|")[1:-1]]
+    assert cells[1] == f"{100 * by['a']['pixels']['test_top1_error']:.2f} (C 1)" and cells[2] == "-"
