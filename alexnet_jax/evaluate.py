@@ -46,6 +46,7 @@ from alexnet_jax import (
     input_pipeline,
     metrics,
     models,
+    orbax_quiet,
     parallel,
     published,
     sources,
@@ -85,11 +86,12 @@ def _check_model(config: Any, run: str) -> None:
         raise EvaluationError(f"--workdir={run} has no config.json: is it a training run?")
     recorded = workdir_lib.recorded_config(run)
     ours = _flat_model(config)
-    diff = {
-        k: (recorded.get(k, "<absent>"), v)
-        for k, v in ours.items()
-        if recorded.get(k, "<absent>") != v and k not in _SPEED_ONLY
-    }
+    # Only this code's model fields count (a recorded field it no longer has is no other
+    # network), listed in the config's order.
+    found = workdir_lib.config_differences(
+        {k: recorded[k] for k in ours if k in recorded}, ours, ignore=_SPEED_ONLY
+    )
+    diff = {k: found[k] for k in ours if k in found}
     if recorded.get("image_size", config.image_size) != config.image_size:
         diff["image_size"] = (recorded["image_size"], config.image_size)
     if diff:
@@ -384,6 +386,7 @@ def _cli() -> None:
     def main(argv: list[str]) -> None:
         del argv
         logging.set_verbosity(logging.WARNING)  # Orbax reports every read at INFO
+        orbax_quiet.install()  # and what a damaged checkpoint's one-line error says already
         config = config_file.value
         if config is None:
             raise SystemExit("error: --config is required (e.g. --config=configs/default.py).")

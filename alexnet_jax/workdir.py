@@ -21,7 +21,10 @@ import json
 import os
 import socket
 import subprocess
+from collections.abc import Sequence
 from typing import Any
+
+from alexnet_jax import migrations
 
 LOCK_NAME = ".lock"
 
@@ -47,50 +50,6 @@ MAY_CHANGE_ON_RESUME = (
     "model.grouped_conv",
     "model.conv1_matmul",
 )
-
-# Fields added after runs were recorded, with the value (as JSON) that computes what the code did
-# before the field existed: a config.json without the field resumes when the field has that
-# value, and is refused (like any other change) when it has another.
-ADDED_FIELDS = {
-    "model.lrn_alpha_convention": "per_term",
-    "model.lrn_before_relu": [],
-    "model.within_map_after": [],
-    "model.within_map_size": 5,
-    "model.within_map_alpha": 4e-5,
-    "model.within_map_beta": 0.75,
-    "model.within_map_k": 1.0,
-    "model.init_std": [],
-    "model.dropout_scaling": "inverted",  # the only scaling before the field
-    "model.dropout_on": "outputs",
-    "model.conv1_padding": -1,
-    "model.lrn_across_towers": False,
-    "optimizer.manual_schedule": [],
-    "optimizer.bias_learning_rate": -1.0,
-    "optimizer.bias_manual_schedule": [],
-    "optimizer.layer_lr_multipliers": [],
-    "augment.mean_rgb": [0.0, 0.0, 0.0],
-    "augment.std_rgb": [1.0, 1.0, 1.0],
-    "augment.random_crop_end_epoch": -1,
-    "augment.flip_end_epoch": -1,
-    "augment.pca_color_end_epoch": -1,
-    "resize_mode": "shorter_side",
-    "augment.mean_file": "",
-    "augment.mean_file_layout": "caffe",
-    # Fields older than the ones above (runs recorded since the training loop first wrote
-    # config.json, commit 3f3694d, lack them).
-    "model.lrn_kind": "cross_map",  # the only LRN before the field
-    "model.compute_dtype": "float32",
-    "test_split": "",  # no test split: validation on eval_split only
-    # The paper's eight layers, before the architecture switches of §7 and Table 2.
-    "model.remove_conv": [],
-    "model.extra_conv": 0,
-    "model.extra_conv_sees": "own",
-    # Issue 25: training from another network's parameters (none before).
-    "init_from.source": "",
-    "init_from.format": "",
-    "init_from.step": -1,
-    "init_from.exclude": [],
-}
 
 # The config record: config.json holds the config's fields and, under this key, the format of
 # the record and the code version that wrote it (`code_version`). A record without the key is of
@@ -183,28 +142,11 @@ def read_record(workdir: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
     return data, record
 
 
-def added_field_value(field: str, recorded: dict[str, Any]) -> Any:
-    """The value of a field added since a run was recorded that computes what the code did
-    then (`ADDED_FIELDS`), for the network the run recorded: an AlexNet switch that a CIFAR net
-    does not have takes the value that means "not used" there, the only one it accepts."""
-    if field.startswith("model.") and recorded.get("model.name", "alexnet") != "alexnet":
-        from alexnet_jax import models
-
-        unused = models.ALEXNET_ONLY.get(field.removeprefix("model."), ADDED_FIELDS[field])
-        return list(unused) if isinstance(unused, tuple) else unused
-    return ADDED_FIELDS[field]
-
-
-def fill_added_fields(saved: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(the flat record with every field added since filled in, {field: the value filled})."""
-    filled = {k: added_field_value(k, saved) for k in ADDED_FIELDS if k not in saved}
-    return {**filled, **saved}, filled
-
-
 def recorded_config(workdir: str) -> dict[str, Any]:
     """The flat config a run recorded (workdir/config.json, as `flat_config`), a field added
-    since filled with its `added_field_value`: what the run computed, in today's fields."""
-    return fill_added_fields(flat_config(read_record(workdir)[0]))[0]
+    since filled with its `migrations.added_field_value`: what the run computed, in today's
+    fields."""
+    return migrations.fill_added_fields(flat_config(read_record(workdir)[0]))[0]
 
 
 class WorkdirError(ValueError):
@@ -244,6 +186,28 @@ def flat_config(config: Any) -> dict[str, Any]:
     return flat(data, "")
 
 
+ABSENT = "<absent>"  # how a field one side lacks reads in `config_differences`
+
+
+def matches(key: str, fields: Sequence[str]) -> bool:
+    """Whether the flat field `key` is one of `fields` (a name ending in '.' names a section:
+    every field under it)."""
+    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in fields)
+
+
+def config_differences(
+    old: dict[str, Any], new: dict[str, Any], ignore: Sequence[str] = ()
+) -> dict[str, tuple[Any, Any]]:
+    """{field: (old value, new value)} of two flat configs (`flat_config`), in sorted order, of
+    the fields that differ, a field one side lacks read as `ABSENT`; the fields `ignore` names
+    (as `matches` reads them) are left out."""
+    return {
+        key: (old.get(key, ABSENT), new.get(key, ABSENT))
+        for key in sorted(set(old) | set(new))
+        if old.get(key, ABSENT) != new.get(key, ABSENT) and not matches(key, ignore)
+    }
+
+
 def config_changes(config: Any, workdir: str) -> tuple[dict, dict]:
     """Differences between `config` and the workdir's config.json.
 
@@ -253,15 +217,12 @@ def config_changes(config: Any, workdir: str) -> tuple[dict, dict]:
     """
     if not os.path.exists(os.path.join(workdir, "config.json")):
         return {}, {}
-    old, filled = fill_added_fields(flat_config(read_record(workdir)[0]))
+    old, filled = migrations.fill_added_fields(flat_config(read_record(workdir)[0]))
     new = flat_config(config)
-    allowed, refused = {}, {}
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if a == b or (key in filled and key not in new):
-            continue
-        may = any(key == f or (f.endswith(".") and key.startswith(f)) for f in MAY_CHANGE_ON_RESUME)
-        (allowed if may else refused)[key] = (a, b)
+    # A field filled in for the old record that this config lacks is no change.
+    changed = config_differences(old, new, ignore=[k for k in filled if k not in new])
+    allowed = {k: v for k, v in changed.items() if matches(k, MAY_CHANGE_ON_RESUME)}
+    refused = {k: v for k, v in changed.items() if k not in allowed}
     return allowed, refused
 
 
@@ -270,8 +231,8 @@ def write_record(
 ) -> list[str]:
     """Writes the run's config.json (its fields and this code's `RECORD_KEY` entry) and
     appends what changed since the record to config_changes.jsonl: the allowed changes, the
-    fields an older record lacked (filled with `added_field_value`) and the version that wrote
-    it. Atomic (a temporary file renamed over it). Process 0 only.
+    fields an older record lacked (filled with `migrations.added_field_value`) and the version
+    that wrote it. Atomic (a temporary file renamed over it). Process 0 only.
 
     `init_from`: what a run starting from another network imported (`transfer.load`), kept in
     the record as 'init_from'; None keeps the record's own (a resumed run never re-imports).
@@ -283,7 +244,7 @@ def write_record(
     old_record, filled = None, {}
     if os.path.exists(path):
         data, old_record = read_record(workdir)
-        filled = fill_added_fields(flat_config(data))[1]
+        filled = migrations.fill_added_fields(flat_config(data))[1]
     record = new_record()
     if init_from is None and old_record and "init_from" in old_record:
         init_from = old_record["init_from"]

@@ -46,6 +46,7 @@ budget and cadences, before the switch and the seed).
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import importlib.util
 import json
@@ -55,6 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alexnet_jax import workdir as workdir_lib
 from configs import alexnet as alexnet_config
 from configs import default as default_config
 from experiments import common, sweep
@@ -88,21 +90,17 @@ PAPER_CLAIMS = {
 CIFAR_FIELDS = ("model.lrn", "model.activation", "augment.", "optimizer.")
 
 
-def _flat(config: Any) -> dict[str, Any]:
-    out = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out.update({f"{key}.{k}": v for k, v in _flat(value).items()})
-        else:
-            out[key] = value
-    return out
-
-
 def switch(name: str) -> dict[str, Any]:
-    """The fields configs/ablations/<name>.py changes in the paper config, and their values."""
-    module = importlib.import_module(f"configs.ablations.{name}")
-    paper, ablated = _flat(alexnet_config.get_config()), _flat(module.get_config())
-    return {k: v for k, v in ablated.items() if paper.get(k) != v}
+    """The fields configs/ablations/<name>.py changes in the paper config, and their values (as
+    the config holds them: a tuple stays a tuple)."""
+    ablated = importlib.import_module(f"configs.ablations.{name}").get_config()
+    paper = workdir_lib.flat_config(alexnet_config.get_config())
+    changed = workdir_lib.flat_config(ablated)
+    return {
+        k: functools.reduce(lambda section, part: section[part], k.split("."), ablated)
+        for k, v in changed.items()
+        if paper.get(k) != v
+    }
 
 
 def load_base(base: str) -> Any:
@@ -127,7 +125,7 @@ def base_name(base: str) -> str:
 
 def parse_set(config: Any, assignments: list[str]) -> dict[str, Any]:
     """{'optimizer.plateau_patience': 1, ...} of --set KEY=VALUE, typed as the field is."""
-    fields, out = _flat(config), {}
+    fields, out = workdir_lib.flat_config(config), {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or key not in fields:
@@ -216,7 +214,7 @@ def write_manifest(planned: dict, args: Any, root: Path, budget: dict) -> None:
     continued (`refuse_changed`); the manifest follows the plan of the latest invocation."""
     runs = {
         sweep.run_id(name, seed): {
-            "variant": name, "seed": seed, "config": common.flat_config(config)
+            "variant": name, "seed": seed, "config": workdir_lib.flat_config(config)
         }
         for name, entry in planned.items()
         for seed, config, _ in entry["runs"] or ()

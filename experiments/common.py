@@ -124,9 +124,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-flat_config = workdir_lib.flat_config  # {'model.lrn': True, ...} of a config or a config.json
-
-
 def subprocess_env(cpu_devices: int | None = None) -> dict:
     """The environment for a `python -m alexnet_jax.*` subprocess on simulated CPU devices: the
     repository importable, no multi-process variables inherited, `cpu_devices` devices (one
@@ -142,17 +139,14 @@ def subprocess_env(cpu_devices: int | None = None) -> dict:
 def config_differences(config: Any, workdir: str | Path) -> dict[str, tuple[Any, Any]]:
     """{field: (value in workdir/config.json, value in `config`)} of the fields that differ
     (a field added since the run was recorded reads as `workdir.added_field_value`, one
-    missing on one side as '<absent>'); {} when there is no config.json."""
+    missing on one side as `workdir.ABSENT`); {} when there is no config.json."""
     path = Path(workdir) / "config.json"
     if not path.exists():
         return {}
-    saved, new = workdir_lib.recorded_config(str(workdir)), flat_config(config)
-    absent = "<absent>"
-    return {
-        k: (saved.get(k, absent), new.get(k, absent))
-        for k in sorted(set(saved) | set(new))
-        if saved.get(k, absent) != new.get(k, absent) and k not in NOT_COMPARED
-    }
+    saved = workdir_lib.recorded_config(str(workdir))
+    return workdir_lib.config_differences(
+        saved, workdir_lib.flat_config(config), ignore=NOT_COMPARED
+    )
 
 
 def latest_checkpoint_step(workdir: str | Path) -> int | None:

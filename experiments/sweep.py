@@ -260,16 +260,10 @@ def _differences(old: dict, new: dict) -> list[str]:
     from alexnet_jax import workdir as workdir_lib
     from experiments import common
 
-    def compared(key: str) -> bool:
-        may = workdir_lib.MAY_CHANGE_ON_RESUME + common.NOT_COMPARED
-        return not any(key == f or (f.endswith(".") and key.startswith(f)) for f in may)
-
-    keys = sorted(k for k in set(old) | set(new) if compared(k))
-    absent = "<absent>"
+    ignore = workdir_lib.MAY_CHANGE_ON_RESUME + common.NOT_COMPARED
     return [
-        f"{k}: {old.get(k, absent)!r} there, {new.get(k, absent)!r} now"
-        for k in keys
-        if old.get(k, absent) != new.get(k, absent)
+        f"{k}: {a!r} there, {b!r} now"
+        for k, (a, b) in workdir_lib.config_differences(old, new, ignore).items()
     ]
 
 

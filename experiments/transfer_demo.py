@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet_jax import metrics
+from alexnet_jax import workdir as workdir_lib
 from experiments import common
 
 NAME = "transfer"
@@ -206,12 +207,12 @@ def main() -> None:
         "machine": common.machine(),
         "seconds": time.time() - started,
         "datasets": counts,
-        "pretrain": {"config": common.flat_config(pre_config), "result": pre_result},
+        "pretrain": {"config": workdir_lib.flat_config(pre_config), "result": pre_result},
         "finetune": {
             "steps": args.steps, "batch_size": 10, "per_class": args.per_class,
             "runs": runs,
             "configs": {
-                arm: common.flat_config(
+                arm: workdir_lib.flat_config(
                     target_config(data, 0, args.steps, pre if pretrained else None, recipe)
                 )
                 for arm, pretrained, recipe in ARMS
