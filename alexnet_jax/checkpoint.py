@@ -11,48 +11,43 @@ computes exactly what the uninterrupted run would have. The training metrics of 
 the last logged event are saved too, so the first event after a resume averages the same steps.
 
 What a checkpoint proves (format 2, `FORMAT`): beside the state it holds a `meta` item, the
-code version that wrote it and a checksum of every array (`checksums`: two 32-bit sums of mixed
-bits and indices, computed on the devices, so any mesh and any number of processes give the
-same sums) and of the schedule's and data's JSON. A restore recomputes them; a difference is
-bytes that changed after they were written.
+code version that wrote it and a checksum of every array and of the schedule's and data's JSON
+(alexnet_jax/integrity.py). A restore recomputes them; a difference is bytes that changed after
+they were written.
 
 Faults (`restore_latest`, `save`, `wait`), three kinds kept apart:
 - bytes that cannot be read, or that differ from their checksums: reported in one line (naming
   the array), moved aside to `checkpoints/<step>.corrupt` (never deleted) and the previous
   checkpoint is tried;
 - a readable checkpoint whose tree differs from the one this code builds: a known change is
-  migrated (`MIGRATIONS`: one notice line each), anything else is refused in one line naming the
-  differing leaves and the version that wrote it, and the checkpoint is left where it is;
+  migrated (`migrations.MIGRATIONS`: one notice line each), anything else is refused in one
+  line naming the differing leaves and the version that wrote it, and the checkpoint is left
+  where it is;
 - a save that would not fit on the disk (checked before each save) or that fails for lack of
   space stops the run with `DiskFullError`, naming the bytes needed and free and the last intact
   checkpoint, and leaves no temporary directory behind.
 Checkpoints of format 1 (alexnet_jax 0.1.0, no `meta`) restore with a notice that their bytes
-cannot be verified.
+cannot be verified. What Orbax and TensorStore report on stderr about these faults, which the
+one line says already, is dropped by `orbax_quiet.install()` (the command lines call it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
-import gc
 import glob
-import hashlib
 import json
-import logging
 import os
 import shutil
-import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from alexnet_jax import integrity, migrations, orbax_quiet
 from alexnet_jax import workdir as workdir_lib
 
 CORRUPT_SUFFIX = ".corrupt"
@@ -70,186 +65,6 @@ class NoReadableCheckpointError(ValueError):
 
 class CheckpointMismatchError(ValueError):
     """A readable checkpoint whose arrays are not the tree this code builds (left in place)."""
-
-
-class ChecksumError(ValueError):
-    """Bytes read back that differ from what was written (the message names the array)."""
-
-
-# --- checksums ------------------------------------------------------------------------------
-
-
-def _fmix(h: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finalizer: a bijection that spreads every input bit."""
-    h = h ^ (h >> 16)
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def _words(x: jax.Array) -> jax.Array:
-    """Every element's bits as uint32 (a trailing axis of 2 for 64-bit types)."""
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32)
-    size = np.dtype(x.dtype).itemsize
-    if size in (1, 2):
-        unsigned = jnp.uint8 if size == 1 else jnp.uint16
-        return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
-
-
-def _sums(x: jax.Array) -> jax.Array:
-    """Two 32-bit checksums of an array: sums over its elements of mixed (bits, index) pairs.
-
-    A sum of integers modulo 2^32 does not depend on the order it is taken in, so the result
-    is the same for any sharding, mesh or process count. Each term is a bijection of the
-    element's bits for a fixed index, so changing one element always changes both sums; changes
-    of several elements cancel in both with probability about 2^-64.
-    """
-    w = _words(x)
-    w = w.reshape(1) if w.ndim == 0 else w
-    index = jnp.zeros(w.shape, jnp.uint32)
-    stride = 1
-    for axis in reversed(range(w.ndim)):
-        index = index + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * np.uint32(stride)
-        stride = (stride * w.shape[axis]) % 2**32
-    a = jnp.sum(_fmix(w ^ _fmix(index * np.uint32(2) + np.uint32(1))), dtype=jnp.uint32)
-    b = jnp.sum(_fmix(w * np.uint32(0x9E3779B1) + _fmix(index ^ np.uint32(0x5BD1E995))),
-                dtype=jnp.uint32)  # fmt: skip
-    return jnp.stack([a, b])
-
-
-_all_sums = jax.jit(lambda leaves: [_sums(x) for x in leaves])
-
-
-def _key_name(key: Any) -> str:
-    for attribute in ("name", "key", "idx"):
-        if hasattr(key, attribute):
-            return str(getattr(key, attribute))
-    return str(key)
-
-
-def leaf_paths(tree: Any) -> dict[str, Any]:
-    """{'params/conv1/kernel': leaf, ...}: a pytree's leaves by path, the way Orbax stores
-    them (attributes, dict keys and sequence indices alike)."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(_key_name(k) for k in path): leaf for path, leaf in flat}
-
-
-def checksums(tree: Any) -> dict[str, str]:
-    """{path: 'xxxxxxxx-xxxxxxxx'}: the `_sums` of every array of a pytree (global arrays of any
-    sharding, or NumPy), computed in one compiled pass."""
-    leaves = leaf_paths(tree)
-    sums = jax.device_get(_all_sums(list(leaves.values())))
-    return {path: f"{int(s[0]):08x}-{int(s[1]):08x}" for path, s in zip(leaves, sums)}
-
-
-def json_checksum(data: Any) -> str:
-    """SHA-256 of a JSON item as `json.dumps(sort_keys=True)` writes it."""
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def _verify(step: int, meta: dict, state: Any, schedule: Any, data: Any) -> None:
-    """Raises ChecksumError naming the first item or array whose checksum differs."""
-    saved = meta.get("checksums", {})
-    for name, item in (("schedule", schedule), ("data", data)):
-        if name in saved and json_checksum(item) != saved[name]:
-            raise ChecksumError(f"its {name} item differs from the checksum saved with it")
-    ours = checksums(state)
-    want = saved.get("state", {})
-    if set(want) != set(ours):
-        raise ChecksumError(
-            f"its checksums name {len(want)} arrays and it holds {len(ours)}; the meta item "
-            "does not belong to these arrays"
-        )
-    bad = [path for path in ours if ours[path] != want[path]]
-    if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ChecksumError(
-            f"array {bad[0]}{more} differs from the checksum saved with it (bytes changed "
-            "after they were written)"
-        )
-
-
-# --- migrations -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Migration:
-    """A known change of the checkpointed tree: leaves this code has that older checkpoints
-    lack, and how their values follow from what those checkpoints hold."""
-
-    name: str  # what the notice says was done
-    since: str  # the version and commit that changed the tree
-    matches: Callable[[str], bool]  # a leaf path this migration fills
-    fill: Callable[[str, dict[str, Any], int], Any]  # (path, restored leaves, step) -> value
-
-
-def _schedule_count(path: str) -> bool:
-    parts = path.split("/")
-    return len(parts) >= 3 and parts[-3] == "hyperparams_states" and parts[-1] == "count"
-
-
-MIGRATIONS = (
-    Migration(
-        name="added the learning-rate schedule's update count, equal to the step (the number "
-        "of updates made)",
-        since="alexnet_jax 0.1.0 at commit 7bf32c6 (optim on Optax schedules)",
-        matches=_schedule_count,
-        fill=lambda path, restored, step: step,
-    ),
-)
-
-
-def _tree_plan(step: int, saved: dict[str, Any], target: dict[str, Any], version: str):
-    """The migrations that turn the checkpoint's leaves `saved` into this code's `target`.
-
-    Returns:
-      {path: migration} for every leaf of `target` the checkpoint lacks.
-
-    Raises:
-      CheckpointMismatchError: for a difference no migration explains.
-    """
-    missing = [p for p in target if p not in saved]
-    extra = [p for p in saved if p not in target]
-    reshaped = [
-        f"{p} {tuple(saved[p].shape)} {np.dtype(saved[p].dtype).name} here "
-        f"{tuple(target[p].shape)} {np.dtype(target[p].dtype).name}"
-        for p in target
-        if p in saved
-        and (
-            tuple(saved[p].shape) != tuple(target[p].shape)
-            or np.dtype(saved[p].dtype) != np.dtype(target[p].dtype)
-        )
-    ]
-    plan = {}
-    for path in missing:
-        known = next((m for m in MIGRATIONS if m.matches(path)), None)
-        if known is not None:
-            plan[path] = known
-    unexplained = [p for p in missing if p not in plan]
-    if not (unexplained or extra or reshaped):
-        return plan
-
-    def listed(what: str, paths: list[str]) -> str:
-        more = f" and {len(paths) - 4} more" if len(paths) > 4 else ""
-        return f"{what}: {', '.join(paths[:4])}{more}" if paths else ""
-
-    parts = [
-        listed("only in the checkpoint", extra),
-        listed("only in this code's tree", unexplained),
-        listed("other shape or dtype", reshaped),
-    ]
-    raise CheckpointMismatchError(
-        f"the checkpoint of step {step} was written by {version} and holds another tree than "
-        f"this code builds ({'; '.join(p for p in parts if p)}); it is left where it is. If it "
-        "is another network, use a new --workdir for this config; if it is this run written by "
-        "another version of alexnet_jax, resume it with that version (no migration of this "
-        "difference is known)."
-    )
 
 
 def _mib(n: float) -> str:
@@ -283,91 +98,9 @@ def _is_disk_full(error: BaseException) -> bool:
     return False
 
 
-class _DropDiskFullReports(logging.Filter):
-    """Orbax's writer threads log a full disk with a long traceback; `DiskFullError`'s one line
-    says it instead (with the bytes needed and free, and what is intact)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = str(record.msg) + (str(record.exc_info[1]) if record.exc_info else "")
-        return not ("RESOURCE_EXHAUSTED" in text or "No space left" in text)
-
-
-logging.getLogger("absl").addFilter(_DropDiskFullReports())
-
-
-class _DropStepMetadataWarning(logging.Filter):
-    """Reading one item's tree metadata (`Checkpointer.restore`) makes Orbax warn that the
-    item's folder has no step-level metadata file, which only the step folder has."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Metadata file does not exist")
-
-
-logging.getLogger("absl").addFilter(_DropStepMetadataWarning())
-
-
-class _DropAbandonedReads(logging.Filter):
-    """asyncio's 'Task exception was never retrieved' for the other arrays' reads of a
-    checkpoint whose restore already failed (reported in `restore_latest`'s one line)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        return not ("_read_array_index_and_device_put" in text or "async_deserialize" in text)
-
-
-def _is_closed_loop_error(value: BaseException | None) -> bool:
-    return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
-
-
-def _quiet_abandoned_reads() -> None:
-    """After a failed restore or save, Orbax's other coroutines, tasks and threads end with
-    errors nobody retrieves, which Python and asyncio report on stderr (pages of TensorStore
-    specs) when they are collected. Collects them now with stderr closed, and drops later
-    reports of them."""
-    if not getattr(sys.unraisablehook, "_alexnet_jax", False):
-        previous = sys.unraisablehook
-
-        def hook(unraisable):
-            text = repr(unraisable.object) + str(unraisable.exc_value)
-            if "_read_array_index_and_device_put" in text or "Event loop is closed" in text:
-                return
-            previous(unraisable)
-
-        hook._alexnet_jax = True
-        sys.unraisablehook = hook
-        logging.getLogger("asyncio").addFilter(_DropAbandonedReads())
-        previous_thread_hook = threading.excepthook
-
-        def thread_hook(args):
-            if "Event loop is closed" not in str(args.exc_value):
-                previous_thread_hook(args)
-
-        threading.excepthook = thread_hook
-        # TensorStore reports an exception raised by a Python callback on one of its own C++
-        # threads with PyErr_Print, i.e. sys.excepthook: the abandoned reads' callbacks then
-        # hit asyncio's closed loop. Only those, and only off the main thread, are dropped.
-        previous_excepthook = sys.excepthook
-
-        def excepthook(kind, value, tb):
-            if not (
-                _is_closed_loop_error(value)
-                and threading.current_thread() is not threading.main_thread()
-            ):
-                previous_excepthook(kind, value, tb)
-
-        sys.excepthook = excepthook
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            for _ in range(3):
-                gc.collect()
-                time.sleep(0.1)
-            sys.stderr.flush()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+def _shapes(leaves: dict[str, Any]) -> dict[str, tuple]:
+    """{path: (shape, NumPy dtype)} of leaves (arrays, or Orbax's metadata of them)."""
+    return {p: (tuple(x.shape), np.dtype(x.dtype)) for p, x in leaves.items()}
 
 
 class Checkpointer:
@@ -471,9 +204,9 @@ class Checkpointer:
             "written_by": workdir_lib.code_version(),
             "step": step,
             "checksums": {
-                "state": checksums(state),
-                "schedule": json_checksum(schedule),
-                "data": json_checksum(data),
+                "state": integrity.checksums(state),
+                "schedule": integrity.json_checksum(schedule),
+                "data": integrity.json_checksum(data),
             },
         }
         try:
@@ -490,7 +223,7 @@ class Checkpointer:
             self.saved_since_resume = True
         except Exception as e:
             if _is_disk_full(e):  # this save, or the one before it still being committed
-                _quiet_abandoned_reads()
+                orbax_quiet.collect_abandoned_reads()
                 pending = self._pending_steps()
                 self._manager.reload()
                 failed = pending[0] if pending else step
@@ -507,7 +240,7 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as e:
             if _is_disk_full(e):
-                _quiet_abandoned_reads()
+                orbax_quiet.collect_abandoned_reads()
                 pending = self._pending_steps()
                 step = pending[0] if pending else "?"
                 self._manager.reload()
@@ -550,7 +283,7 @@ class Checkpointer:
         The arrays are read as the checkpoint's own tree (its metadata), each into the sharding
         of the same path in `abstract_state`, checked against the checksums saved with them,
         and then arranged as `abstract_state`; a leaf the checkpoint lacks is filled by its
-        `MIGRATIONS` entry (one notice line each).
+        `migrations.MIGRATIONS` entry (one notice line each).
 
         Args:
           step: which checkpoint.
@@ -559,7 +292,7 @@ class Checkpointer:
 
         Raises:
           CheckpointMismatchError: the checkpoint is readable and holds another tree.
-          ChecksumError: bytes differ from the checksums saved with them.
+          integrity.ChecksumError: bytes differ from the checksums saved with them.
           Exception: whatever Orbax and TensorStore raise for bytes they cannot read.
         """
         meta = self.read_meta(step)
@@ -572,9 +305,17 @@ class Checkpointer:
         version = workdir_lib.describe_version(meta)
         with ocp.PyTreeCheckpointer() as reader:
             tree = reader.metadata(os.path.join(self.step_path(step), "state")).item_metadata.tree
-        saved = leaf_paths(tree)
-        target = leaf_paths(abstract_state)
-        plan = _tree_plan(step, saved, target, version)
+        saved = integrity.leaf_paths(tree)
+        target = integrity.leaf_paths(abstract_state)
+        plan, unexplained = migrations.tree_plan(_shapes(saved), _shapes(target))
+        if unexplained:
+            raise CheckpointMismatchError(
+                f"the checkpoint of step {step} was written by {version} and holds another "
+                f"tree than this code builds ({unexplained}); it is left where it is. If it is "
+                "another network, use a new --workdir for this config; if it is this run "
+                "written by another version of alexnet_jax, resume it with that version (no "
+                "migration of this difference is known)."
+            )
         as_saved = jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(tree),
             [
@@ -598,9 +339,9 @@ class Checkpointer:
             )
             self.resumed = (step, "format 1: not verifiable")
         else:
-            _verify(step, meta, state, schedule, data)
+            integrity.verify(meta, state, schedule, data)
             self.resumed = (step, "its checksums matched")
-        leaves = leaf_paths(state)
+        leaves = integrity.leaf_paths(state)
         for migration in dict.fromkeys(plan.values()):
             paths = [p for p, m in plan.items() if m is migration]
             self._say(
@@ -635,14 +376,14 @@ class Checkpointer:
             try:
                 restored = (step, *self.restore(step, abstract_state))
             except CheckpointMismatchError:
-                _quiet_abandoned_reads()
+                orbax_quiet.collect_abandoned_reads()
                 raise
             except Exception as e:
-                _quiet_abandoned_reads()
+                orbax_quiet.collect_abandoned_reads()
                 aside = self._move_aside(step)
                 why = (
                     f"is damaged: {e}"
-                    if isinstance(e, ChecksumError)
+                    if isinstance(e, integrity.ChecksumError)
                     else (f"cannot be read ({_gist(e)})")
                 )
                 self._say(
@@ -669,8 +410,6 @@ class Checkpointer:
         if jax.process_index() == 0:
             os.rename(source, target)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices(f"alexnet_jax set aside checkpoint {step}")
         self._manager.reload()
         return target
@@ -746,12 +485,14 @@ def restore_params(workdir_or_checkpoint: str) -> tuple[int, Any]:
             state = ckptr.restore(path.resolve(), restore_args=args)
         if meta is not None:
             want = meta["checksums"]["state"]
-            bad = [k for k, v in checksums(state).items() if want.get(k) != v]
+            bad = [k for k, v in integrity.checksums(state).items() if want.get(k) != v]
             if bad:
-                raise ChecksumError(f"array {bad[0]} differs from the checksum saved with it")
+                raise integrity.ChecksumError(
+                    f"array {bad[0]} differs from the checksum saved with it"
+                )
     except Exception as e:
-        _quiet_abandoned_reads()
-        why = str(e) if isinstance(e, ChecksumError) else f"cannot be read ({_gist(e)})"
+        orbax_quiet.collect_abandoned_reads()
+        why = str(e) if isinstance(e, integrity.ChecksumError) else f"cannot be read ({_gist(e)})"
         raise NoReadableCheckpointError(
             f"the checkpoint {path.parent} is damaged: {why}; {instead}, or resume the run, "
             "which sets it aside and continues from the previous one."

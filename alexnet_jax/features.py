@@ -65,6 +65,7 @@ from alexnet_jax import (
     evaluate,
     input_pipeline,
     models,
+    orbax_quiet,
     parallel,
     sources,
 )
@@ -877,6 +878,7 @@ def _cli() -> None:
     def main(argv: list[str]) -> None:
         del argv
         logging.set_verbosity(logging.WARNING)  # Orbax reports every read at INFO
+        orbax_quiet.install()  # and what a damaged checkpoint's one-line error says already
         values = {name: flags.FLAGS[name].value for name in options}
         run_command(config_file.value, file_format=flags.FLAGS.format, **values)
 

@@ -23,7 +23,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import allocator, checkpoint, distributed, train
+from alexnet_jax import allocator, checkpoint, distributed, orbax_quiet, train
 
 # Errors this project raises on purpose, each with a message that says what to do: printed as
 # one line (exit status 1; 74 for a full disk) unless --verbosity=1 or ALEXNET_JAX_TRACEBACK=1.
@@ -82,6 +82,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    orbax_quiet.install()  # Orbax's reports of what the run's one-line errors say already
     if _DISTRIBUTED.value and not os.environ.get(distributed.SUPERVISED_ENV):
         # The training runs in a child; this process reports a dead peer in one line.
         sys.exit(distributed.supervise(sys.argv[1:], _PEER_TIMEOUT.value))

@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from alexnet_jax import checkpoint, parallel, weights
+from alexnet_jax import checkpoint, integrity, parallel, weights
 from alexnet_jax import workdir as workdir_lib
 
 
@@ -99,9 +99,9 @@ def _format(c: Any) -> str | None:
 
 
 def _params_sha256(params: Any) -> str:
-    """SHA-256 of the parameters' per-array checksums (`checkpoint.checksums`): one value that
+    """SHA-256 of the parameters' per-array checksums (`integrity.checksums`): one value that
     names exactly these arrays."""
-    sums = checkpoint.checksums(params)
+    sums = integrity.checksums(params)
     return hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()
 
 

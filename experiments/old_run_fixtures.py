@@ -30,7 +30,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from alexnet_jax import checkpoint
+from alexnet_jax import checkpoint, integrity
 from experiments import common
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ SAVED_STEP, FINAL_STEP = 6, 12
 def params_sha256(workdir: Path) -> tuple[int, dict[str, str]]:
     """(step, {'conv1/kernel': SHA-256 of its float32 bytes, ...}) of a run's latest checkpoint."""
     step, params = checkpoint.restore_params(str(workdir))
-    flat = checkpoint.leaf_paths(params)
+    flat = integrity.leaf_paths(params)
     return step, {
         k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in flat.items()
     }

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint
+from alexnet_jax import checkpoint, integrity
 
 # A failed restore leaves Orbax's other reads to end in an event loop that is gone; the library
-# drops those reports (checkpoint._quiet_abandoned_reads), pytest's own hook sees them first.
+# drops those reports (orbax_quiet.install), pytest's own hook sees them first.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
@@ -117,7 +117,7 @@ def test_abstract_like_keeps_shapes_dtypes_and_shardings():
 
 _PYERR_PRINT = """
 import ctypes, sys, threading
-from alexnet_jax import checkpoint
+from alexnet_jax import orbax_quiet
 
 def pyerr_print(message):
     # What TensorStore does on its own threads when a Python callback raises.
@@ -125,7 +125,7 @@ def pyerr_print(message):
     code = f"raise RuntimeError({message!r})".encode()
     assert ctypes.pythonapi.PyRun_SimpleString(ctypes.c_char_p(code)) == -1
 
-checkpoint._quiet_abandoned_reads()
+orbax_quiet.install()
 for message in ("Event loop is closed", "another error off the main thread"):
     t = threading.Thread(target=pyerr_print, args=(message,))
     t.start()
@@ -171,7 +171,7 @@ def _listing(directory) -> list[str]:
 
 
 def _reference_sums(x: np.ndarray) -> tuple[int, int]:
-    """checkpoint._sums written again in NumPy's wrapping uint32 arithmetic, for float32."""
+    """integrity._sums written again in NumPy's wrapping uint32 arithmetic, for float32."""
 
     def fmix(h):
         h = h ^ (h >> np.uint32(16))
@@ -202,8 +202,8 @@ def test_checksums_are_the_same_on_any_sharding_and_see_every_element():
             for spec in (P(), P("tower"), P(None, "data", "tower"), P(("data", "tower")))
         ]
         for array in placed:
-            assert checkpoint.checksums({"x": array}) == {"x": want}
-    assert checkpoint.checksums({"x": x}) == {"x": want}  # NumPy, one device
+            assert integrity.checksums({"x": array}) == {"x": want}
+    assert integrity.checksums({"x": x}) == {"x": want}  # NumPy, one device
     # One bit of any element, of any dtype, changes both sums.
     arrays = {
         "f32": x,
@@ -213,7 +213,7 @@ def test_checksums_are_the_same_on_any_sharding_and_see_every_element():
         "bool": np.arange(10) % 3 == 0,
         "scalar": np.float32(1.5),
     }
-    base = checkpoint.checksums(arrays)
+    base = integrity.checksums(arrays)
     for name, array in arrays.items():
         flat = np.array(array).reshape(-1)
         for position in (0, flat.size // 2, flat.size - 1):
@@ -227,12 +227,12 @@ def test_checksums_are_the_same_on_any_sharding_and_see_every_element():
                     else {2: np.uint16, 4: np.uint32}[changed.dtype.itemsize]
                 )
                 bits[position] ^= 1
-            sums = checkpoint.checksums({**arrays, name: changed.reshape(np.shape(array))})
+            sums = integrity.checksums({**arrays, name: changed.reshape(np.shape(array))})
             a0, b0 = base[name].split("-")
             a1, b1 = sums[name].split("-")
             assert a0 != a1 and b0 != b1, (name, position)
     # Moving values between positions changes them too (the index is mixed in).
-    assert checkpoint.checksums({"x": x[::-1].copy()}) != {"x": want}
+    assert integrity.checksums({"x": x[::-1].copy()}) != {"x": want}
 
 
 def test_a_checkpoint_records_its_format_version_and_checksums(tmp_path):
@@ -242,8 +242,8 @@ def test_a_checkpoint_records_its_format_version_and_checksums(tmp_path):
     meta = ck.read_meta(1)
     assert meta["format"] == checkpoint.FORMAT == 2 and meta["step"] == 1
     assert meta["written_by"]["package"] == alexnet_jax.__version__
-    assert meta["checksums"]["state"] == checkpoint.checksums(_state(1))
-    assert meta["checksums"]["schedule"] == checkpoint.json_checksum({"lr": 0.1})
+    assert meta["checksums"]["state"] == integrity.checksums(_state(1))
+    assert meta["checksums"]["schedule"] == integrity.json_checksum({"lr": 0.1})
     ck.close()
 
 

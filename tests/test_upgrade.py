@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint
+from alexnet_jax import checkpoint, integrity
 from experiments import old_run_fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_a_run_of_an_earlier_version_resumes_and_ends_as_that_version_ends_it(tm
     assert step == expected["final_step"] == 12
     digests = {
         k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()
-        for k, v in checkpoint.leaf_paths(params).items()
+        for k, v in integrity.leaf_paths(params).items()
     }
     assert digests == expected["params_sha256"]
     assert lines[-1] == expected["final_line"]

@@ -8,7 +8,7 @@ import subprocess
 import ml_collections
 import pytest
 
-from alexnet_jax import workdir
+from alexnet_jax import migrations, workdir
 
 
 def test_lock_refuses_a_second_holder_and_is_removed_on_exit(tmp_path):
@@ -107,7 +107,7 @@ def test_a_run_recorded_before_a_field_existed_resumes_at_the_old_behaviour(tmp_
     from configs import alexnet
 
     old = json.loads(alexnet.get_config().to_json_best_effort())
-    for key in workdir.ADDED_FIELDS:
+    for key in migrations.ADDED_FIELDS:
         *sections, field = key.split(".")
         parent = old
         for section in sections:
@@ -130,7 +130,7 @@ def test_a_cifar_run_recorded_before_alexnet_switches_existed_takes_their_unused
     from configs import default
 
     old = json.loads(default.get_config().to_json_best_effort())
-    for key in set(workdir.ADDED_FIELDS) - {"test_split"}:  # the default has a test split
+    for key in set(migrations.ADDED_FIELDS) - {"test_split"}:  # the default has a test split
         *sections, field = key.split(".")
         parent = old
         for section in sections:
@@ -141,7 +141,7 @@ def test_a_cifar_run_recorded_before_alexnet_switches_existed_takes_their_unused
     recorded = workdir.recorded_config(str(tmp_path))
     assert recorded["model.dropout_scaling"] == "test_time"  # ALEXNET_ONLY's unused value
     assert recorded["model.lrn_kind"] == "cross_map" and recorded["model.init_std"] == []
-    assert workdir.added_field_value("model.dropout_scaling", {"model.name": "alexnet"}) == (
+    assert migrations.added_field_value("model.dropout_scaling", {"model.name": "alexnet"}) == (
         "inverted"
     )
     # A real change is still refused.
