@@ -86,11 +86,12 @@ def _check_model(config: Any, run: str) -> None:
         raise EvaluationError(f"--workdir={run} has no config.json: is it a training run?")
     recorded = workdir_lib.recorded_config(run)
     ours = _flat_model(config)
-    diff = {
-        k: (recorded.get(k, "<absent>"), v)
-        for k, v in ours.items()
-        if recorded.get(k, "<absent>") != v and k not in _SPEED_ONLY
-    }
+    # Only this code's model fields count (a recorded field it no longer has is no other
+    # network), listed in the config's order.
+    found = workdir_lib.config_differences(
+        {k: recorded[k] for k in ours if k in recorded}, ours, ignore=_SPEED_ONLY
+    )
+    diff = {k: found[k] for k in ours if k in found}
     if recorded.get("image_size", config.image_size) != config.image_size:
         diff["image_size"] = (recorded["image_size"], config.image_size)
     if diff:

@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import subprocess
+from collections.abc import Sequence
 from typing import Any
 
 from alexnet_jax import migrations
@@ -185,6 +186,28 @@ def flat_config(config: Any) -> dict[str, Any]:
     return flat(data, "")
 
 
+ABSENT = "<absent>"  # how a field one side lacks reads in `config_differences`
+
+
+def matches(key: str, fields: Sequence[str]) -> bool:
+    """Whether the flat field `key` is one of `fields` (a name ending in '.' names a section:
+    every field under it)."""
+    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in fields)
+
+
+def config_differences(
+    old: dict[str, Any], new: dict[str, Any], ignore: Sequence[str] = ()
+) -> dict[str, tuple[Any, Any]]:
+    """{field: (old value, new value)} of two flat configs (`flat_config`), in sorted order, of
+    the fields that differ, a field one side lacks read as `ABSENT`; the fields `ignore` names
+    (as `matches` reads them) are left out."""
+    return {
+        key: (old.get(key, ABSENT), new.get(key, ABSENT))
+        for key in sorted(set(old) | set(new))
+        if old.get(key, ABSENT) != new.get(key, ABSENT) and not matches(key, ignore)
+    }
+
+
 def config_changes(config: Any, workdir: str) -> tuple[dict, dict]:
     """Differences between `config` and the workdir's config.json.
 
@@ -196,13 +219,10 @@ def config_changes(config: Any, workdir: str) -> tuple[dict, dict]:
         return {}, {}
     old, filled = migrations.fill_added_fields(flat_config(read_record(workdir)[0]))
     new = flat_config(config)
-    allowed, refused = {}, {}
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-        if a == b or (key in filled and key not in new):
-            continue
-        may = any(key == f or (f.endswith(".") and key.startswith(f)) for f in MAY_CHANGE_ON_RESUME)
-        (allowed if may else refused)[key] = (a, b)
+    # A field filled in for the old record that this config lacks is no change.
+    changed = config_differences(old, new, ignore=[k for k in filled if k not in new])
+    allowed = {k: v for k, v in changed.items() if matches(k, MAY_CHANGE_ON_RESUME)}
+    refused = {k: v for k, v in changed.items() if k not in allowed}
     return allowed, refused
 
 
