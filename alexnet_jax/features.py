@@ -61,7 +61,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import (
+    architecture,
     augment,
+    cifar_nets,
     evaluate,
     input_pipeline,
     models,
@@ -166,7 +168,7 @@ def _describe_alexnet(config: Any) -> tuple[dict[str, str], dict[str, str]]:
     act, rate = m.activation, m.dropout_rate
     norm = "LRN" if m.lrn_kind == "cross_map" else "within-map normalization"
     keys, names = {}, {}
-    for layer in models.model_layers(m):
+    for layer in architecture.model_layers(m):
         name, n = layer.name, layer.name[-1]
         if layer.removed:  # model.remove_conv: only its pooling is computed, on its input
             if layer.pool:
@@ -242,7 +244,7 @@ def _describe_cifar(config: Any) -> tuple[dict[str, str], dict[str, str]]:
     m = config.model
     act = m.activation
     keys, names = {}, {}
-    for spec in models.CIFAR_NETS[m.name]:
+    for spec in cifar_nets.CIFAR_NETS[m.name]:
         name = spec.name
         if spec.kind == "fc":
             keys["logits"] = f"{name}'s output, the logits before the softmax"

@@ -42,17 +42,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from alexnet_jax.config_checks import check_choice
+
 UPDATE_RULES = ("paper", "optax")
 WEIGHT_DECAY_ON = ("all", "weights")
 SCHEDULES = ("plateau", "step", "constant", "cosine", "manual")
-
-
-def _check_choice(field: str, value: Any, allowed: Sequence[str]) -> None:
-    """Raises a ValueError naming the config field and its allowed values."""
-    if value not in allowed:
-        raise ValueError(
-            f"config.optimizer.{field} must be one of {tuple(allowed)}, got {value!r}."
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,7 +285,7 @@ def learning_rate_schedule(
       ValueError: for an unknown schedule name or settings it cannot use.
     """
     c = optimizer_config
-    _check_choice("schedule", c.schedule, SCHEDULES)
+    check_choice("config.optimizer.schedule", c.schedule, SCHEDULES)
     lr0 = float(c.learning_rate)
     if c.schedule == "step":
         if steps_per_epoch < 1:
@@ -332,8 +326,10 @@ def create_optimizer(
     Raises:
       ValueError: if a name is not one of the allowed ones, or the schedule cannot be built.
     """
-    _check_choice("update_rule", optimizer_config.update_rule, UPDATE_RULES)
-    _check_choice("weight_decay_on", optimizer_config.weight_decay_on, WEIGHT_DECAY_ON)
+    check_choice("config.optimizer.update_rule", optimizer_config.update_rule, UPDATE_RULES)
+    check_choice(
+        "config.optimizer.weight_decay_on", optimizer_config.weight_decay_on, WEIGHT_DECAY_ON
+    )
     bias_rate, multipliers = parameter_rates(optimizer_config, steps_per_epoch)
     factory = paper_sgd if optimizer_config.update_rule == "paper" else optax_sgd
     # The paper decays every parameter (§5); Caffe's bvlc_alexnet sets decay_mult 0 on biases.

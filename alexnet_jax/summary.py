@@ -17,7 +17,7 @@ import numpy as np
 from absl import app
 from ml_collections import config_flags
 
-from alexnet_jax import models
+from alexnet_jax import architecture, models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +46,7 @@ def layer_table(config: Any) -> list[Row]:
     params, inter = jax.eval_shape(run)
     outputs = {name.removesuffix("_out"): v[0].shape[1:] for name, v in inter.items()}
     alexnet = config.model.name == "alexnet"
-    layers = models.model_layers(config.model) if alexnet else ()
+    layers = architecture.model_layers(config.model) if alexnet else ()
     sees = {layer.name: layer.sees for layer in layers}
     removed = {layer.name: layer for layer in layers if layer.removed}
     order = [layer.name for layer in layers] if alexnet else list(params)
@@ -154,7 +154,7 @@ def describe(config: Any) -> str:
     if name == "alexnet" and m.towers == 1:
         what += f" ({m.get('one_tower_kernels', 'half')} kernels)"
     if name == "alexnet":
-        before, after = models.conv1_pads(config.image_size, m.conv1_padding)
+        before, after = architecture.conv1_pads(config.image_size, m.conv1_padding)
         if m.conv1_padding == -1:
             rule = (
                 f"conv1 output rounded up as in cuda-convnet2 ({after} zero pixels past the "

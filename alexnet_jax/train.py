@@ -29,6 +29,7 @@ from tqdm import tqdm
 from alexnet_jax import (
     augment,
     checkpoint,
+    config_checks,
     input_pipeline,
     metrics,
     models,
@@ -81,10 +82,14 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
             problems.append(str(e))
             return None
 
-    check(lambda: models.create_model(config.model))
+    check(lambda: config_checks.check_model(config.model))
     if config.model.name == "alexnet":
         m = config.model
-        check(lambda: models.check_image_size(config.image_size, m.pool_window, m.conv1_padding))
+        check(
+            lambda: config_checks.check_image_size(
+                config.image_size, m.pool_window, m.conv1_padding
+            )
+        )
     if config.image_size > config.resize_size:
         problems.append(
             f"image_size={config.image_size} is larger than resize_size={config.resize_size}: "
@@ -107,7 +112,7 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
         problems.append(
             f"batch_size={config.batch_size} is not divisible by the {num_processes} processes."
         )
-    problems += _split_problems(config)
+    problems += config_checks.split_problems(config)
     problems += transfer.check_init_from(config)
     check(lambda: optim.create_optimizer(config.optimizer))
     check(
@@ -130,43 +135,6 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
     if problems:  # once each: two checks may read the same bad field
         problems = list(dict.fromkeys(problems))
         raise ValueError("Invalid config:\n  - " + "\n  - ".join(problems))
-
-
-def _split_problems(config: Any) -> list[str]:
-    """What is wrong with the roles of the splits: nothing may be chosen on the test split.
-
-    The evaluations during training (`eval_split`) drive the plateau schedule (§5: "divide the
-    learning rate by 10 when the validation error rate stopped improving"), so they must not
-    read the test split; the test split (`test_split`) is evaluated once, at the end.
-    """
-    problems = []
-    for field in ("train_split", "eval_split", "test_split"):
-        if field == "test_split" and not config.test_split:
-            continue
-        try:
-            sources.parse_split(config[field])
-        except ValueError as e:
-            problems.append(f"{field}: {e}")
-    try:
-        eval_base = sources.parse_split(config.eval_split)[0]
-    except ValueError:
-        eval_base = config.eval_split  # reported above
-    if config.optimizer.schedule == "plateau" and (
-        eval_base == "test" or (config.test_split and config.eval_split == config.test_split)
-    ):
-        problems.append(
-            f"optimizer.schedule='plateau' drops the learning rate when the evaluations on "
-            f"eval_split={config.eval_split!r} stop improving, so the test split would choose "
-            "the schedule; evaluate on a validation split held out of the training data "
-            "(e.g. train_split='train[:80%]', eval_split='train[80%:]') and report the test "
-            "split once at the end with test_split='test'."
-        )
-    if config.test_split and config.test_split == config.train_split:
-        problems.append(
-            f"test_split={config.test_split!r} is the training split; use a split the run "
-            "does not train on."
-        )
-    return problems
 
 
 def _check_split_overlap(config: Any, train_source, eval_source, test_source) -> None:

@@ -48,10 +48,10 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax import models
+from alexnet_jax import architecture
 
 FORMATS = ("caffe_npy", "torchvision")
-_LAYERS = tuple(layer.name for layer in models.ALEXNET_LAYERS)
+_LAYERS = tuple(layer.name for layer in architecture.ALEXNET_LAYERS)
 # torchvision.models.alexnet's module indices: features.{0,3,6,8,10} are conv1..conv5,
 # classifier.{1,4,6} are fc6..fc8.
 TORCHVISION_KEYS = {
@@ -84,12 +84,12 @@ def sha256(path: str) -> str:
 def _expected(model_config: Any, image_size: int) -> dict[str, tuple[tuple[int, ...], int]]:
     """{layer: (the whole layer's kernel shape in H, W, in, out / in, out order, towers)}."""
     m = model_config
-    widths = models.tower_widths(
+    widths = architecture.tower_widths(
         m.towers, m.num_classes, m.one_tower_kernels, m.get("extra_conv", 0)
     )
-    pool5 = models.spatial_sizes(image_size, m.pool_window, m.conv1_padding)["pool5"]
+    pool5 = architecture.spatial_sizes(image_size, m.pool_window, m.conv1_padding)["pool5"]
     out, previous = {}, 3
-    for layer in models.model_layers(m):
+    for layer in architecture.model_layers(m):
         if layer.removed:  # model.remove_conv: the next layer reads what this one read
             continue
         total = widths[layer.name] * m.towers
@@ -109,9 +109,9 @@ def _split(name: str, kernel: np.ndarray, bias: np.ndarray, model_config: Any) -
     """A whole layer (kernel ..., out), bias (out,) as the towers' parameters (leading axis)."""
     m = model_config
     towers = m.towers
-    per = models.tower_widths(towers, m.num_classes, m.one_tower_kernels, m.get("extra_conv", 0))[
-        name
-    ]
+    per = architecture.tower_widths(
+        towers, m.num_classes, m.one_tower_kernels, m.get("extra_conv", 0)
+    )[name]
     total = kernel.shape[-1]
     if name == "fc8" and per * towers != total:  # an odd class count: the last tower is padded
         pad = per * towers - total
@@ -429,7 +429,9 @@ def torchvision_params(path: str, model_config: Any, image_size: int, exclude=()
     read nor checked."""
     state = _read_state_dict(path)
     expected = _expected(model_config, image_size)
-    pool5 = models.spatial_sizes(image_size, model_config.pool_window, model_config.conv1_padding)
+    pool5 = architecture.spatial_sizes(
+        image_size, model_config.pool_window, model_config.conv1_padding
+    )
     side = pool5["pool5"]
     params = {}
     for name in expected:

@@ -246,11 +246,11 @@ def torch_steps(
 
 def lrn_shapes(config: Any, batch: int) -> dict[str, tuple[int, int, int, int]]:
     """NHWC shapes of the activations LRN normalizes in AlexNet: conv1's and conv2's outputs."""
-    from alexnet_jax import models
+    from alexnet_jax import architecture
 
     m = config.model
-    sizes = models.spatial_sizes(config.image_size, m.pool_window)
-    widths = models.tower_widths(m.towers, m.num_classes, m.one_tower_kernels)
+    sizes = architecture.spatial_sizes(config.image_size, m.pool_window)
+    widths = architecture.tower_widths(m.towers, m.num_classes, m.one_tower_kernels)
     return {n: (batch, sizes[n], sizes[n], widths[n] * m.towers) for n in ("conv1", "conv2")}
 
 
@@ -403,10 +403,10 @@ def run(args: argparse.Namespace, argv: Sequence[str], out: Any = None) -> dict[
       The results (see the module docstring); PyTorch's entries are None with --skip-torch, and
       everything but LRN is None with --lrn-only.
     """
-    from alexnet_jax import models
+    from alexnet_jax import config_checks
 
     config = benchmark_config(args.image_size, args.dtype, args.kernels)
-    models.check_image_size(args.image_size, config.model.pool_window)
+    config_checks.check_image_size(args.image_size, config.model.pool_window)
     r: dict[str, Any] = environment(args, argv)
     print(format_header(r), file=out or sys.stdout, flush=True)
     r.update(dict.fromkeys(MODEL_KEYS))  # None unless measure_models fills them in.

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from alexnet_jax import features, input_pipeline, models
+from alexnet_jax import cifar_nets, features, input_pipeline
 from experiments import common
 
 # Queries are converted to float64 for the distance products this many bytes at a time.
@@ -50,7 +50,7 @@ def feature_layer(config) -> str:
     """fc7 for AlexNet; for a CIFAR net the output feeding its final layer."""
     if config.model.name == "alexnet":
         return "fc7_out"
-    last = models.CIFAR_NETS[config.model.name][-2]
+    last = cifar_nets.CIFAR_NETS[config.model.name][-2]
     return f"pool{last.name[-1]}_out" if last.pool else f"{last.name}_out"
 
 

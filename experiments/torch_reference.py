@@ -2,7 +2,7 @@
 
 One module that the benchmarks (`experiments/benchmark.py`, `experiments/lrn_benchmark.py`) and
 the tests (`tests/test_benchmark.py`, `tests/test_lrn.py`) share: `torch_alexnet` builds the
-layers from `models.ALEXNET_LAYERS`, `copy_jax_params` puts our parameters in, and
+layers from `architecture.ALEXNET_LAYERS`, `copy_jax_params` puts our parameters in, and
 `torch_logits` runs it, so an identity check can compare the two frameworks' logits.
 
 PyTorch is optional (`pip install -r requirements-bench.txt`): it is imported inside functions.
@@ -36,7 +36,7 @@ def torch_lrn_per_tower(norm: torch.nn.Module, x: torch.Tensor, towers: int) -> 
 
 
 def torch_alexnet(model_config: Any, image_size: int) -> torch.nn.Module:
-    """Our AlexNet in PyTorch, NCHW, built from the same layer table (`models.ALEXNET_LAYERS`).
+    """Our AlexNet in PyTorch, NCHW, built from our layer table (`architecture.ALEXNET_LAYERS`).
 
     With the paper's config: conv1 3->96 k11 s4; conv2 96->256 k5 p2 groups=2; conv3 256->384
     k3 p1; conv4 384->384 k3 p1 groups=2; conv5 384->256 k3 p1 groups=2; fc6 9216->4096; fc7
@@ -49,7 +49,7 @@ def torch_alexnet(model_config: Any, image_size: int) -> torch.nn.Module:
     import torch.nn.functional as F
     from torch import nn
 
-    from alexnet_jax import models
+    from alexnet_jax import architecture
 
     m = model_config
     if m.name != "alexnet" or m.activation != "relu":
@@ -65,16 +65,16 @@ def torch_alexnet(model_config: Any, image_size: int) -> torch.nn.Module:
             "conv1_padding=-1."
         )
     towers = m.towers
-    widths = models.tower_widths(towers, m.num_classes, m.one_tower_kernels)
-    pool5 = models.spatial_sizes(image_size, m.pool_window)["pool5"]
-    pad = models.conv1_padding(image_size)
+    widths = architecture.tower_widths(towers, m.num_classes, m.one_tower_kernels)
+    pool5 = architecture.spatial_sizes(image_size, m.pool_window)["pool5"]
+    pad = architecture.conv1_padding(image_size)
 
     class TorchAlexNet(nn.Module):
         def __init__(self):
             super().__init__()
             self.layers = nn.ModuleDict()
             features = 3
-            for layer in models.ALEXNET_LAYERS:
+            for layer in architecture.ALEXNET_LAYERS:
                 out = widths[layer.name] * towers
                 if layer.is_conv:
                     groups = towers if layer.sees == "own" else 1
@@ -89,9 +89,9 @@ def torch_alexnet(model_config: Any, image_size: int) -> torch.nn.Module:
             self.lrn = torch_lrn_module(m)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if pad:  # cuda-convnet's rounding for 224 inputs, as in models.conv1_padding.
+            if pad:  # cuda-convnet's rounding for 224 inputs, as in architecture.conv1_padding.
                 x = F.pad(x, (0, pad, 0, pad))
-            for layer in models.ALEXNET_LAYERS:
+            for layer in architecture.ALEXNET_LAYERS:
                 x = self.layers[layer.name](x if layer.is_conv else torch.flatten(x, 1))
                 if layer.name == "fc8":
                     return x[:, : m.num_classes]
@@ -119,10 +119,10 @@ def copy_jax_params(params: Any, torch_model: torch.nn.Module, image_size: int) 
     """
     import torch
 
-    from alexnet_jax import models
+    from alexnet_jax import architecture
 
     first_fc = True
-    for layer in models.ALEXNET_LAYERS:
+    for layer in architecture.ALEXNET_LAYERS:
         kernel = np.asarray(params[layer.name]["kernel"], np.float32)
         bias = np.asarray(params[layer.name]["bias"], np.float32).reshape(-1)
         if layer.is_conv:
@@ -130,7 +130,7 @@ def copy_jax_params(params: Any, torch_model: torch.nn.Module, image_size: int) 
         else:
             w = np.moveaxis(kernel, 0, 1).reshape(kernel.shape[1], -1)  # (in, out), as ours.
             if first_fc:
-                side = models.spatial_sizes(image_size)["pool5"]
+                side = architecture.spatial_sizes(image_size)["pool5"]
                 w = w.reshape(side, side, -1, w.shape[-1]).transpose(2, 0, 1, 3)
                 w = w.reshape(-1, w.shape[-1])
                 first_fc = False

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import models, parallel
+from alexnet_jax import architecture, models, parallel
 from tests.helpers import digit_images, mean_cross_entropy, model_config, rel_err
 
 
@@ -61,8 +61,8 @@ def test_output_shapes_55_27_27_13_13_13_13_6(size, towers):
 
 
 def test_224_uses_cuda_convnet_rounding_and_227_needs_none():
-    assert models.conv1_padding(224) == 3  # (55 - 1) * 4 + 11 = 227 = 224 + 3
-    assert models.conv1_padding(227) == 0
+    assert architecture.conv1_padding(224) == 3  # (55 - 1) * 4 + 11 = 227 = 224 + 3
+    assert architecture.conv1_padding(227) == 0
 
 
 def test_tower_parameters_carry_a_leading_tower_axis():

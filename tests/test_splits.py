@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from alexnet_jax import input_pipeline, sources, train
+from alexnet_jax import config_checks, input_pipeline, sources, train
 from configs import alexnet as alexnet_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_no_shipped_config_chooses_on_the_test_split(path):
             sources.parse_split(config.train_split)[0],
             eval_base,
         )
-    assert train._split_problems(config) == []
+    assert config_checks.split_problems(config) == []
 
 
 @pytest.mark.parametrize("name", ["default.py", "cifar10_fig1.py", "cifar10_lrn.py"])
@@ -84,7 +84,7 @@ def test_plateau_on_the_test_split_is_refused():
     with pytest.raises(ValueError, match="test split would choose the schedule"):
         train.check_config(config, num_devices=1)
     config.optimizer.schedule = "constant"  # Reporting only: allowed.
-    assert train._split_problems(config) == []
+    assert config_checks.split_problems(config) == []
     config = _digits(eval_split="train[80%:]", test_split="train[80%:]")
     with pytest.raises(ValueError, match="test split would choose"):
         train.check_config(config, num_devices=1)
@@ -163,6 +163,6 @@ def test_the_experiment_scripts_configs_do_not_choose_on_the_test_split():
         ablations.base_config("alexnet", "digits", "", {"model.name": "cifar_lrn"}),
     ]
     for config in derived:
-        assert train._split_problems(config) == []
+        assert config_checks.split_problems(config) == []
         assert sources.parse_split(config.eval_split)[0] != "test"
         assert config.test_split in ("", "test")

@@ -31,7 +31,7 @@ import optax
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from alexnet_jax import augment, models, optim
+from alexnet_jax import architecture, augment, cifar_nets, config_checks, models, optim
 from configs import alexnet as alexnet_config
 from configs import cifar10_fig1, cifar10_lrn
 from configs.ablations import one_tower
@@ -459,7 +459,7 @@ def _check_norm_field(network, **switch):
     default = net_config(network).model
     if "lrn_kind" in switch:  # compared with the other kind at the same constants
         default = mc.copy_and_resolve_references()
-        default.lrn_kind = next(k for k in models.LRN_KINDS if k != switch["lrn_kind"])
+        default.lrn_kind = next(k for k in config_checks.LRN_KINDS if k != switch["lrn_kind"])
     if _is_alexnet(network):
         groups = _towers(network)
         a = _alexnet_conv1(params, inter)
@@ -611,7 +611,7 @@ def check_within_map_k(network):
 
 def check_lrn_kind(network):
     # Both kinds, the network's own and the other: a net that always used one would fail.
-    for kind in models.LRN_KINDS:
+    for kind in config_checks.LRN_KINDS:
         _check_norm_field(network, lrn_kind=kind, lrn_size=3, lrn_alpha=1e-3)
 
 
@@ -631,7 +631,7 @@ def check_remove_conv(network):
     if not _is_alexnet(network):
         return refused(network, "remove_conv", ("conv3",))
     pad1 = (1, 1)
-    for name in models.MIDDLE_CONV_LAYERS:
+    for name in architecture.MIDDLE_CONV_LAYERS:
         _, params, inter, _ = run(network, remove_conv=(name,))
         assert name not in params and f"{name}_pre" not in inter, name
         if name == "conv2":  # pool2 stays on conv1's path: conv3 reads pool2(pool1(conv1))
@@ -745,7 +745,7 @@ def check_dropout_rate(network):
 def check_dropout_scaling(network):
     if not _is_alexnet(network):
         return refused(network, "dropout_scaling", "inverted")
-    for scaling in models.DROPOUT_SCALINGS:
+    for scaling in config_checks.DROPOUT_SCALINGS:
         _check_dropout(network, scaling, 0.5)
     with pytest.raises(ValueError, match="model.dropout_scaling"):
         models.create_model(net_config(network, dropout_scaling="none").model)
@@ -760,7 +760,7 @@ def check_num_classes(network):
             assert full.shape[-1] == per_tower * _towers(network)
             want = full[:, :n]  # an odd count drops the spare logit of the last tower
         else:
-            last = models.CIFAR_NETS[network][-2]  # the layer before fc10
+            last = cifar_nets.CIFAR_NETS[network][-2]  # the layer before fc10
             features = inter[f"pool{last.name[-1]}_out" if last.pool else f"{last.name}_out"]
             want = features.reshape(2, -1) @ params["fc10"]["kernel"] + params["fc10"]["bias"]
         assert logits.shape == (2, n)
@@ -784,7 +784,7 @@ def check_init(network):
                 bias = {"paper": 1.0, "caffe": 0.1, "lecun": 0.0}[init] if name in ones else 0.0
                 np.testing.assert_array_equal(p["bias"], np.float32(bias))
         return
-    layers = models.CIFAR_NETS[network]
+    layers = cifar_nets.CIFAR_NETS[network]
     params = _params(network, _shape_key(network, {"init": "paper"}))
     for spec in layers:
         std_ok(params[spec.name]["kernel"], spec.init_std)
@@ -792,7 +792,7 @@ def check_init(network):
     for spec in layers:
         kernel = params[spec.name]["kernel"]
         # Fan-in: k*k*in for a conv, in for fc10; for a local layer, (out_h, out_w, k*k*in,
-        # features), Flax's lecun_normal counts the positions too (models.CifarNet says so).
+        # features), Flax's lecun_normal counts the positions too (cifar_nets.CifarNet says so).
         fan_in = math.prod(kernel.shape[:-1])
         std_ok(kernel, 1 / math.sqrt(fan_in))
     refused(network, "init", "caffe")

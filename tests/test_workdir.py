@@ -124,7 +124,7 @@ def test_a_run_recorded_before_a_field_existed_resumes_at_the_old_behaviour(tmp_
 
 
 def test_a_cifar_run_recorded_before_alexnet_switches_existed_takes_their_unused_values(tmp_path):
-    """The CIFAR nets do not have AlexNet's switches (models.ALEXNET_ONLY): a record from before
+    """The CIFAR nets lack AlexNet's switches (config_checks.ALEXNET_ONLY): a record from before
     one existed is read with the value that means "not used" there, the only one check_config
     accepts (model.dropout_scaling: 'test_time', not ADDED_FIELDS' 'inverted' for AlexNet)."""
     from configs import default
