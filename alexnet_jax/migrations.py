@@ -70,10 +70,11 @@ def added_field_value(field: str, recorded: dict[str, Any]) -> Any:
     then (`ADDED_FIELDS`), for the network the run recorded: an AlexNet switch that a CIFAR net
     does not have takes the value that means "not used" there, the only one it accepts."""
     if field.startswith("model.") and recorded.get("model.name", "alexnet") != "alexnet":
-        # Imported here, not at the top: models imports JAX, and this module must not (above).
-        from alexnet_jax import models
+        # Imported here, not at the top: config_checks imports JAX, and this module must not
+        # (above).
+        from alexnet_jax import config_checks
 
-        unused = models.ALEXNET_ONLY.get(field.removeprefix("model."), ADDED_FIELDS[field])
+        unused = config_checks.ALEXNET_ONLY.get(field.removeprefix("model."), ADDED_FIELDS[field])
         return list(unused) if isinstance(unused, tuple) else unused
     return ADDED_FIELDS[field]
 
