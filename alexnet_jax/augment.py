@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax.errors import first_line
+
 MEAN_MODES = ("image", "channel", "fixed", "none")
 MEAN_IMAGE_MODES = ("image", "channel")  # the modes that subtract (part of) a mean image
 
@@ -51,11 +53,6 @@ _STATS_SUBCHUNK = 64
 
 
 _STATS_NAMES = ("mean_image", "pca_eigvals", "pca_eigvecs")  # the arrays of a DataStats .npz
-
-
-def _first_line(e: BaseException) -> str:
-    """An exception as one line, for a message about a file numpy could not read."""
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 @jax.tree_util.register_dataclass
@@ -116,8 +113,8 @@ class DataStats:
                 raise ValueError(f"arrays of shapes {[a.shape for a in stats.values()]}")
         except Exception as e:  # zip, zlib, header and size errors, a missing array
             raise ValueError(
-                f"{path} is not a statistics cache written by DataStats.save ({_first_line(e)}); "
-                "delete it and it is computed again."
+                f"{path} is not a statistics cache written by DataStats.save "
+                f"({first_line(e, with_type=False)}); delete it and it is computed again."
             ) from None
         return cls(**stats)
 
@@ -332,7 +329,7 @@ def load_mean_file(path: str, layout: str, size: int) -> np.ndarray:
         except Exception as e:  # header and size errors, MemoryError for a huge shape
             raise ValueError(
                 f"augment.mean_file={path!r} is not a .npy array or a .binaryproto blob "
-                f"({_first_line(e)})."
+                f"({first_line(e, with_type=False)})."
             ) from None
     mean = np.asarray(mean, np.float32)
     if layout == "caffe":

@@ -73,6 +73,7 @@ from alexnet_jax import (
 )
 from alexnet_jax import weights as weights_lib
 from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.errors import first_line
 
 PATCHES = ("centre", "ten")
 FILE_FORMATS = ("auto", "shards", "npz")
@@ -87,11 +88,6 @@ RECORD_VERSION = 1
 
 class FeaturesError(ValueError):
     """Features that cannot be extracted or read as asked (the message says why)."""
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 # --- Parameters ---------------------------------------------------------------------------
@@ -728,7 +724,7 @@ def read_record(out: str) -> dict[str, Any]:
             "writes one), or its extraction did not finish."
         ) from None
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
-        raise FeaturesError(f"{path} cannot be read ({_first_line(e)}); extract again.") from None
+        raise FeaturesError(f"{path} cannot be read ({first_line(e)}); extract again.") from None
     if not isinstance(record, dict) or not isinstance(record.get("layers"), list):
         raise FeaturesError(f"{path} is not a features record (no list of layers).")
     return record
@@ -746,7 +742,7 @@ def _load_array(path: str, shape: tuple[int, ...], dtype: str, z: Any = None, ke
         raise FeaturesError(f"{where} is missing; extract the features again.") from None
     except Exception as e:  # truncated, not an .npy, a bad zip: whatever numpy met
         raise FeaturesError(
-            f"{where} cannot be read ({_first_line(e)}): damaged; extract the features again."
+            f"{where} cannot be read ({first_line(e)}): damaged; extract the features again."
         ) from None
     if array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
         raise FeaturesError(
@@ -778,7 +774,7 @@ def load_features(out: str, layer: str) -> tuple[np.ndarray, np.ndarray, dict[st
                 raise FeaturesError(f"{path} is missing; extract the features again.") from None
             except Exception as e:
                 raise FeaturesError(
-                    f"{path} cannot be read ({_first_line(e)}): damaged; extract again."
+                    f"{path} cannot be read ({first_line(e)}): damaged; extract again."
                 ) from None
             with z:
                 x = np.array(_load_array(path, (n, dim), "float32", z, layer))

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_jax import architecture
+from alexnet_jax.errors import first_line
 
 FORMATS = ("caffe_npy", "torchvision")
 _LAYERS = tuple(layer.name for layer in architecture.ALEXNET_LAYERS)
@@ -289,12 +290,6 @@ def _refused(path: str, name: str, what: str, loads: str) -> WeightsError:
     )
 
 
-def _first_line(e: BaseException) -> str:
-    """'Type: the first line of the message' (torch's and numpy's messages run to paragraphs)."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-
-
 def _read_caffe_npy(path: str) -> dict:
     """The dict of a caffe-tensorflow .npy, read with `_ArrayUnpickler` (nothing runs)."""
     fmt = "caffe-tensorflow .npy (a pickled dict of {layer: [weights, biases]})"
@@ -321,7 +316,7 @@ def _read_caffe_npy(path: str) -> dict:
         raise _refused(path, e.name, "a bvlc_alexnet.npy", loads) from None
     except Exception as e:  # any damage: the unpickler raises what the bytes lead it to
         raise WeightsError(
-            f"{path} cannot be read as a {fmt}: {_first_line(e)}. Is the file complete?"
+            f"{path} cannot be read as a {fmt}: {first_line(e)}. Is the file complete?"
         ) from None
     if isinstance(data, np.ndarray) and data.dtype == object and data.size == 1:
         data = data.item()
@@ -394,7 +389,7 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
         except Exception as e:  # zip, zlib, header and size errors, MemoryError for a huge shape
             raise WeightsError(
                 f"{path} cannot be read as an .npz of a torchvision state dict: "
-                f"{_first_line(e)}. Is the file complete?"
+                f"{first_line(e)}. Is the file complete?"
             ) from None
     try:
         import torch
@@ -413,8 +408,7 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
             loads = "tensors and plain containers, by torch.load(weights_only=True)"
             raise _refused(path, refused[1], "a torchvision state dict", loads) from None
         raise WeightsError(
-            f"{path} cannot be read as a PyTorch state dict: {_first_line(e)}. Is the file "
-            "complete?"
+            f"{path} cannot be read as a PyTorch state dict: {first_line(e)}. Is the file complete?"
         ) from None
     if hasattr(state, "state_dict"):
         state = state.state_dict()

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_jax import features
+from alexnet_jax.errors import first_line
 from experiments import common
 
 SMALL = " Top-5 error is 0 by definition with 5 classes or fewer."
@@ -275,12 +276,8 @@ def _load_config(path: str, overrides: list[str]) -> Any:
     try:
         holder(argv)
     except flags.Error as e:
-        raise ProbeError(_first_line(e)) from None
+        raise ProbeError(first_line(e, with_type=False)) from None
     return holder.config
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _touches_test(event: dict[str, Any], result: dict[str, Any]) -> bool:
@@ -310,7 +307,8 @@ def compare(folders: list[str], command: str) -> str:
             with open(os.path.join(folder, "results.json")) as f:
                 results.append(json.load(f))
         except (OSError, ValueError) as e:
-            raise ProbeError(f"{folder}: no probe results ({_first_line(e)}).") from None
+            line = first_line(e, with_type=False)
+            raise ProbeError(f"{folder}: no probe results ({line}).") from None
     layers = list(dict.fromkeys(r["layer"] for result in results for r in result["layers"]))
     rows = []
     for layer in layers:
