@@ -32,7 +32,6 @@ deviations sqrt(l_i) instead, which gives a shift of about 12 pixel units whatev
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -41,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import caffe_files
 from alexnet_jax.errors import first_line
 
 MEAN_MODES = ("image", "channel", "fixed", "none")
@@ -216,86 +216,6 @@ def divide_std(x: jax.Array, std: Any) -> jax.Array:
 MEAN_FILE_LAYOUTS = ("caffe", "hwc_rgb")
 
 
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if at >= len(data):
-            raise ValueError("ends inside a varint")
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
-
-
-def _fields(data: bytes):
-    """(field number, wire type, value) of a protobuf message: ints for varints, bytes for
-    length-delimited and fixed-width fields."""
-    at = 0
-    while at < len(data):
-        key, at = _varint(data, at)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, at = _varint(data, at)
-        elif wire in (1, 5):
-            width = 8 if wire == 1 else 4
-            value, at = data[at : at + width], at + width
-        elif wire == 2:
-            length, at = _varint(data, at)
-            value, at = data[at : at + length], at + length
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if at > len(data):
-            raise ValueError("is truncated")
-        yield number, wire, value
-
-
-def read_binaryproto(path: str) -> np.ndarray:
-    """The array of a Caffe `BlobProto` file (e.g. imagenet_mean.binaryproto), float32 in its
-    (num, channels, height, width) or `shape` order. Parsed from the wire format, so neither
-    Caffe nor its generated protobuf module is needed.
-
-    Raises:
-      ValueError: not a BlobProto with data (the message names the file).
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    legacy, dims, values = {}, [], []
-    try:
-        for number, wire, value in _fields(data):
-            if number in (1, 2, 3, 4) and wire == 0:  # num, channels, height, width
-                legacy[number] = value
-            elif number == 5 and wire in (2, 5):  # data: packed floats, or one float
-                values.append(np.frombuffer(value, "<f4"))
-            elif number == 8 and wire == 2:  # double_data, packed
-                values.append(np.frombuffer(value, "<f8").astype(np.float32))
-            elif number == 7 and wire == 2:  # shape: BlobShape { repeated int64 dim = 1 }
-                for n, w, d in _fields(value):
-                    if n == 1 and w == 0:
-                        dims.append(d)
-                    elif n == 1 and w == 2:
-                        at = 0
-                        while at < len(d):
-                            dim, at = _varint(d, at)
-                            dims.append(dim)
-    except ValueError as e:
-        raise ValueError(f"{path} is not a Caffe BlobProto file: it {e}") from None
-    flat = np.concatenate(values) if values else np.zeros(0, np.float32)
-    shape = dims or [legacy.get(i, 1) for i in (1, 2, 3, 4)]
-    if not flat.size or math.prod(shape) != flat.size:  # exact: a file's dims may overflow int64
-        raise ValueError(
-            f"{path} is not a Caffe BlobProto file with data: {flat.size} values for the "
-            f"shape {tuple(shape)}."
-        )
-    try:
-        return flat.reshape(shape)
-    except ValueError as e:  # more dimensions than numpy has
-        raise ValueError(
-            f"{path} is not a Caffe BlobProto file: {len(shape)} dims ({e})."
-        ) from None
-
-
 def load_mean_file(path: str, layout: str, size: int) -> np.ndarray:
     """The mean image of `augment.mean_file`, as float32 (size, size, 3) RGB in 0..255.
 
@@ -322,7 +242,7 @@ def load_mean_file(path: str, layout: str, size: int) -> np.ndarray:
                 f"{path}: a .binaryproto blob is in Caffe's layout; set "
                 "augment.mean_file_layout='caffe'."
             )
-        mean = read_binaryproto(path)
+        mean = caffe_files.read_binaryproto(path)
     else:
         try:
             mean = np.load(path, allow_pickle=False)  # an object array is refused, not run

@@ -275,7 +275,7 @@ def test_augment_config_is_the_paper():
 
 def _caffe_blob_class():
     """Caffe's BlobProto/BlobShape (caffe.proto) built with the protobuf library itself, so
-    the test file is written by an encoder independent of augment.read_binaryproto."""
+    the test file is written by an encoder independent of caffe_files.read_binaryproto."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     F = descriptor_pb2.FieldDescriptorProto

@@ -25,7 +25,7 @@ import pytest
 from numpy._core.multiarray import _reconstruct
 from numpy.lib import format as npy_format
 
-from alexnet_jax import augment, input_pipeline, metrics, sources, weights, workdir
+from alexnet_jax import augment, caffe_files, input_pipeline, metrics, sources, weights, workdir
 from configs import caffe_bvlc_alexnet
 from configs import default as default_config
 
@@ -172,7 +172,7 @@ def converter_dict(seed: int = 0) -> dict:
 def test_a_genuine_converter_file_loads_bit_identically(tmp_path, writer, protocol):
     want = converter_dict()
     path = object_npy(tmp_path / "bvlc_alexnet.npy", want, protocol, writer)
-    got = weights._read_caffe_npy(str(path))
+    got = caffe_files.read_caffe_npy(str(path))
     # numpy's own loader (safe here: the test wrote the file) reads the same.
     trusted = np.load(path, allow_pickle=True, encoding="latin1").item()
     assert list(got) == list(want) == list(trusted)
