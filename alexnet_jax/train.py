@@ -9,6 +9,7 @@ uninterrupted run would have.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
@@ -32,6 +34,7 @@ from alexnet_jax import (
     config_checks,
     input_pipeline,
     metrics,
+    migrations,
     models,
     optim,
     parallel,
@@ -496,32 +499,38 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     imported = None
     if config.init_from.source and not checkpoint.has_checkpoints(workdir):
         imported = transfer.load(config)
-    lock = workdir_lib.Lock(workdir, say=say)
-    refused = None
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        try:
-            lock.__enter__()
-        except workdir_lib.WorkdirError as e:
-            refused = e
-    if jax.process_count() > 1:  # every process stops if process 0 could not take the lock
-        from jax.experimental import multihost_utils
-
-        held = multihost_utils.broadcast_one_to_all(np.int32(refused is None))
-        if not int(held) and refused is None:
-            refused = workdir_lib.WorkdirError(
-                f"process 0 could not take the lock of {workdir} (another run holds it; "
-                "process 0 says which)."
-            )
-    if refused is not None:
-        raise refused
-    try:
+    with _locked(workdir):
         return _train_and_evaluate(
             config, workdir, mesh, rows, train_source, eval_source, test_source, allowed,
             imported,
         )  # fmt: skip
-    finally:
-        lock.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _locked(workdir: str) -> Iterator[None]:
+    """Holds `workdir`'s lock (`workdir.Lock`, taken by process 0) for the run.
+
+    Raises:
+      WorkdirError: on every process, when process 0 could not take the lock.
+    """
+    with contextlib.ExitStack() as held:
+        refused = None
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            try:
+                held.enter_context(workdir_lib.Lock(workdir, say=say))
+            except workdir_lib.WorkdirError as e:
+                refused = e
+        if jax.process_count() > 1:  # every process stops if process 0 could not take it
+            taken = multihost_utils.broadcast_one_to_all(np.int32(refused is None))
+            if not int(taken) and refused is None:
+                refused = workdir_lib.WorkdirError(
+                    f"process 0 could not take the lock of {workdir} (another run holds it; "
+                    "process 0 says which)."
+                )
+        if refused is not None:
+            raise refused
+        yield
 
 
 def _check_readable(source: Any, split: str, sample: int = 16) -> None:
@@ -574,9 +583,7 @@ def _train_and_evaluate(
         if restored is None and config.init_from.source:
             if imported is None:  # a step folder the restore did not count: read it now
                 imported = transfer.load(config)
-                state = create_train_state(
-                    config, mesh, tx, jax.random.key(config.seed), imported
-                )
+                state = create_train_state(config, mesh, tx, jax.random.key(config.seed), imported)
             r = imported.record
             say(
                 f"initialised from {r['source']} ({r['format']}"
@@ -597,11 +604,8 @@ def _train_and_evaluate(
             start, state, schedule_state, data_state = restored
             if plateau is not None:
                 plateau.load_state_dict(schedule_state)
-            if "iterator" in data_state:  # since the metrics window is saved with it
-                train_iter.set_state(data_state["iterator"])
-                window = data_state["window"]
-            else:
-                train_iter.set_state(data_state)
+            iterator_state, window = migrations.data_item(data_state)
+            train_iter.set_state(iterator_state)
             say(f"resumed from the checkpoint of step {start} in {checkpointer.directory}")
         run = _Run(
             config=config,
@@ -689,45 +693,39 @@ class _Run:
     def loop(
         self, state: TrainState, train_iter: Any, window: list | None = None
     ) -> dict[str, float]:
-        """Trains to `total_steps`. Metrics are fetched one step late so that dispatch stays
-        asynchronous, and always before a checkpoint is written, so a NaN is never saved.
+        """Trains from `state`'s step to `total_steps` and tests once; returns the final
+        evaluation's (and test's) metrics.
+
+        Flax's examples/imagenet loop: one step, then the decisions to log, evaluate and save.
+        Metrics are fetched one step late so that dispatch stays asynchronous, and always
+        before a checkpoint is written, so a NaN is never saved. SIGTERM (or the preemption
+        notice of a multi-process run) saves a checkpoint and stops after the current step.
 
         `window`: the per-step training metrics since the last logged event, as the checkpoint
         that the run resumed from saved them, so that event averages the same steps.
         """
-        config, step = self.config, int(state.step)
-        if step >= self.total_steps:  # a finished run started again: report, log nothing
-            done = self._logged_at(step)
-            has_test = self.test_source is None or "test_top1_error" in done
-            if "eval_top1_error" in done and has_test:
-                say(f"this run finished at step {step}; its final results (from metrics.jsonl):")
-                say(_format_eval(step, done, f"eval ({config.eval_split})"))
-                if self.test_source is not None:
-                    values = {"eval" + k.removeprefix("test"): v for k, v in done.items()
-                              if k.startswith("test")}  # fmt: skip
-                    say(_format_eval(step, values, f"TEST ({config.test_split}, reported once)"))
-                return done
+        first = int(state.step)
+        if first >= self.total_steps:
+            return self._finished(first, state)
+        config = self.config
         bar = tqdm(
             total=self.total_steps,
-            initial=step,
+            initial=first,
             unit="step",
             dynamic_ncols=True,
             disable=jax.process_index() != 0 or not config.progress_bar,
         )
         window = list(window or [])
-        pending = None
+        pending = None  # (step, its metrics, not fetched yet)
         result: dict[str, float] = {}
-        if step >= self.total_steps:
-            result = {k: v for k, v in self._logged_at(step).items() if k.startswith("eval")}
-        tick, tick_step = time.perf_counter(), step
+        tick, tick_step = time.perf_counter(), first
         with _Preemption() as preemption:
-            while step < self.total_steps:
-                batch = next(train_iter)
+            # `step`: the steps completed once this batch's update is made.
+            for step, batch in zip(range(first + 1, self.total_steps + 1), train_iter):
                 images, labels = _global_batch(
                     batch, self.mesh, ("image", "label"), config.batch_size
                 )
                 state, out = self.train_step(state, images, labels, self.stats)
-                step += 1
                 if pending is not None:
                     window.append(_checked(*pending, self.checkpointer))
                 pending = (step, out)
@@ -743,22 +741,8 @@ class _Run:
                 pending = None
                 if log_now:
                     now = time.perf_counter()
-                    summary = {
-                        k: float(np.mean([w[k] for w in window]))
-                        for k in window[0]
-                        if k != "learning_rate"
-                    }
-                    summary["learning_rate"] = lr = window[-1]["learning_rate"]  # the last step's
-                    summary["images_per_sec"] = (
-                        (step - tick_step) * config.batch_size / (now - tick)
-                    )
-                    summary["epoch"] = step / self.steps_per_epoch
-                    self.writer.write(step, summary)
-                    bar.set_postfix(
-                        loss=f"{summary['train_loss']:.3f}",
-                        lr=f"{lr:.2g}",
-                        img_s=f"{summary['images_per_sec']:.0f}",
-                    )
+                    speed = (step - tick_step) * config.batch_size / (now - tick)
+                    self._log(step, window, speed, bar)
                     window, tick, tick_step = [], now, step
                     if not save_now:  # a save due now is checked by the save itself
                         every = config.checkpoint_every_steps
@@ -774,17 +758,54 @@ class _Run:
                     say(f"SIGTERM: saved the checkpoint of step {step} and stopped.")
                     break
         bar.close()
-        if step >= self.total_steps and not result:  # a finished run started again
+        if step < self.total_steps:  # stopped early: the next run resumes from the checkpoint
+            return result
+        return self._tested(step, state, result)
+
+    def _log(self, step: int, window: list, images_per_sec: float, bar: tqdm) -> None:
+        """Writes the mean of the training metrics of `window`'s steps (the learning rate of
+        its last step) and shows them on the progress bar."""
+        summary = {
+            k: float(np.mean([w[k] for w in window])) for k in window[0] if k != "learning_rate"
+        }
+        summary["learning_rate"] = lr = window[-1]["learning_rate"]  # the last step's
+        summary["images_per_sec"] = images_per_sec
+        summary["epoch"] = step / self.steps_per_epoch
+        self.writer.write(step, summary)
+        bar.set_postfix(
+            loss=f"{summary['train_loss']:.3f}", lr=f"{lr:.2g}", img_s=f"{images_per_sec:.0f}"
+        )
+
+    def _finished(self, step: int, state: TrainState) -> dict[str, float]:
+        """A finished run started again: trains nothing and reports its final results from
+        metrics.jsonl, measuring (and logging) only what it lacks, the final evaluation or the
+        test."""
+        done = self._logged_at(step)
+        if "eval_top1_error" in done and (self.test_source is None or "test_top1_error" in done):
+            say(f"this run finished at step {step}; its final results (from metrics.jsonl):")
+            say(_format_eval(step, done, f"eval ({self.config.eval_split})"))
+            if self.test_source is not None:
+                values = {"eval" + k.removeprefix("test"): v for k, v in done.items()
+                          if k.startswith("test")}  # fmt: skip
+                say(_format_eval(step, values, f"TEST ({self.config.test_split}, reported once)"))
+            return done
+        result = {k: v for k, v in done.items() if k.startswith("eval")}
+        if not result:
             result, state = self.evaluate(step, state)
-        if step >= self.total_steps and self.test_source is not None:
-            done = self._logged_at(step)
-            if "test_top1_error" in done:  # logged before this rerun
-                return {**result, **{k: v for k, v in done.items() if k.startswith("test")}}
-            # The last checkpoint is written first: with several processes, Orbax's background
-            # commit and the test pass's computations must not run side by side.
-            self.checkpointer.wait()
-            result = {**result, **self.test(step, state.params)}
-        return result
+        return self._tested(step, state, result)
+
+    def _tested(self, step: int, state: TrainState, result: dict[str, float]) -> dict[str, float]:
+        """`result` and, with a test split, its results at the last step: those metrics.jsonl
+        already holds (the run reached that step before), else the one test pass, now."""
+        if self.test_source is None:
+            return result
+        done = self._logged_at(step)
+        if "test_top1_error" in done:  # logged before this rerun
+            return {**result, **{k: v for k, v in done.items() if k.startswith("test")}}
+        # The last checkpoint is written first: with several processes, Orbax's background
+        # commit and the test pass's computations must not run side by side.
+        self.checkpointer.wait()
+        return {**result, **self.test(step, state.params)}
 
     def test(self, step: int, params: Any) -> dict[str, float]:
         """The one evaluation on the test split, at the end: logged and printed as test_*.
