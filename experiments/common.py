@@ -138,7 +138,7 @@ def subprocess_env(cpu_devices: int | None = None) -> dict:
 
 def config_differences(config: Any, workdir: str | Path) -> dict[str, tuple[Any, Any]]:
     """{field: (value in workdir/config.json, value in `config`)} of the fields that differ
-    (a field added since the run was recorded reads as `workdir.added_field_value`, one
+    (a field added since the run was recorded reads as `migrations.added_field_value`, one
     missing on one side as `workdir.ABSENT`); {} when there is no config.json."""
     path = Path(workdir) / "config.json"
     if not path.exists():
@@ -239,7 +239,7 @@ def restore_params(workdir_or_checkpoint: str | Path) -> tuple[int, Any]:
 def run_config(workdir: str | Path) -> Any:
     """The ConfigDict a run was trained with (its workdir/config.json), on top of today's
     configs/alexnet.py: a field added since the run has the value that computes what the code
-    did before the field existed (`workdir.ADDED_FIELDS`, e.g. dropout_scaling='inverted'), or
+    did before the field existed (`migrations.ADDED_FIELDS`, e.g. dropout_scaling='inverted'), or
     its default for a speed switch; a field the code no longer has is dropped with a note."""
     return config_from_flat(workdir_lib.recorded_config(str(workdir)), f"{workdir}/config.json")
 
