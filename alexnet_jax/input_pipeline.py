@@ -28,7 +28,7 @@ iterator itself with `grain.checkpoint.CheckpointSave(it)` (it is a `grain.Datas
 
 Commands:
   python -m alexnet_jax.input_pipeline --config=configs/alexnet.py            # describe data
-  python -m alexnet_jax.input_pipeline --config=configs/alexnet.py --prepare --out=DIR
+  python -m alexnet_jax.prepare --config=configs/alexnet.py --out=DIR  # the S x S copy (§2)
   python -m experiments.input_pipeline_benchmark --config=configs/alexnet.py   # throughput
 """
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import zlib
@@ -62,7 +61,8 @@ __all__ = [
     "load_data_stats",
     "stats_cache_path",
     "per_process_batch_size",
-    "prepare",
+    "GuardedSource",
+    "start_iterator",
 ]
 
 
@@ -87,7 +87,7 @@ def per_process_batch_size(config: Any, process_count: int) -> int:
     return config.batch_size // process_count
 
 
-class _Guarded:
+class GuardedSource:
     """The data source Grain reads: a `Source` whose bad examples become their reason.
 
     Index i returns the example dict, the skip reason (str) of a bad example, or None for
@@ -166,7 +166,7 @@ class BatchIterator(grain.DatasetIterator):
         self._batches, self._config = batches, config
         self._next_batch = 0
         self.skipped = dict.fromkeys(SKIP_REASONS, 0)
-        super().__init__(_start(batches, config))
+        super().__init__(start_iterator(batches, config))
 
     def __next__(self) -> dict[str, np.ndarray]:
         self._assert_not_closed()
@@ -205,7 +205,7 @@ class BatchIterator(grain.DatasetIterator):
         self._parent.close()
         self._next_batch = state["next_batch"]
         self.skipped = {r: state["skipped"].get(r, 0) for r in SKIP_REASONS}
-        parent = _start(self._batches[self._next_batch :], self._config)
+        parent = start_iterator(self._batches[self._next_batch :], self._config)
         self._parents, self._ctx = (parent,), parent._ctx
 
     def close(self) -> None:
@@ -247,7 +247,7 @@ def _exit_with_parent(worker_index: int, worker_count: int, *, parent: int) -> N
     distributed.exit_when_orphaned(parent=parent)
 
 
-def _start(ds: grain.MapDataset, config: Any) -> grain.DatasetIterator:
+def start_iterator(ds: grain.MapDataset, config: Any) -> grain.DatasetIterator:
     """Decodes on `config.num_workers` processes (0: threads of this process), prefetching."""
     prefetch = max(1, int(config.prefetch_batches))
     # Pillow releases the GIL while it decodes and resizes, so without workers `prefetch`
@@ -322,7 +322,7 @@ def create_train_iterator(
       `with`) when done.
     """
     lo, hi = _local_rows(config, rows, process_index, process_count)
-    ds = grain.MapDataset.source(_Guarded(source, config.strict_data))
+    ds = grain.MapDataset.source(GuardedSource(source, config.strict_data))
     ds = ds.shuffle(seed=_order_seed(config.seed)).repeat()  # A new permutation every epoch.
     ds = _rows_of_each_batch(ds, config.batch_size, lo, hi, _Batcher(source.size, fill_bad=True))
     return BatchIterator(ds, config)
@@ -362,7 +362,7 @@ def create_eval_iterator(
     """
     lo, hi = _local_rows(config, rows, process_index, process_count)
     padded = math.ceil(len(source) / config.batch_size) * config.batch_size
-    ds = grain.MapDataset.source(_Guarded(source, config.strict_data, length=padded))
+    ds = grain.MapDataset.source(GuardedSource(source, config.strict_data, length=padded))
     ds = _rows_of_each_batch(ds, config.batch_size, lo, hi, _Batcher(source.size, fill_bad=False))
     return BatchIterator(ds, config)
 
@@ -456,128 +456,6 @@ def eval_data_stats(config: Any) -> Any:
     return load_data_stats(config, create_source(config, config.train_split))
 
 
-# ----------------------------------------------------------------------------------------------
-# Prepare: the one-time S x S copy (§2), so training decodes small JPEGs.
-
-
-_PREPARE_CHUNK = 64
-
-
-class _EncodeRecord:
-    """Grain map: example -> prepared record bytes; a skip reason passes through."""
-
-    def __init__(self, quality: int):
-        self._quality = quality
-
-    def __call__(self, example: dict[str, Any] | str) -> bytes | str:
-        if isinstance(example, str):
-            return example
-        jpeg = sources.encode_jpeg(example["image"], self._quality)
-        return sources.prepared_record(jpeg, example["label"])
-
-
-def prepare(
-    config: Any,
-    out_dir: str,
-    splits: Sequence[str] | None = None,
-    *,
-    quality: int = 95,
-    examples_per_shard: int = 10_000,
-) -> dict[str, Any]:
-    """Writes the S x S copy of `config.dataset` as a `prepared:<out_dir>` dataset.
-
-    Each image is decoded, converted, resized and cropped once (§2) and stored as a JPEG
-    (4:4:4, `quality`) in ArrayRecord shards; unreadable images are skipped and counted. Then
-    the training split's mean image and PCA are computed from the copy and stored with it.
-    Train afterwards with `--config.dataset=prepared:<out_dir>`.
-
-    Args:
-      config: the config whose dataset, resize_size, num_workers... are used.
-      out_dir: destination directory (splits already there are kept unless rewritten).
-      splits: splits to write (default: the whole splits that config.train_split,
-        eval_split and test_split read, e.g. 'train' for 'train[:80%]'; slices are applied
-        when the prepared copy is read, so they select the same examples unless some were
-        skipped as unreadable).
-      quality: JPEG quality.
-      examples_per_shard: ArrayRecord file size in examples.
-
-    Returns:
-      The metadata written to out_dir/metadata.json.
-    """
-    from array_record.python.array_record_module import ArrayRecordWriter
-    from tqdm import tqdm
-
-    wanted = [config.train_split, config.eval_split] + [config.test_split] * bool(config.test_split)
-    splits = list(dict.fromkeys(splits or [sources.parse_split(s)[0] for s in wanted]))
-    os.makedirs(out_dir, exist_ok=True)
-    meta_path = os.path.join(out_dir, sources.PREPARED_METADATA)
-    meta: dict[str, Any] = {"splits": {}}
-    if os.path.exists(meta_path):
-        meta = sources.read_prepared_metadata(out_dir)
-    made = sources.prepared_resize_mode(meta)
-    kept = sorted(set(meta["splits"]) - set(splits))
-    if kept and made != config.resize_mode:
-        raise ValueError(
-            f"{out_dir} holds {kept} prepared with resize_mode={made!r}; adding splits made "
-            f"with resize_mode={config.resize_mode!r} would mix the two: use another --out."
-        )
-    for split in splits:
-        source = create_source(config, split)
-        num_shards = max(1, math.ceil(len(source) / examples_per_shard))
-        stem = sources.split_file_stem(split)
-        files = [f"{stem}.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
-        skipped = dict.fromkeys(SKIP_REASONS, 0)
-        written = 0
-        ds = grain.MapDataset.source(_Guarded(source, config.strict_data))
-        # Chunks of 64 records cross from the workers at once (one record at a time, the
-        # hand-over cost more than decoding a 640x427 JPEG).
-        ds = ds.map(_EncodeRecord(quality)).batch(_PREPARE_CHUNK, batch_fn=list)
-        it = _start(ds, config)
-        writer = None
-        try:
-            with tqdm(total=len(source), desc=f"prepare {split}") as progress:
-                for chunk_index, chunk in enumerate(it):
-                    for offset, record in enumerate(chunk):
-                        index = chunk_index * _PREPARE_CHUNK + offset
-                        if index % examples_per_shard == 0:
-                            if writer is not None:
-                                writer.close()
-                            shard = os.path.join(out_dir, files[index // examples_per_shard])
-                            writer = ArrayRecordWriter(shard, "group_size:1")
-                        if isinstance(record, str):
-                            skipped[record] += 1
-                        else:
-                            writer.write(record)
-                            written += 1
-                    progress.update(len(chunk))
-        finally:
-            if writer is not None:
-                writer.close()
-            it.close()
-        meta["splits"][split] = {"files": files, "num_examples": written, "skipped": skipped}
-        meta.update(
-            format="alexnet_jax prepared v1: ArrayRecord, record = int64 LE label + JPEG",
-            source=config.dataset,
-            size=int(config.resize_size),
-            resize_mode=config.resize_mode,
-            num_classes=source.num_classes,
-            class_names=list(source.class_names) if source.class_names else None,
-        )
-        with open(meta_path + ".tmp", "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(meta_path + ".tmp", meta_path)
-        logging.info("Wrote %d examples of %s to %s (skipped %s)", written, split, out_dir, skipped)
-    train_base = sources.parse_split(config.train_split)[0]
-    if train_base in splits:
-        prepared = sources.PreparedSource(
-            out_dir, train_base, int(config.resize_size), config.resize_mode
-        )
-        if train_base != config.train_split:
-            prepared = sources.SlicedSource(prepared, config.train_split)
-        load_data_stats(config, prepared)
-    return meta
-
-
 def _describe(config: Any) -> None:
     """Prints each split's size and classes and the shapes of a first training batch."""
     for split in dict.fromkeys([config.train_split, config.eval_split, config.test_split]):
@@ -595,10 +473,9 @@ if __name__ == "__main__":
     from ml_collections import config_flags
 
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-    _PREPARE = flags.DEFINE_bool("prepare", False, "Write the S x S copy of the dataset to --out.")
-    _OUT = flags.DEFINE_string("out", None, "--prepare: destination directory.")
-    _SPLITS = flags.DEFINE_list("splits", None, "--prepare: splits (default train and eval).")
-    _QUALITY = flags.DEFINE_integer("quality", 95, "--prepare: JPEG quality.")
+    # Moved: the flags stay so that the old command stops with one line naming the new one.
+    _PREPARE = flags.DEFINE_bool("prepare", False, "Moved: python -m alexnet_jax.prepare.")
+    flags.DEFINE_string("out", None, "Moved with --prepare.")
     _BENCH = flags.DEFINE_bool(
         "bench", False, "Moved: python -m experiments.input_pipeline_benchmark."
     )
@@ -607,11 +484,10 @@ if __name__ == "__main__":
         del argv
         config = _CONFIG.value
         if _PREPARE.value:
-            if not _OUT.value:
-                raise app.UsageError("--prepare needs --out=<dir>")
-            prepare(config, _OUT.value, _SPLITS.value, quality=_QUALITY.value)
-            print(f"Prepared. Train with --config.dataset=prepared:{_OUT.value}")
-        elif _BENCH.value:
+            raise SystemExit(
+                "error: --prepare moved: python -m alexnet_jax.prepare --config=... --out=DIR"
+            )
+        if _BENCH.value:
             raise app.UsageError(
                 "--bench moved out of the library: run `python -m "
                 "experiments.input_pipeline_benchmark --config=...` from the repository root."

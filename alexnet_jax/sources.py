@@ -11,7 +11,7 @@ smaller than the network's crop never reaches the device.
   tfds:<name>      a TFDS dataset prepared as ArrayRecord, read with `tfds.data_source`
                    (no TensorFlow at training time), e.g. tfds:imagenet2012, tfds:cifar10.
   folder:<path>    one sub-folder per class of image files (JPEG, PNG, ...).
-  prepared:<dir>   the S x S JPEG copy that `python -m alexnet_jax.input_pipeline --prepare`
+  prepared:<dir>   the S x S JPEG copy that `python -m alexnet_jax.prepare`
                    writes (ArrayRecord), so training decodes small images.
   digits           scikit-learn's 1,797 bundled 8x8 handwritten digits: real data, nothing
                    to download; the offline default for quick runs and tests.
@@ -63,7 +63,7 @@ IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 # torchvision's ImageNet recipes use. The paper does not name its filter.
 RESAMPLE = Image.Resampling.BILINEAR
 
-# File layout of `prepared:` datasets (written by input_pipeline.prepare).
+# File layout of `prepared:` datasets (written by prepare.prepare_dataset).
 PREPARED_METADATA = "metadata.json"
 # One record = the label as little-endian int64, then the JPEG bytes of the S x S image.
 _RECORD_HEADER = struct.Struct("<q")
@@ -152,7 +152,7 @@ def read_prepared_metadata(directory: str) -> dict[str, Any]:
     if problem:
         raise ValueError(
             f"{path} is not the metadata of a prepared dataset: {problem}; prepare the data "
-            "again (python -m alexnet_jax.input_pipeline --prepare)."
+            "again (python -m alexnet_jax.prepare)."
         )
     return meta
 
@@ -639,7 +639,7 @@ def split_file_stem(split: str) -> str:
 
 
 class PreparedSource(Source):
-    """The S x S JPEG copy written by `input_pipeline.prepare`: ArrayRecord shards + metadata.
+    """The S x S JPEG copy written by `prepare.prepare_dataset`: ArrayRecord shards + metadata.
 
     Images were resized and cropped once (§2), so reading decodes a small JPEG; if the stored
     side differs from the configured S they are resized again by the same rule.
@@ -652,7 +652,7 @@ class PreparedSource(Source):
         if not os.path.exists(os.path.join(directory, PREPARED_METADATA)):
             raise DatasetNotPreparedError(
                 f"{directory!r} is not a prepared dataset (no {PREPARED_METADATA}); write one "
-                "with: python -m alexnet_jax.input_pipeline --config=<config> --prepare "
+                "with: python -m alexnet_jax.prepare --config=<config> "
                 f"--out={directory}"
             )
         meta = read_prepared_metadata(directory)

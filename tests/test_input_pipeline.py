@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import augment, input_pipeline, sources
+from alexnet_jax import augment, input_pipeline, prepare, sources
 from alexnet_jax.sources import SKIP_REASONS
 from configs import alexnet as alexnet_config
 
@@ -537,7 +537,7 @@ def test_data_stats_computed_once_and_cached(tmp_path, monkeypatch):
 def test_prepare_writes_a_readable_copy_with_its_stats(tmp_path):
     config = _config(dataset="digits", cache_dir=str(tmp_path / "cache"), batch_size=64)
     out = str(tmp_path / "prepared")
-    meta = input_pipeline.prepare(config, out, ["train", "test"], examples_per_shard=1000)
+    meta = prepare.prepare_dataset(config, out, ["train", "test"], examples_per_shard=1000)
     assert (
         meta["splits"]["train"]["num_examples"] == 1437
         and len(meta["splits"]["train"]["files"]) == 2
@@ -596,7 +596,7 @@ def test_resize_mode_is_validated_recorded_when_prepared_and_keys_the_stats(tmp_
     config = _config(dataset=f"folder:{root}", resize_mode="warp", cache_dir=str(tmp_path / "c"))
     config.folder_val_fraction = 0.0
     out = str(tmp_path / "prepared")
-    meta = input_pipeline.prepare(config, out, ["train"])
+    meta = prepare.prepare_dataset(config, out, ["train"])
     assert meta["resize_mode"] == "warp"
     warped = input_pipeline.create_source(config, "train")[0]["image"].astype(int)
     prepared = _config(dataset=f"prepared:{out}", resize_mode="warp")
@@ -606,7 +606,7 @@ def test_resize_mode_is_validated_recorded_when_prepared_and_keys_the_stats(tmp_
         input_pipeline.create_source(_config(dataset=f"prepared:{out}"), "train")
     plain = _config(dataset=f"folder:{root}", folder_val_fraction=0.0)
     with pytest.raises(ValueError, match="would mix the two"):
-        input_pipeline.prepare(plain, out, ["validation"])
+        prepare.prepare_dataset(plain, out, ["validation"])
     # The warped images' mean is another mean: its own cache file.
     warp_path = input_pipeline.stats_cache_path(
         config, input_pipeline.create_source(config, "train")
