@@ -4,8 +4,8 @@ glibc's malloc returns large freed blocks to the OS (blocks over 32 MiB are mmap
 on free, and the heap top is trimmed), so every XLA execution page-faults its big buffers in
 again. tcmalloc keeps them. Where tcmalloc is not installed (it comes from the system's package
 manager, not pip), glibc's own tunables keep them too: no mmap'ed blocks, no trimming, one
-arena (`GLIBC_TUNED`). `experiments/allocator_benchmark.py` measures the three against each
-other (docs/performance.md). `alexnet_jax.main` and `experiments.benchmark` call
+arena (`GLIBC_TUNED`). `experiments/bench/allocator_benchmark.py` measures the three against each
+other (docs/performance.md). `alexnet_jax.main` and `experiments.bench.benchmark` call
 `preload_allocator` first thing, as PyTorch's CPU launcher (`torch.backends.xeon.run_cpu`) does.
 """
 
@@ -79,7 +79,7 @@ def preload_allocator(module: str, allocator: str = "auto", argv: Sequence[str] 
     process was already re-executed once (a preload that did not take cannot loop).
 
     Args:
-      module: the module to run again (e.g. 'experiments.benchmark').
+      module: the module to run again (e.g. 'experiments.bench.benchmark').
       allocator: 'auto' (tcmalloc when it is installed, else glibc with `GLIBC_TUNED`),
         'tcmalloc' (required), 'glibc_tuned' or 'system' (glibc as it is, never re-executed).
       argv: the command-line arguments to run it with.

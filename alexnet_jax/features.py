@@ -37,7 +37,7 @@ run leaves nothing; an existing non-empty `--out` is refused unless `--overwrite
 
 Memory is bounded by a batch: each batch's rows are appended to the open shards as they come
 (the .npy header has a fixed size and gets the row count when the shard is closed), and the
-.npz is assembled from the shards by copying bytes (experiments/features_memory.py measures
+.npz is assembled from the shards by copying bytes (experiments/bench/features_memory.py measures
 it flat in the number of images). Unreadable images are skipped and counted, as in evaluation.
 """
 

@@ -29,7 +29,7 @@ iterator itself with `grain.checkpoint.CheckpointSave(it)` (it is a `grain.Datas
 Commands:
   python -m alexnet_jax.input_pipeline --config=configs/alexnet.py            # describe data
   python -m alexnet_jax.prepare --config=configs/alexnet.py --out=DIR  # the S x S copy (§2)
-  python -m experiments.input_pipeline_benchmark --config=configs/alexnet.py   # throughput
+  python -m experiments.bench.input_pipeline_benchmark --config=configs/alexnet.py   # throughput
 """
 
 from __future__ import annotations
@@ -477,7 +477,7 @@ if __name__ == "__main__":
     _PREPARE = flags.DEFINE_bool("prepare", False, "Moved: python -m alexnet_jax.prepare.")
     flags.DEFINE_string("out", None, "Moved with --prepare.")
     _BENCH = flags.DEFINE_bool(
-        "bench", False, "Moved: python -m experiments.input_pipeline_benchmark."
+        "bench", False, "Moved: python -m experiments.bench.input_pipeline_benchmark."
     )
 
     def main(argv: Sequence[str]) -> None:
@@ -490,7 +490,7 @@ if __name__ == "__main__":
         if _BENCH.value:
             raise app.UsageError(
                 "--bench moved out of the library: run `python -m "
-                "experiments.input_pipeline_benchmark --config=...` from the repository root."
+                "experiments.bench.input_pipeline_benchmark --config=...` from the repository root."
             )
         else:
             _describe(config)

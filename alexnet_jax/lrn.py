@@ -24,7 +24,7 @@ layer:
 The window sum is a `jax.lax.reduce_window` over the channel axis with size//2 zeros on each
 side, which is exactly the paper's max/min clipping of the sum. The gradient is the closed form
 in `_lrn_custom_vjp`; `_lrn_autodiff` keeps the plain autodiff version for comparison
-(experiments/lrn_benchmark.py).
+(experiments/bench/lrn_benchmark.py).
 
 `within_map_norm` is cuda-convnet's other response normalization, layer type `rnorm`: the same
 formula with the sum taken over a size x size *spatial* neighbourhood inside each map instead

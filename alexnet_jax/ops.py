@@ -13,7 +13,7 @@ the window argmax; on the CPU that backward pass takes 4-10x the forward. The cl
 gradient below routes each output's gradient to the first maximum of its window in row-major
 order, which is exactly what select-and-scatter does, as one fused elementwise pass.
 
-`python -m experiments.benchmark` measures the whole network; tests/test_ops.py checks each
+`python -m experiments.bench.benchmark` measures the whole network; tests/test_ops.py checks each
 against `jax.lax.conv_general_dilated` and `jax.lax.reduce_window` (values and gradients).
 """
 

@@ -190,7 +190,7 @@ def _ordered_grad_sum(axis: str) -> Callable[[Any], Any]:
     summed one by one (concatenating them would copy every gradient twice more); the small ones
     of each dtype travel as one vector (one collective instead of many tiny ones). The split is
     speed only: each element is summed the same way either way
-    (experiments/grad_sum_benchmark.py).
+    (experiments/bench/grad_sum_benchmark.py).
     """
 
     def total(cotangents):

@@ -1,7 +1,8 @@
 """Published AlexNet results: the paper's tables, the released 2012 code's notes, the model cards.
 
-Citations, not measurements of this project; `alexnet_jax.evaluate` and
-experiments/paper_tables.py print them beside what they measure.
+Citations, not measurements of this project; `alexnet_jax.evaluate`,
+experiments/paper/paper_tables.py, experiments/paper/ablations.py and the sweep's report print
+them beside what they measure.
 """
 
 # (table, set, model, top-1 error %, top-5 error %), docs/paper.md (Results).
@@ -33,4 +34,24 @@ CODE_ROWS = (
 MODEL_CARDS = {
     "caffe_npy": ("Caffe bvlc_alexnet model card (57.1% / 80.2% accuracy)", 42.9, 19.8),
     "torchvision": ("torchvision alexnet model card (56.522% / 79.066% accuracy)", 43.478, 20.934),
+}
+
+# The paper's claimed change of (top-1, top-5) error in points when a switch of §3-§4 and §7 is
+# turned off, and where it says so: {configs/ablations/<name>.py: (top-1, top-5, where)}.
+ABLATION_CLAIMS = {
+    "no_lrn": ("+1.4", "+1.2", "§3.3"),
+    "no_overlap": ("+0.4", "+0.3", "§3.4"),
+    "one_tower": ("+1.7", "+1.2", "§3.2"),
+    "no_pca": ("> +1", "n/a", "§4.1"),
+    "no_dropout": ("'substantial overfitting'", "n/a", "§4.2"),
+    "tanh": ("n/a (CIFAR-10: 6x more epochs to 25% train error)", "n/a", "§3.1"),
+    "ungrouped": ("not in the paper", "", ""),
+    # §7: "removing any of the middle layers results in a loss of about 2% for the top-1".
+    "no_conv2": ("about +2", "n/a", "§7"),
+    "no_conv3": ("about +2", "n/a", "§7"),
+    "no_conv4": ("about +2", "n/a", "§7"),
+    "no_conv5": ("about +2", "n/a", "§7"),
+    # Table 2: 1 CNN 40.7 / 18.2 -> 1 CNN* 39.0 / 16.6, but 1 CNN* was also pre-trained on the
+    # Fall 2011 release: the sign only, for a comparison without pre-training.
+    "extra_conv6": ("-1.7 with pre-training (a direction only)", "-1.6", "Table 2"),
 }

@@ -31,7 +31,7 @@ LOCK_NAME = ".lock"
 # Fields that may differ from the workdir's config.json when a run resumes: how often things
 # are logged, evaluated and saved, how long the run is, where the data is read from, how it
 # is fed, and the mesh (a checkpoint restores onto any mesh; multi-host reruns need that).
-# The `experiments.ablations` runner's bookkeeping fields are not training inputs either.
+# The `experiments.paper.ablations` runner's bookkeeping fields are not training inputs either.
 MAY_CHANGE_ON_RESUME = (
     "log_every_steps",
     "eval_every_steps",

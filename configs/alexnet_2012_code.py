@@ -4,7 +4,7 @@ Run #145 (layers/layers-145.cfg, layers/layer-params-145.cfg of the released sou
 yrmo/AlexNet-Source-Code) is the run whose notes record 40.66% top-1 / 18.21% top-5 on
 ILSVRC-2012 validation after epoch 91 (layer-params-145.cfg:181-182), the paper's 40.7 / 18.2.
 Everything not listed below is configs/alexnet.py (the paper's text). The differences, each with
-its source line (experiments/paper_vs_code.md has the whole table):
+its source line (experiments/paper/paper_vs_code.md has the whole table):
 
 Network
 * LRN constants as the files give them: `scale=0.0001`, `pow=0.75`, `minDiv=2`

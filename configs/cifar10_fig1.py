@@ -1,7 +1,7 @@
 """Figure 1 (§3.1): the four-layer CIFAR-10 net (cuda-convnet's layers-18pct) with ReLUs; the
 tanh run is the same file with --config.model.activation=tanh. No regularization of any kind
 (no weight decay, no dropout, no augmentation), as in the paper; the learning rate of each
-activation is chosen separately (experiments/relu_vs_tanh.py sweeps it).
+activation is chosen separately (experiments/paper/relu_vs_tanh.py sweeps it).
 
   python -m alexnet_jax.main --config=configs/cifar10_fig1.py --workdir=/tmp/fig1_relu
   python -m alexnet_jax.main --config=configs/cifar10_fig1.py --workdir=/tmp/fig1_tanh \

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from alexnet_jax import checkpoint as checkpoint_lib
 from alexnet_jax import input_pipeline, metrics, sources, train
 from alexnet_jax import workdir as workdir_lib
+from experiments import files
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
@@ -116,14 +116,6 @@ def scale_epochs(config: Any, factor: float) -> None:
             config.augment[field] = config.augment[field] * factor
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """`write_json` to a temporary file renamed over `path`: a reader sees all of it or none."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    write_json(tmp, data)
-    os.replace(tmp, path)
-
-
 def subprocess_env(cpu_devices: int | None = None) -> dict:
     """The environment for a `python -m alexnet_jax.*` subprocess on simulated CPU devices: the
     repository importable, no multi-process variables inherited, `cpu_devices` devices (one
@@ -194,7 +186,7 @@ def resumable_run(config: Any, workdir: str | Path) -> dict[str, Any]:
             "checkpoint is saved: run the same command again to continue."
         )
     record = {"resumed_from_step": start, "run_seconds": seconds, "metrics": result}
-    write_json_atomic(workdir / RESULT_FILE, record)
+    files.write_json(workdir / RESULT_FILE, record)
     return {**record, "status": status, "seconds": seconds}
 
 
@@ -289,24 +281,6 @@ def machine() -> str:
     ).replace("  ", " ")
 
 
-def _finite(data: Any) -> Any:
-    """`data` with inf/nan floats as None, so the file is strict JSON."""
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_finite(v) for v in data]
-    if isinstance(data, float) and not np.isfinite(data):
-        return None
-    return data
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Writes `data` as indented strict JSON (inf/nan become null)."""
-    with open(path, "w") as f:
-        json.dump(_finite(data), f, indent=2, sort_keys=True)
-        f.write("\n")
-
-
 def plt():
     """matplotlib.pyplot with the file-only Agg backend."""
     import matplotlib
@@ -324,21 +298,3 @@ def load_run(workdir: str | None, checkpoint: str | None = None, **overrides: An
     config.update_from_flattened_dict({k: v for k, v in overrides.items() if v is not None})
     step, params = restore_params(checkpoint or workdir)
     return config, step, params
-
-
-def eval_batches(config: Any, split: str):
-    """(training-set statistics, batches of `split` without padding) for an evaluation pass:
-    each batch a dict of uint8 'image' and int 'label' NumPy arrays."""
-    train_source = input_pipeline.create_source(config, config.train_split)
-    source = input_pipeline.create_source(config, split)
-    stats = input_pipeline.load_data_stats(config, train_source)
-
-    def batches():
-        with input_pipeline.create_eval_iterator(
-            config, source, process_index=0, process_count=1
-        ) as it:
-            for batch in it:
-                mask = np.asarray(batch["mask"], bool)
-                yield {"image": np.asarray(batch["image"])[mask], "label": batch["label"][mask]}
-
-    return stats, source, batches

@@ -1,4 +1,4 @@
-"""experiments/ablations.py runs the real recipe (evaluations that drive the plateau schedule,
+"""experiments/paper/ablations.py runs the real recipe (evaluations that drive the plateau schedule,
 checkpoints at the cadence) and reruns resume, skip or refuse instead of starting over."""
 
 import json
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from alexnet_jax import metrics
-from experiments import ablations
+from experiments.paper import ablations
+from experiments.sweep import plan as sweep_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,14 +75,14 @@ def test_base_given_as_a_config_path(plateau_run):
 @pytest.mark.slow
 def test_switches_run_by_the_base_network_not_its_name(tmp_path):
     cifar = ablations.plan(
-        ablations.load_base("configs/cifar10_lrn.py"), ["no_lrn", "one_tower"], 2, tmp_path
+        sweep_plan.load_base("configs/cifar10_lrn.py"), ["no_lrn", "one_tower"], 2, tmp_path
     )
     assert [folder.name for _, _, folder in cifar["no_lrn"]["runs"]] == [
         "no_lrn_seed0", "no_lrn_seed1"
     ]  # fmt: skip
     assert cifar["no_lrn"]["runs"][1][1].model.lrn is False
     assert cifar["one_tower"]["runs"] is None
-    alexnet = ablations.plan(ablations.load_base("configs/alexnet.py"), ["one_tower"], 1, tmp_path)
+    alexnet = ablations.plan(sweep_plan.load_base("configs/alexnet.py"), ["one_tower"], 1, tmp_path)
     assert alexnet["one_tower"]["runs"][0][1].model.towers == 1
 
 
@@ -117,7 +118,7 @@ def test_table_reports_the_test_split_when_runs_have_it():
 
 def _runner(root, *extra):
     cmd = [
-        sys.executable, "-m", "experiments.ablations", "--base=configs/default.py",
+        sys.executable, "-m", "experiments.paper.ablations", "--base=configs/default.py",
         "--variants=", "--seeds=1", "--steps=20", "--checkpoint_every=4", "--eval_every=10",
         "--log_every=2", f"--workdir={root / 'runs'}", f"--out={root / 'out'}", *extra,
     ]  # fmt: skip

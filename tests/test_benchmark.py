@@ -1,5 +1,5 @@
-"""Tests of experiments/benchmark.py and experiments/torch_reference.py: the JAX-only run,
-the PyTorch twin's equivalence, tcmalloc.
+"""Tests of experiments/bench/benchmark.py and experiments/bench/torch_reference.py: the JAX-only
+run, the PyTorch twin's equivalence, tcmalloc.
 
 No timing is asserted (benchmarks print ratios, tests check numbers that cannot
 drift). PyTorch is optional: the tests that need it skip without it.
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax import allocator, models, parallel
-from experiments import benchmark
-from experiments import torch_reference as ref
+from experiments.bench import benchmark
+from experiments.bench import torch_reference as ref
 
 REQUIRED_KEYS = (
     "jax_train_images_per_sec",
@@ -80,7 +80,7 @@ def test_jax_only_run_writes_every_key(jax_only):
     assert written == json.loads(json.dumps(returned))
     assert (written["batch_size"], written["image_size"], written["dtype"]) == (2, 227, "float32")
     assert (written["repeats"], written["warmup"]) == (1, 1)
-    assert shlex.split(written["command"])[1:] == ["-m", "experiments.benchmark", *argv]
+    assert shlex.split(written["command"])[1:] == ["-m", "experiments.bench.benchmark", *argv]
     assert written["device"].startswith("cpu: ")
     assert written["allocator"] == allocator.allocator_in_use()
     assert written["versions"]["jax"] == jax.__version__
@@ -208,9 +208,9 @@ def test_preload_allocator_reexecutes_once_with_what_was_asked(
     monkeypatch.setattr(allocator, "find_tcmalloc", lambda: tcmalloc)
     calls = []
     monkeypatch.setattr(os, "execve", lambda exe, args, env: calls.append((args, env)))
-    allocator.preload_allocator("experiments.benchmark", asked, ["--batch", "2"])
+    allocator.preload_allocator("experiments.bench.benchmark", asked, ["--batch", "2"])
     ((args, env),) = calls
-    assert args[1:] == ["-m", "experiments.benchmark", "--batch", "2"]
+    assert args[1:] == ["-m", "experiments.bench.benchmark", "--batch", "2"]
     assert env[allocator._PRELOAD_GUARD] == "1"
     if expect == "LD_PRELOAD":
         assert env["LD_PRELOAD"] == tcmalloc and "GLIBC_TUNABLES" not in env
@@ -218,7 +218,7 @@ def test_preload_allocator_reexecutes_once_with_what_was_asked(
         assert env["GLIBC_TUNABLES"] == allocator.GLIBC_TUNED and "LD_PRELOAD" not in env
     # The re-executed process (guard set) never re-executes again, and reports the tuning.
     monkeypatch.setenv(allocator._PRELOAD_GUARD, "1")
-    allocator.preload_allocator("experiments.benchmark", "auto", [])
+    allocator.preload_allocator("experiments.bench.benchmark", "auto", [])
     assert len(calls) == 1
 
 

@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 
 from alexnet_jax import train
+from alexnet_jax.published import ABLATION_CLAIMS
 from configs import alexnet as alexnet_config
-from experiments import ablations, filters, neighbors, paper_tables, relu_vs_tanh
+from experiments.paper import ablations, filters, neighbors, paper_tables, relu_vs_tanh
+from experiments.sweep import plan as sweep_plan
 
 
 @pytest.fixture(scope="module")
 def ablation_quick(tmp_path_factory):
-    """experiments/ablations.py --quick: (results, results folder, folder of the runs). Its
+    """experiments/paper/ablations.py --quick: (results, results folder, folder of the runs). Its
     'paper' run (the offline default config, 4 steps) is the trained run the other scripts read."""
     out = tmp_path_factory.mktemp("ablations")
     results = ablations.main(["--quick", f"--out={out}", f"--workdir={out / 'runs'}"])
@@ -53,18 +55,18 @@ def test_time_to_threshold_counts_the_first_epoch_at_or_below_it():
 
 
 def test_ablation_switches_come_from_the_ablation_configs():
-    assert ablations.switch("no_lrn") == {"model.lrn": False}
-    assert ablations.switch("no_overlap") == {"model.pool_window": 2}
-    assert ablations.switch("one_tower") == {"model.towers": 1}
-    assert ablations.switch("no_pca") == {"augment.pca_color": False}
-    assert ablations.switch("no_dropout") == {"model.dropout_rate": 0.0}
-    assert ablations.switch("tanh") == {"model.activation": "tanh"}
+    assert sweep_plan.switch("no_lrn") == {"model.lrn": False}
+    assert sweep_plan.switch("no_overlap") == {"model.pool_window": 2}
+    assert sweep_plan.switch("one_tower") == {"model.towers": 1}
+    assert sweep_plan.switch("no_pca") == {"augment.pca_color": False}
+    assert sweep_plan.switch("no_dropout") == {"model.dropout_rate": 0.0}
+    assert sweep_plan.switch("tanh") == {"model.activation": "tanh"}
     for n in (2, 3, 4, 5):  # §7: one middle conv layer each
-        assert ablations.switch(f"no_conv{n}") == {"model.remove_conv": (f"conv{n}",)}
-    assert ablations.switch("extra_conv6") == {"model.extra_conv": 256}
+        assert sweep_plan.switch(f"no_conv{n}") == {"model.remove_conv": (f"conv{n}",)}
+    assert sweep_plan.switch("extra_conv6") == {"model.extra_conv": 256}
     new_rows = {"no_conv2", "no_conv3", "no_conv4", "no_conv5", "extra_conv6"}
-    assert set(ablations.VARIANTS) >= new_rows
-    assert all(name in ablations.PAPER_CLAIMS for name in ablations.VARIANTS)
+    assert set(sweep_plan.VARIANTS) >= new_rows
+    assert all(name in ABLATION_CLAIMS for name in sweep_plan.VARIANTS)
 
 
 @pytest.mark.slow
@@ -156,7 +158,7 @@ def test_colourfulness_is_zero_for_grey_and_two_thirds_for_one_channel():
 
 @pytest.mark.slow
 def test_gpu_report_quick_runs_every_step(tmp_path):
-    from experiments import gpu_report
+    from experiments.bench import gpu_report
 
     report = gpu_report.main(["--quick", "--out", str(tmp_path)])
     assert set(report["harness"]) == {"b2_float32_auto", "b2_float32_cpu"}
@@ -177,7 +179,7 @@ def test_gpu_report_quick_runs_every_step(tmp_path):
 def test_the_ablations_run_against_the_2012_code_and_no_lrn_removes_both_normalizations(tmp_path):
     from alexnet_jax import summary
 
-    base = ablations.load_base("configs/alexnet_2012_code.py")
+    base = sweep_plan.load_base("configs/alexnet_2012_code.py")
     planned = ablations.plan(base, ["no_lrn", "no_overlap", "one_tower"], 1, tmp_path)
     assert planned["no_lrn"]["overrides"] == {"model.lrn": False}
     _, config, _ = planned["no_lrn"]["runs"][0]
@@ -193,18 +195,18 @@ def test_the_ablations_run_against_the_2012_code_and_no_lrn_removes_both_normali
 def test_the_ablation_runner_scales_the_base_schedule_when_asked():
     base = "configs/alexnet_2012_code.py"
     budget = {"num_epochs": 10}
-    kept = ablations.base_config(base, "digits", "", budget)
+    kept = sweep_plan.base_config(base, "digits", "", budget)
     assert kept.optimizer.manual_schedule == ((25, 1e-3), (51, 1e-4), (79, 1e-5))
-    scaled = ablations.base_config(base, "digits", "", budget, scale_schedule=True)
+    scaled = sweep_plan.base_config(base, "digits", "", budget, scale_schedule=True)
     f = 10 / 91
     assert scaled.optimizer.manual_schedule == ((25 * f, 1e-3), (51 * f, 1e-4), (79 * f, 1e-5))
     assert scaled.augment.pca_color_end_epoch == pytest.approx(67 * f)
-    paper = ablations.base_config("alexnet", "digits", "", {"num_epochs": 9}, scale_schedule=True)
+    paper = sweep_plan.base_config("alexnet", "digits", "", {"num_epochs": 9}, scale_schedule=True)
     assert paper.optimizer.step_epochs == pytest.approx((3, 6, 8))  # (30, 60, 80) of 90
 
 
 def test_paper_vs_code_scales_the_2012_epochs_to_the_budget():
-    from experiments import paper_vs_code
+    from experiments.paper import paper_vs_code
 
     args = argparse.Namespace(
         dataset="digits", data_dir="", epochs=13, steps=-1, batch_size=32, quick=False
@@ -246,7 +248,7 @@ def test_a_run_recorded_by_older_code_still_loads(tmp_path):
 
 @pytest.mark.slow
 def test_paper_vs_code_quick(tmp_path):
-    from experiments import paper_vs_code
+    from experiments.paper import paper_vs_code
 
     results = paper_vs_code.main(
         ["--quick", f"--out={tmp_path / 'out'}", f"--workdir={tmp_path / 'runs'}", "--fresh"]

@@ -1,4 +1,4 @@
-"""experiments/linear_probe.py: C is chosen on validation data held out of the training split
+"""experiments/paper/linear_probe.py: C is chosen on validation data held out of the training split
 before anything of the test split is opened, and the scores are scikit-learn's own."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from alexnet_jax import features
-from experiments import linear_probe
+from experiments.paper import linear_probe
 
 CS = (0.001, 0.1, 10.0)
 

@@ -1,5 +1,5 @@
-"""experiments/neighbors.py: the streaming top-k equals a brute-force stable argsort, --max_train
-and --max_queries stop the streams, and a run's outputs match a brute-force search."""
+"""experiments/paper/neighbors.py: the streaming top-k equals a brute-force stable argsort,
+--max_train and --max_queries stop the streams, and a run's outputs match a brute-force search."""
 
 import json
 
@@ -8,7 +8,8 @@ import pytest
 
 from alexnet_jax import sources
 from configs import default as default_config
-from experiments import common, neighbors
+from experiments import common
+from experiments.paper import neighbors
 
 
 def brute(d2, k):
@@ -154,7 +155,7 @@ def test_main_matches_a_brute_force_search(digits_run, tmp_path):
 
 @pytest.mark.slow
 def test_memory_script_on_two_small_training_sets(tmp_path):
-    from experiments import neighbors_memory
+    from experiments.bench import neighbors_memory
 
     before = sorted((p.name, p.stat().st_mtime) for p in common.RESULTS.glob("neighbors/*"))
     summary = neighbors_memory.main(["--sizes=64,160", "--queries=16", f"--out={tmp_path}"])

@@ -155,12 +155,13 @@ def test_a_sliced_source_reads_the_base_examples():
 
 
 def test_the_experiment_scripts_configs_do_not_choose_on_the_test_split():
-    from experiments import ablations, relu_vs_tanh
+    from experiments.paper import relu_vs_tanh
+    from experiments.sweep import plan as sweep_plan
 
     derived = [
         relu_vs_tanh.make_config("digits", "relu", 0.01, seed=0, epochs=1),
-        ablations.base_config("cifar", None, "", {}),
-        ablations.base_config("alexnet", "digits", "", {"model.name": "cifar_lrn"}),
+        sweep_plan.base_config("cifar", None, "", {}),
+        sweep_plan.base_config("alexnet", "digits", "", {"model.name": "cifar_lrn"}),
     ]
     for config in derived:
         assert config_checks.split_problems(config) == []

@@ -1,4 +1,4 @@
-"""experiments/sweep.py: planning, the manifest and its refusals, status without JAX, the report
+"""experiments/sweep/: planning, the manifest and its refusals, status without JAX, the report
 against an independent computation, the Slurm submission (fake sbatch on PATH), and runs
 interrupted as Slurm preempts (SIGTERM) or killed (SIGKILL, then --retry_failed) that end
 bit-identical to uninterrupted ones."""
@@ -17,7 +17,10 @@ import pytest
 from scipy import stats
 
 from alexnet_jax import workdir as workdir_lib
-from experiments import ablations, common, sweep, sweep_report
+from experiments import common
+from experiments.sweep import folder as sweep
+from experiments.sweep import launch, plan
+from experiments.sweep import report as sweep_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +32,7 @@ def _env() -> dict:
 
 
 def test_variants_from_overrides_grids_and_ablation_files():
-    variants = sweep.parse_variants(
+    variants = plan.parse_variants(
         ["wide:model.lrn_size=7,optimizer.learning_rate=0.02",
          "pre:model.lrn_before_relu=('conv1', 'conv2'),seed=3"],
         ["model.lrn=True,False", "model.activation=relu,tanh"],
@@ -43,25 +46,25 @@ def test_variants_from_overrides_grids_and_ablation_files():
     assert variants["no_lrn"] == ["model.lrn=False"]  # configs/ablations/no_lrn.py's one change
     assert variants["tanh"] == ["model.activation='tanh'"]
     with pytest.raises(SystemExit, match="expected NAME:KEY=VALUE"):
-        sweep.parse_variants(["no_colon"], [], "")
+        plan.parse_variants(["no_colon"], [], "")
 
 
 def _base(**budget):
     overrides = {"num_epochs": 1, "num_train_steps": budget.get("steps", 6)}
-    return ablations.base_config("cifar", None, "", overrides)
+    return plan.base_config("cifar", None, "", overrides)
 
 
 def _fake_sweep(root: Path, seeds: int = 3, variants=("no_lrn", "act_tanh")) -> dict:
     """A finished sweep folder written as the runner writes one, with seeded random results: the
     metrics files (each run's own record) and result.json agree."""
     changes = {"no_lrn": {"model.lrn": False}, "act_tanh": {"model.activation": "tanh"}}
-    runs = sweep.plan(_base(), "base", {v: changes[v] for v in variants}, seeds)
+    runs = plan.plan(_base(), "base", {v: changes[v] for v in variants}, seeds)
     manifest = {
         "format": sweep.FORMAT, "base": "cifar", "base_variant": "base",
         "variants": {v: [f"{k}={x}" for k, x in changes[v].items()] for v in variants},
         "seeds": seeds, "budget": {"epochs": 1, "steps": 6}, "runs": runs, "submissions": [],
     }  # fmt: skip
-    sweep.write_json_atomic(root / sweep.MANIFEST, manifest)
+    sweep.write_manifest(root, manifest)
     rng = np.random.RandomState(0)
     for rid, entry in runs.items():
         folder = sweep.run_folder(root, rid)
@@ -150,7 +153,7 @@ def test_status_reads_fifty_runs_without_importing_jax(tmp_path):
             for i in range(25) for s in range(2)}  # fmt: skip
     manifest = {"format": sweep.FORMAT, "base": "cifar", "base_variant": "v0", "variants": {},
                 "seeds": 2, "budget": {}, "runs": runs, "submissions": []}  # fmt: skip
-    sweep.write_json_atomic(tmp_path / sweep.MANIFEST, manifest)
+    sweep.write_manifest(tmp_path, manifest)
     for i, rid in enumerate(runs):
         folder = sweep.run_folder(tmp_path, rid)
         folder.mkdir(parents=True)
@@ -164,8 +167,8 @@ def test_status_reads_fifty_runs_without_importing_jax(tmp_path):
             fields.update(host="elsewhere", job_pid=1)  # not checkable from here: running
         sweep.update_status(tmp_path, rid, **fields)
     code = (
-        "import sys, time; t = time.perf_counter(); from experiments import sweep; "
-        f"sweep.main(['status', {str(tmp_path)!r}]); "
+        "import sys, time; t = time.perf_counter(); from experiments.sweep import cli; "
+        f"cli.main(['status', {str(tmp_path)!r}]); "
         "print('JAX', 'jax' in sys.modules, time.perf_counter() - t)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
@@ -182,15 +185,15 @@ def test_status_reads_fifty_runs_without_importing_jax(tmp_path):
 
 def test_a_folder_with_another_sweep_is_refused_in_one_line(tmp_path):
     base = _base()
-    runs = sweep.plan(base, "base", {"no_lrn": {"model.lrn": False}}, 1)
-    other = sweep.plan(base, "base", {"no_lrn": {"model.lrn": False, "model.lrn_k": 1.0}}, 1)
+    runs = plan.plan(base, "base", {"no_lrn": {"model.lrn": False}}, 1)
+    other = plan.plan(base, "base", {"no_lrn": {"model.lrn": False, "model.lrn_k": 1.0}}, 1)
     manifest = {"runs": runs}
-    sweep.refuse_another_sweep(manifest, runs, tmp_path)  # the same plan: continued
+    plan.refuse_another_sweep(manifest, runs, tmp_path)  # the same plan: continued
     with pytest.raises(SystemExit, match=r"holds another sweep \(run no_lrn_seed0: model.lrn_k"):
-        sweep.refuse_another_sweep(manifest, other, tmp_path)
-    more = sweep.plan(base, "base", {"no_lrn": {"model.lrn": False}}, 2)
+        plan.refuse_another_sweep(manifest, other, tmp_path)
+    more = plan.plan(base, "base", {"no_lrn": {"model.lrn": False}}, 2)
     with pytest.raises(SystemExit, match=r"runs only there: \[\], only now: \['base_seed1'"):
-        sweep.refuse_another_sweep(manifest, more, tmp_path)
+        plan.refuse_another_sweep(manifest, more, tmp_path)
 
 
 FAKE_SBATCH = """#!/bin/sh
@@ -376,7 +379,7 @@ def test_parallel_local_runs_overlap_and_each_finishes(tmp_path):
 
 def test_parallel_local_slots_share_the_visible_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    assert sweep._gpu_shares(2) == [[0, 1], [2, 3]]
-    assert sweep._gpu_shares(4) == [[0], [1], [2], [3]]
+    assert launch._gpu_shares(2) == [[0, 1], [2, 3]]
+    assert launch._gpu_shares(4) == [[0], [1], [2], [3]]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert sweep._gpu_shares(2) == [[], []]  # no GPU: the slots share the CPU
+    assert launch._gpu_shares(2) == [[], []]  # no GPU: the slots share the CPU

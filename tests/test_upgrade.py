@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpoint, integrity
-from experiments import old_run_fixtures
+from tests import old_run_fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "old_runs"
