@@ -10,8 +10,8 @@ Sizes follow docs/paper.md: 224x224 inputs use cuda-convnet2's rounding (output 
 so conv1 sees 3 zero pixels past the bottom and right edges and gives 55x55); 227x227 inputs
 (Caffe) need no padding. Both give 55-27-27-13-13-13-13-6 and 9216 inputs to fc6.
 
-The functions here compute; they assume a `config.model` that `config_checks.check_model`
-accepted (every refusal of a bad field lives there).
+The functions here compute: they assume a `config.model` that `config_checks.check_model`
+accepted, where every refusal of a bad field lives.
 """
 
 from __future__ import annotations

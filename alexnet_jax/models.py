@@ -13,9 +13,10 @@ AlexNet (§3.5, Figure 2) is written once, as the computation of the towers a de
 
 With `tower_axis=None` the same code runs both towers side by side on one device;
 `alexnet_jax.parallel` runs it under `jax.shard_map` with one tower per device.
-The layer table and the sizes it gives are `alexnet_jax.architecture`'s; the paper's CIFAR-10
-nets are `alexnet_jax.cifar_nets`'. `create_model` checks `config.model` once
-(`config_checks.check_model`) and builds either network; the modules assume the fields it passed.
+
+The layer table and the sizes it gives live in `alexnet_jax.architecture`, the paper's CIFAR-10
+nets in `alexnet_jax.cifar_nets`. `create_model` checks `config.model` once
+(`config_checks.check_model`) and builds either network; the modules trust the fields it passed.
 """
 
 from __future__ import annotations
