@@ -74,7 +74,7 @@ def child(argv: list[str]) -> None:
     """Runs neighbors.main(argv) and prints one JSON line with its peak RSS and wall time."""
     if not any(a.startswith("--out=") for a in argv):
         raise ValueError("the child writes its figure into --out, not experiments/results")
-    from experiments.paper import neighbors
+    from experiments.paper import neighbors  # the child alone runs it: its peak is measured
 
     start = time.perf_counter()
     summary = neighbors.main(argv)
