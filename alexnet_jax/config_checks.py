@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from alexnet_jax import sources
+from alexnet_jax import splits
 from alexnet_jax.architecture import (
     ALEXNET_LAYERS,
     EXTRA_CONV_SEES,
@@ -351,11 +351,11 @@ def split_problems(config: Any) -> list[str]:
         if field == "test_split" and not config.test_split:
             continue
         try:
-            sources.parse_split(config[field])
+            splits.parse_split(config[field])
         except ValueError as e:
             problems.append(f"{field}: {e}")
     try:
-        eval_base = sources.parse_split(config.eval_split)[0]
+        eval_base = splits.parse_split(config.eval_split)[0]
     except ValueError:
         eval_base = config.eval_split  # reported above
     if config.optimizer.schedule == "plateau" and (

@@ -74,6 +74,7 @@ from alexnet_jax import (
 from alexnet_jax import weights as weights_lib
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.errors import first_line
+from alexnet_jax.images import SKIP_REASONS
 
 PATCHES = ("centre", "ten")
 FILE_FORMATS = ("auto", "shards", "npz")
@@ -652,7 +653,7 @@ def write_features(
             for layer in resolved
         ]  # fmt: skip
         labels = _NpyWriter(os.path.join(tmp, LABELS), (), np.int64)
-        skipped = dict.fromkeys(sources.SKIP_REASONS, 0)
+        skipped = dict.fromkeys(SKIP_REASONS, 0)
         with open(os.path.join(tmp, EXAMPLES), "w", encoding="utf-8") as names:
             for batch in _stream(config, params, source, resolved, patches, progress, skipped):
                 for layer, writer in zip(resolved, writers):

@@ -13,7 +13,7 @@ the data seen at every step is the same on any number of hosts (in a different o
 the step). Batches are formed before they are handed to worker processes, so the batches do
 not depend on `config.num_workers` either.
 
-Bad examples (`sources.BadExample`: unreadable, undecodable, truncated) never stop an epoch
+Bad examples (`images.BadExample`: unreadable, undecodable, truncated) never stop an epoch
 unless `config.strict_data` is set. In a training batch the slot of a bad example is filled
 with a copy of the next good example of the same batch (batches stay full, no step is
 skipped, and every host still takes the same number of steps); in an evaluation batch it is
@@ -46,8 +46,10 @@ import grain
 import numpy as np
 from absl import logging
 
-from alexnet_jax import distributed, sources
-from alexnet_jax.sources import SKIP_REASONS, BadExample, Source, create_source
+from alexnet_jax import distributed, splits
+from alexnet_jax.datasets import create_source
+from alexnet_jax.images import SKIP_REASONS, BadExample, log_bad_example
+from alexnet_jax.sources import Source
 
 __all__ = [
     "SKIP_REASONS",
@@ -109,7 +111,7 @@ class GuardedSource:
         except BadExample as e:
             if self._strict:
                 raise
-            sources.log_bad_example(e)
+            log_bad_example(e)
             return e.reason
 
 
@@ -379,7 +381,7 @@ def stats_cache_path(config: Any, source: Source) -> str:
     """Where the statistics of `source` are cached: keyed by dataset, split, S, resize mode
     (when not §2's) and length."""
     warp = "" if source.resize_mode == "shorter_side" else f"-{source.resize_mode}"
-    key = f"{sources.split_file_stem(source.split)}-{source.size}px{warp}-{len(source)}.npz"
+    key = f"{splits.split_file_stem(source.split)}-{source.size}px{warp}-{len(source)}.npz"
     if source.stats_dir:
         return os.path.join(source.stats_dir, f"stats-{key}")
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in source.name).strip("_")

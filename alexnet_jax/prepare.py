@@ -25,7 +25,10 @@ from absl import logging
 from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
-from alexnet_jax import input_pipeline, sources
+from alexnet_jax import input_pipeline, prepared_files, sources
+from alexnet_jax.datasets import create_source
+from alexnet_jax.images import SKIP_REASONS, encode_jpeg
+from alexnet_jax.splits import SlicedSource, parse_split, split_file_stem
 
 _CHUNK = 64
 
@@ -39,8 +42,8 @@ class _EncodeRecord:
     def __call__(self, example: dict[str, Any] | str) -> bytes | str:
         if isinstance(example, str):
             return example
-        jpeg = sources.encode_jpeg(example["image"], self._quality)
-        return sources.prepared_record(jpeg, example["label"])
+        jpeg = encode_jpeg(example["image"], self._quality)
+        return prepared_files.prepared_record(jpeg, example["label"])
 
 
 def prepare_dataset(
@@ -72,13 +75,13 @@ def prepare_dataset(
       The metadata written to out_dir/metadata.json.
     """
     wanted = [config.train_split, config.eval_split] + [config.test_split] * bool(config.test_split)
-    splits = list(dict.fromkeys(splits or [sources.parse_split(s)[0] for s in wanted]))
+    splits = list(dict.fromkeys(splits or [parse_split(s)[0] for s in wanted]))
     os.makedirs(out_dir, exist_ok=True)
-    meta_path = os.path.join(out_dir, sources.PREPARED_METADATA)
+    meta_path = os.path.join(out_dir, prepared_files.PREPARED_METADATA)
     meta: dict[str, Any] = {"splits": {}}
     if os.path.exists(meta_path):
-        meta = sources.read_prepared_metadata(out_dir)
-    made = sources.prepared_resize_mode(meta)
+        meta = prepared_files.read_prepared_metadata(out_dir)
+    made = prepared_files.prepared_resize_mode(meta)
     kept = sorted(set(meta["splits"]) - set(splits))
     if kept and made != config.resize_mode:
         raise ValueError(
@@ -86,11 +89,11 @@ def prepare_dataset(
             f"with resize_mode={config.resize_mode!r} would mix the two: use another --out."
         )
     for split in splits:
-        source = sources.create_source(config, split)
+        source = create_source(config, split)
         num_shards = max(1, math.ceil(len(source) / examples_per_shard))
-        stem = sources.split_file_stem(split)
+        stem = split_file_stem(split)
         files = [f"{stem}.array_record-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
-        skipped = dict.fromkeys(sources.SKIP_REASONS, 0)
+        skipped = dict.fromkeys(SKIP_REASONS, 0)
         written = 0
         ds = grain.MapDataset.source(input_pipeline.GuardedSource(source, config.strict_data))
         # Chunks of 64 records cross from the workers at once (one record at a time, the
@@ -131,13 +134,13 @@ def prepare_dataset(
             json.dump(meta, f, indent=1)
         os.replace(meta_path + ".tmp", meta_path)
         logging.info("Wrote %d examples of %s to %s (skipped %s)", written, split, out_dir, skipped)
-    train_base = sources.parse_split(config.train_split)[0]
+    train_base = parse_split(config.train_split)[0]
     if train_base in splits:
         prepared = sources.PreparedSource(
             out_dir, train_base, int(config.resize_size), config.resize_mode
         )
         if train_base != config.train_split:
-            prepared = sources.SlicedSource(prepared, config.train_split)
+            prepared = SlicedSource(prepared, config.train_split)
         input_pipeline.load_data_stats(config, prepared)
     return meta
 

@@ -1,34 +1,16 @@
 """Image-classification sources behind one random-access interface (paper §2).
 
 Every source is a sequence of examples `{'image': uint8 (S, S, 3), 'label': int}` with
-attributes `name`, `split`, `num_classes` and `size` (= S). Each image is already in the form
-the paper trains on (§2): rescaled so that its shorter side is S (256 for ImageNet) and
-centre-cropped to S x S. Images smaller than S are upscaled by the same rule, so an image
-smaller than the network's crop never reaches the device.
+attributes `name`, `split`, `num_classes` and `size` (= S), each image already the S x S
+square of §2 (images.py). One class per kind of dataset (`datasets.create_source` picks one
+from `config.dataset`): TFDS ArrayRecord (`TfdsSource`), a folder of class folders
+(`FolderSource`), the prepared S x S copy (`PreparedSource`, files in prepared_files.py),
+scikit-learn's digits (`DigitsSource`) and random images (`SyntheticSource`). A slice of a
+split ('train[:80%]') is a `splits.SlicedSource` over the whole split's source.
 
-`create_source(config, split)` picks the source from `config.dataset`:
-
-  tfds:<name>      a TFDS dataset prepared as ArrayRecord, read with `tfds.data_source`
-                   (no TensorFlow at training time), e.g. tfds:imagenet2012, tfds:cifar10.
-  folder:<path>    one sub-folder per class of image files (JPEG, PNG, ...).
-  prepared:<dir>   the S x S JPEG copy that `python -m alexnet_jax.prepare`
-                   writes (ArrayRecord), so training decodes small images.
-  digits           scikit-learn's 1,797 bundled 8x8 handwritten digits: real data, nothing
-                   to download; the offline default for quick runs and tests.
-  synthetic        random images, any size and class count, for benchmarks.
-
-Every source takes a split name, optionally sliced as in TFDS: 'train[:80%]', 'train[80%:]',
-'train[:40000]', 'train[-10%:]'. A slice is a range of the split's example indices (percent
-boundaries round to the closest index, TFDS's default rule), so 'train[:80%]' and
-'train[80%:]' partition 'train' exactly, for every source and on every machine. This is how a
-validation split is held out of the training data (`SlicedSource`).
-
-Bad input (§2 assumes clean RGB JPEGs; real folders are not). Grayscale, palette, CMYK,
-16-bit and RGBA/LA images are converted to RGB (alpha composited over white: the colour under
-a transparent pixel is undefined, often black). A file that cannot be read or decoded, or is
-truncated, makes `source[i]` raise `BadExample` with the path and a reason from
-`SKIP_REASONS`; the Grain pipeline in `input_pipeline.py` skips and counts those unless the
-config asks for strict mode.
+An example that cannot be read or decoded makes `source[i]` raise `images.BadExample`; a
+dataset that is not on disk makes the constructor raise `DatasetNotPreparedError`, whose
+message gives the command that prepares it.
 
 This module imports neither JAX nor TensorFlow: Grain worker processes unpickle these
 classes, and should start fast.
@@ -37,227 +19,37 @@ classes, and should start fast.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
-import re
-import struct
 import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import logging
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-# Why an example was skipped; the order is the order of the counts in a batch.
-SKIP_REASONS = ("unreadable", "undecodable", "truncated")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-# The formats of those extensions, the only ones an image's bytes are decoded as. Pillow
-# otherwise guesses the format from the content, and its EPS decoder runs Ghostscript (an
-# interpreter of the file's PostScript) on a .jpg that holds PostScript.
-IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
-
-# Bilinear with Pillow's antialiasing (its filter support widens when shrinking), the resize
-# torchvision's ImageNet recipes use. The paper does not name its filter.
-RESAMPLE = Image.Resampling.BILINEAR
-
-# File layout of `prepared:` datasets (written by prepare.prepare_dataset).
-PREPARED_METADATA = "metadata.json"
-# One record = the label as little-endian int64, then the JPEG bytes of the S x S image.
-_RECORD_HEADER = struct.Struct("<q")
+from alexnet_jax.images import IMAGE_EXTENSIONS, BadExample, decode_square, resize_square
+from alexnet_jax.prepared_files import (
+    PREPARED_METADATA,
+    parse_prepared_record,
+    prepared_resize_mode,
+    read_prepared_metadata,
+)
 
 # The digits split (1,437 train / 360 test, stratified by class, fixed seed).
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
 
 
-class BadExample(ValueError):
-    """An example that cannot be turned into an image; carries why and where.
-
-    Attributes:
-      reason: one of SKIP_REASONS.
-      where: the file path or `dataset[split][index]` of the example.
-    """
-
-    def __init__(self, reason: str, where: str, detail: str = ""):
-        assert reason in SKIP_REASONS, reason
-        self.reason, self.where = reason, where
-        super().__init__(f"{reason} image {where}" + (f": {detail}" if detail else ""))
-
-
 class DatasetNotPreparedError(FileNotFoundError):
     """The dataset is not on disk in a readable form; the message says how to prepare it."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Decoding and the §2 resize.
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Converts any Pillow mode to 8-bit RGB where that is sound.
-
-    Args:
-      image: a loaded Pillow image.
-
-    Returns:
-      An RGB image of the same size.
-    """
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if mode.startswith("I") or mode == "F":
-        # 16-bit (and 32-bit int) grayscale: Pillow's own conversion clips at 255 instead of
-        # scaling, which would turn most of the image white.
-        x = np.asarray(image, dtype=np.float64)
-        x = x / 257.0 if mode.startswith("I") else x
-        gray = np.clip(np.rint(x), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")
-    # L, 1, P, CMYK (Pillow undoes Adobe's inverted CMYK), YCbCr, LAB, HSV.
-    return image.convert("RGB")
-
-
-RESIZE_MODES = ("shorter_side", "warp")
-
-
-def check_resize_mode(mode: str) -> None:
-    """Raises a ValueError naming the modes for a `config.resize_mode` that is not one."""
-    if mode not in RESIZE_MODES:
-        raise ValueError(
-            f"resize_mode={mode!r} is not one of {RESIZE_MODES}: 'shorter_side' (§2: shorter "
-            "side to resize_size, centre square) or 'warp' (the whole image to resize_size x "
-            "resize_size, as Caffe's data)."
-        )
-
-
-def read_prepared_metadata(directory: str) -> dict[str, Any]:
-    """The metadata.json of a prepared dataset, checked: a dict of splits whose files are names
-    inside `directory`.
-
-    Raises:
-      ValueError: not JSON, or not that structure (the message names the file).
-    """
-    path = os.path.join(directory, PREPARED_METADATA)
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
-        meta = f"not JSON ({type(e).__name__}: {e})"
-    problem = meta if isinstance(meta, str) else _metadata_problem(meta)
-    if problem:
-        raise ValueError(
-            f"{path} is not the metadata of a prepared dataset: {problem}; prepare the data "
-            "again (python -m alexnet_jax.prepare)."
-        )
-    return meta
-
-
-def _metadata_problem(meta: Any) -> str:
-    """What is wrong with a prepared dataset's metadata ('' when nothing)."""
-    if not isinstance(meta, dict) or not isinstance(meta.get("splits"), dict):
-        return "no dict of 'splits'"
-    for split, entry in meta["splits"].items():
-        files = entry.get("files") if isinstance(entry, dict) else None
-        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-            return f"split {split!r} lists no file names"
-        outside = [f for f in files if os.path.basename(f) != f or f in ("", ".", "..")]
-        if outside:  # a path would read files from elsewhere
-            return f"split {split!r} names files outside its folder: {outside[:3]}"
-    if type(meta.get("num_classes")) is not int:
-        return f"num_classes is {meta.get('num_classes')!r:.60}, not a whole number"
-    return ""
-
-
-def prepared_resize_mode(meta: dict[str, Any]) -> str:
-    """The resize mode a prepared dataset's metadata records (before the field: §2's)."""
-    return meta.get("resize_mode", "shorter_side")
-
-
-def resize_square(image: Image.Image, size: int, mode: str = "shorter_side") -> np.ndarray:
-    """Makes the S x S image of §2 (or Caffe's warp).
-
-    'shorter_side' (§2) rescales the shorter side to `size` and takes the central square: the
-    central square of the original is resampled straight to size x size, which is the same
-    mapping as resizing the whole image and cropping, without resampling the discarded sides.
-    'warp' resamples the whole image to size x size whatever its aspect ratio, as Caffe's
-    `convert_imageset --resize_height --resize_width` made the ILSVRC-2012 data that its
-    bvlc_alexnet model card was measured on. Small images are upscaled by the same rule.
-
-    Args:
-      image: an RGB or L Pillow image.
-      size: S, the output side.
-      mode: 'shorter_side' or 'warp' (`config.resize_mode`).
-
-    Returns:
-      uint8 array (size, size, channels of `image`).
-    """
-    check_resize_mode(mode)
-    width, height = image.size
-    if (width, height) != (size, size):
-        if mode == "warp":
-            image = image.resize((size, size), RESAMPLE)
-        else:
-            side = min(width, height)
-            left, top = (width - side) / 2, (height - side) / 2
-            box = (left, top, left + side, top + side)
-            image = image.resize((size, size), RESAMPLE, box=box)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def decode_square(data: bytes, size: int, where: str, mode: str = "shorter_side") -> np.ndarray:
-    """Decodes an encoded image (JPEG, PNG, ...) into the §2 S x S RGB uint8 array.
-
-    JPEGs are decoded at reduced scale by libjpeg's DCT scaling (`draft`) when the image is at
-    least twice S on both sides, which makes large photos several times cheaper to decode;
-    the result is still at least S on the shorter side before the resize.
-
-    Args:
-      data: the encoded file.
-      size: S.
-      where: path or key, for error messages.
-      mode: `resize_square`'s mode.
-
-    Returns:
-      uint8 array (size, size, 3).
-
-    Raises:
-      BadExample: 'truncated' or 'undecodable'.
-    """
-    try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            image.draft(None, (size, size))
-            image.load()
-            return resize_square(to_rgb(image), size, mode)
-    except OSError as e:  # Pillow reports truncated data as OSError.
-        message = str(e)
-        if "truncated" in message.lower() or "broken data stream" in message:
-            raise BadExample("truncated", where, message) from e
-        raise BadExample("undecodable", where, message) from e
-    except (UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise BadExample("undecodable", where, str(e)) from e
-
-
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    """JPEG-encodes an RGB uint8 image without chroma subsampling (4:4:4)."""
-    out = io.BytesIO()
-    Image.fromarray(image, "RGB").save(out, format="JPEG", quality=quality, subsampling=0)
-    return out.getvalue()
-
-
-def _check_index(index: int, length: int) -> int:
+def check_index(index: int, length: int) -> int:
+    """`index` as an int, or an IndexError when it is outside 0..length - 1."""
     index = int(index)
     if not 0 <= index < length:
         raise IndexError(f"index {index} out of range for a source of {length} examples")
     return index
-
-
-# ----------------------------------------------------------------------------------------------
-# Sources.
 
 
 class Source:
@@ -268,7 +60,7 @@ class Source:
       split: the split it reads.
       num_classes: labels are 0..num_classes - 1.
       size: S, the side of every image.
-      resize_mode: how an image became S x S (`resize_square`).
+      resize_mode: how an image became S x S (`images.resize_square`).
       class_names: the class names, or None where the dataset has none.
       stats_dir: where `input_pipeline.load_data_stats` caches statistics for this source,
         or None for the configured cache directory.
@@ -297,7 +89,7 @@ class Source:
     def example_name(self, index: int) -> str:
         """What the dataset calls example `index`, for a list of extracted examples: here
         '<split>#<index>'; a folder's path relative to its root, a TFDS record's file name."""
-        return f"{self.split}#{_check_index(index, len(self))}"
+        return f"{self.split}#{check_index(index, len(self))}"
 
     def __repr__(self) -> str:
         return (
@@ -347,7 +139,7 @@ class DigitsSource(Source):
         return len(self._labels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = _check_index(index, len(self))
+        index = check_index(index, len(self))
         gray = resize_square(Image.fromarray(self._images[index], "L"), self.size)
         image = np.repeat(gray[:, :, None], 3, axis=2)
         return {"image": image, "label": int(self._labels[index])}
@@ -367,7 +159,7 @@ class SyntheticSource(Source):
         return self._length
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = _check_index(index, len(self))
+        index = check_index(index, len(self))
         rng = np.random.default_rng((self._split_key, index))
         image = rng.integers(0, 256, (self.size, self.size, 3), dtype=np.uint8)
         return {"image": image, "label": int(rng.integers(self.num_classes))}
@@ -477,11 +269,11 @@ class FolderSource(Source):
 
     def example_name(self, index: int) -> str:
         """The image's path relative to the dataset's root, '/'-separated."""
-        path = self._paths[_check_index(index, len(self))]
+        path = self._paths[check_index(index, len(self))]
         return os.path.relpath(path, self._root).replace(os.sep, "/")
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = _check_index(index, len(self))
+        index = check_index(index, len(self))
         path = self._paths[index]
         try:
             with open(path, "rb") as f:
@@ -623,7 +415,7 @@ class TfdsSource(Source):
         return f"{name} ({file_name})"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = _check_index(index, len(self))
+        index = check_index(index, len(self))
         where = f"{self.name}[{self.split}][{index}]"
         try:
             record = self._data[index]
@@ -631,11 +423,6 @@ class TfdsSource(Source):
             raise BadExample("unreadable", where, str(e)) from e
         image = decode_square(record[self._image_key], self.size, where, self.resize_mode)
         return {"image": image, "label": int(record[self._label_key])}
-
-
-def split_file_stem(split: str) -> str:
-    """A file-name-safe form of a split name ('train[:90%]' -> 'train__90__')."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in split)
 
 
 class PreparedSource(Source):
@@ -678,177 +465,11 @@ class PreparedSource(Source):
         return len(self._data)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = _check_index(index, len(self))
+        index = check_index(index, len(self))
         where = f"{self.name}[{self.split}][{index}]"
         try:
-            record = self._data[index]
-            (label,) = _RECORD_HEADER.unpack_from(record)
+            label, jpeg = parse_prepared_record(self._data[index])
         except Exception as e:
             raise BadExample("unreadable", where, str(e)) from e
-        image = decode_square(record[_RECORD_HEADER.size :], self.size, where, self.resize_mode)
+        image = decode_square(jpeg, self.size, where, self.resize_mode)
         return {"image": image, "label": int(label)}
-
-
-def prepared_record(image_jpeg: bytes, label: int) -> bytes:
-    """One record of a `prepared:` dataset."""
-    return _RECORD_HEADER.pack(label) + image_jpeg
-
-
-# 'name[start:stop]' with integer or percent bounds, either may be empty or negative.
-_SLICE = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\]$")
-
-
-def parse_split(split: str) -> tuple[str, str | None, str | None]:
-    """('train', '80%', None) for 'train[80%:]'; (split, None, None) for a plain name.
-
-    Raises:
-      ValueError: a split with brackets that is not one 'name[start:stop]' slice.
-    """
-    if "[" not in split and "]" not in split:
-        return split, None, None
-    m = _SLICE.match(split.replace(" ", ""))
-    if not m:
-        raise ValueError(
-            f"split {split!r} is not a split name or one slice of it; write e.g. 'train', "
-            "'train[:80%]', 'train[80%:]' or 'train[:40000]'."
-        )
-    return m["base"], m["start"], m["stop"]
-
-
-def _bound(text: str | None, n: int, default: int) -> int:
-    if text is None:
-        return default
-    if text.endswith("%"):
-        # TFDS's default rounding of percent slices ('closest').
-        value = int(round(int(text[:-1]) * n / 100.0))
-    else:
-        value = int(text)
-    if value < 0:
-        value += n
-    return min(max(value, 0), n)
-
-
-def slice_range(split: str, n: int) -> range:
-    """The indices of a split of `n` examples that `split` (e.g. 'train[80%:]') selects."""
-    _, start, stop = parse_split(split)
-    return range(_bound(start, n, 0), _bound(stop, n, n))
-
-
-class SlicedSource(Source):
-    """A contiguous range of another source's examples: 'train[:80%]', 'train[80%:]', ...
-
-    Attributes:
-      base: the source of the whole split.
-      indices: the range of `base` indices this slice reads.
-    """
-
-    def __init__(self, base: Source, split: str):
-        self.base = base
-        self.indices = slice_range(split, len(base))
-        if not len(self.indices):
-            raise ValueError(
-                f"split {split!r} of {base.name} is empty ({len(base)} examples in "
-                f"{base.split!r}); widen the slice."
-            )
-        self.name, self.split, self.size = base.name, split, base.size
-        self.resize_mode = base.resize_mode
-        self.num_classes, self.class_names = base.num_classes, base.class_names
-        self.stats_dir = base.stats_dir
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.base[self.indices[_check_index(index, len(self))]]
-
-    def example_name(self, index: int) -> str:
-        """The base split's name of the example ('train#1150' for 'train[80%:]'[0])."""
-        return self.base.example_name(self.indices[_check_index(index, len(self))])
-
-
-def shared_examples(a: Source, b: Source) -> int:
-    """How many examples two sources of one dataset have in common (0 for different splits).
-
-    Sources of different base splits ('train' vs 'test') share nothing; slices of one split
-    share the overlap of their index ranges.
-    """
-    if a.name != b.name:
-        return 0
-    base_a, base_b = parse_split(a.split)[0], parse_split(b.split)[0]
-    if base_a != base_b:
-        return 0
-    ra = a.indices if isinstance(a, SlicedSource) else range(len(a))
-    rb = b.indices if isinstance(b, SlicedSource) else range(len(b))
-    return max(0, min(ra.stop, rb.stop) - max(ra.start, rb.start))
-
-
-def create_source(config: Any, split: str) -> Source:
-    """The source that `config.dataset` names, for one split (a name or a slice of one).
-
-    Args:
-      config: the experiment config (dataset, data_dir, resize_size, folder_val_fraction,
-        synthetic_examples, synthetic_classes).
-      split: e.g. config.train_split or config.eval_split; 'name[start:stop]' reads a
-        `SlicedSource` of split 'name'.
-
-    Returns:
-      A `Source`.
-
-    Raises:
-      DatasetNotPreparedError: the data is not on disk; the message gives the command that
-        prepares it.
-      ValueError: an unknown dataset or split, or an empty slice.
-    """
-    base, start, stop = parse_split(split)
-    source = _create_base_source(config, base)
-    if start is None and stop is None and base == split:
-        return source
-    return SlicedSource(source, split)
-
-
-DATASET_KINDS = ("tfds", "folder", "prepared")  # 'kind:argument' datasets
-PLAIN_DATASETS = ("digits", "synthetic")  # datasets named without an argument
-
-
-def parse_dataset(dataset: str) -> tuple[str, str]:
-    """Splits `config.dataset` into (kind, argument): 'tfds:imagenet2012' -> ('tfds',
-    'imagenet2012'), 'digits' -> ('digits', '').
-
-    Raises:
-      ValueError: not one of the forms below, with the forms in the message.
-    """
-    kind, _, arg = dataset.partition(":")
-    if (kind in PLAIN_DATASETS and not arg and ":" not in dataset) or (
-        kind in DATASET_KINDS and arg
-    ):
-        return kind, arg
-    raise ValueError(
-        f"dataset={dataset!r} is not a dataset name: use 'tfds:<name>' (e.g. "
-        "tfds:imagenet2012), 'folder:<path>', 'prepared:<dir>', 'digits' or 'synthetic'."
-    )
-
-
-def _create_base_source(config: Any, split: str) -> Source:
-    """The source of one whole (unsliced) split; see `create_source`."""
-    size, mode = int(config.resize_size), config.resize_mode
-    check_resize_mode(mode)
-    kind, arg = parse_dataset(config.dataset)
-    if kind == "digits":  # 8x8 squares: both modes make the same image
-        return DigitsSource(split, size)
-    if kind == "synthetic":  # generated at S x S
-        return SyntheticSource(split, size, config.synthetic_examples, config.synthetic_classes)
-    if kind == "folder":
-        return FolderSource(arg, split, size, config.folder_val_fraction, mode)
-    if kind == "prepared":
-        return PreparedSource(arg, split, size, mode)
-    return TfdsSource(arg, split, size, config.data_dir, mode)
-
-
-_LOGGED: set[str] = set()
-
-
-def log_bad_example(error: BadExample) -> None:
-    """Logs a skipped example once per process, not once per epoch."""
-    if error.where not in _LOGGED:
-        _LOGGED.add(error.where)
-        logging.warning("Skipping %s", error)

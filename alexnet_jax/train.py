@@ -32,16 +32,18 @@ from alexnet_jax import (
     augment,
     checkpoint,
     config_checks,
+    datasets,
     input_pipeline,
     metrics,
     migrations,
     models,
     optim,
     parallel,
-    sources,
+    splits,
     transfer,
 )
 from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.images import check_resize_mode
 
 
 @flax.struct.dataclass
@@ -98,8 +100,8 @@ def check_config(config: Any, num_devices: int, num_processes: int = 1) -> None:
             f"image_size={config.image_size} is larger than resize_size={config.resize_size}: "
             "crops are taken from the resized image; raise resize_size or lower image_size."
         )
-    check(lambda: sources.check_resize_mode(config.resize_mode))
-    check(lambda: sources.parse_dataset(config.dataset))
+    check(lambda: check_resize_mode(config.resize_mode))
+    check(lambda: datasets.parse_dataset(config.dataset))
     shape = check(lambda: parallel.mesh_shape(config.mesh, config.model, num_devices))
     if config.mesh.grad_sum not in parallel.GRAD_SUMS:
         problems.append(
@@ -146,14 +148,14 @@ def _check_split_overlap(config: Any, train_source, eval_source, test_source) ->
     if test_source is not None:
         pairs.append(("test_split", test_source))
     for field, source in pairs:
-        shared = sources.shared_examples(train_source, source)
+        shared = splits.shared_examples(train_source, source)
         if shared:
             raise ValueError(
                 f"{field}={config[field]!r} shares {shared:,} examples with train_split="
                 f"{config.train_split!r}; hold it out, e.g. train_split='train[:80%]' with "
                 f"{field}='train[80%:]'."
             )
-    if test_source is not None and sources.shared_examples(eval_source, test_source):
+    if test_source is not None and splits.shared_examples(eval_source, test_source):
         raise ValueError(
             f"eval_split={config.eval_split!r} overlaps test_split={config.test_split!r}: the "
             "evaluations that drive the schedule would see test examples; use disjoint splits."

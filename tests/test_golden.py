@@ -39,7 +39,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import augment, optim, parallel, sources, train
+from alexnet_jax import augment, datasets, optim, parallel, train
 from configs import default
 
 # Measured on the 2-core CPU of this project's machine, JAX 0.10.2, one device, 2026-12-01
@@ -76,7 +76,7 @@ def _three_steps(momentum: float | None = None, perturbations: int = 0) -> list[
     config.mesh.data = 1
     if momentum is not None:
         config.optimizer.momentum = momentum
-    source = sources.create_source(config, "train")
+    source = datasets.create_source(config, "train")
     examples = [source[i] for i in range(config.batch_size)]
     images = np.stack([e["image"] for e in examples])
     labels = np.array([e["label"] for e in examples], np.int32)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import augment, input_pipeline, prepare, sources
-from alexnet_jax.sources import SKIP_REASONS
+from alexnet_jax import augment, images, input_pipeline, prepare, sources
+from alexnet_jax.images import SKIP_REASONS
 from configs import alexnet as alexnet_config
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -44,7 +44,7 @@ class IndexedSource(sources.Source):
     def __getitem__(self, index):
         index = int(index)
         if index in self._bad:
-            raise sources.BadExample("undecodable", f"indexed[{index}]")
+            raise images.BadExample("undecodable", f"indexed[{index}]")
         return {"image": np.full((self.size, self.size, 3), index % 256, np.uint8), "label": index}
 
 
@@ -105,11 +105,11 @@ def test_resize_square_is_shorter_side_then_centre_crop():
     # be all white: the sides were cut off, not squeezed in (§2).
     x = np.zeros((20, 40, 3), np.uint8)
     x[:, 6:34] = 255
-    out = sources.resize_square(Image.fromarray(x), 8)
+    out = images.resize_square(Image.fromarray(x), 8)
     assert out.shape == (8, 8, 3)
     assert out.min() == 255
     # Small images are upscaled.
-    assert sources.resize_square(Image.fromarray(x[:3, :5]), 8).shape == (8, 8, 3)
+    assert images.resize_square(Image.fromarray(x[:3, :5]), 8).shape == (8, 8, 3)
 
 
 def _jpeg_bytes(image: np.ndarray, **kwargs) -> bytes:
@@ -157,7 +157,7 @@ def test_folder_converts_and_flags_bad_files(messy_folder):
         name = os.path.basename(source._paths[i])
         try:
             by_name[name] = source[i]
-        except sources.BadExample as e:
+        except images.BadExample as e:
             assert e.reason == BAD[name] and name in e.where
             by_name[name] = e.reason
     assert {n for n, v in by_name.items() if isinstance(v, str)} == set(BAD)
@@ -197,7 +197,7 @@ def test_bad_files_are_skipped_counted_and_strict_raises(messy_folder):
     with input_pipeline.create_train_iterator(
         config, source, process_index=0, process_count=1
     ) as it:
-        with pytest.raises(sources.BadExample, match=r"\.jpg"):
+        with pytest.raises(images.BadExample, match=r"\.jpg"):
             next(it)
 
 

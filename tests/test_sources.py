@@ -1,4 +1,4 @@
-"""sources.py on its own: dataset names, image conversion and resizing, indexing, overlaps.
+"""The sources on their own: dataset names, image conversion and resizing, indexing, overlaps.
 
 The datasets end to end (folders with bad files, TFDS ArrayRecord, prepared copies) are in
 test_input_pipeline.py; split slicing in test_splits.py.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import sources
+from alexnet_jax import datasets, images, splits
 from configs import default
 
 
@@ -25,25 +25,25 @@ from configs import default
     ],
 )
 def test_parse_dataset(dataset, parsed):
-    assert sources.parse_dataset(dataset) == parsed
+    assert datasets.parse_dataset(dataset) == parsed
 
 
 @pytest.mark.parametrize("dataset", ["imagenet", "tfds:", "digits:x", "folder", "digits:"])
 def test_unknown_dataset_names_are_refused_with_the_forms(dataset):
     with pytest.raises(ValueError, match="'tfds:<name>'.*'digits' or 'synthetic'"):
-        sources.parse_dataset(dataset)
+        datasets.parse_dataset(dataset)
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped():
     grey16 = Image.fromarray(np.full((4, 4), 32768, np.uint16))  # mode I;16: half scale
-    rgb = np.asarray(sources.to_rgb(grey16))
+    rgb = np.asarray(images.to_rgb(grey16))
     assert rgb.shape == (4, 4, 3) and (rgb == round(32768 / 257)).all()
 
 
 def test_transparent_pixels_become_white():
     rgba = np.zeros((2, 2, 4), np.uint8)
     rgba[0, 0] = (10, 20, 30, 255)  # one opaque pixel, the others fully transparent
-    rgb = np.asarray(sources.to_rgb(Image.fromarray(rgba, "RGBA")))
+    rgb = np.asarray(images.to_rgb(Image.fromarray(rgba, "RGBA")))
     assert rgb[0, 0].tolist() == [10, 20, 30] and (rgb[1, 1] == 255).all()
 
 
@@ -51,9 +51,9 @@ def test_resize_square_keeps_the_central_square_of_a_wide_image():
     # 8 wide, 4 high: columns 0-1 and 6-7 are outside the central 4x4 square.
     x = np.zeros((4, 8, 3), np.uint8)
     x[:, :2], x[:, 6:] = 255, 255
-    out = sources.resize_square(Image.fromarray(x), 4)
+    out = images.resize_square(Image.fromarray(x), 4)
     assert out.shape == (4, 4, 3) and (out == 0).all()
-    small = sources.resize_square(Image.fromarray(np.full((2, 3, 3), 7, np.uint8)), 4)
+    small = images.resize_square(Image.fromarray(np.full((2, 3, 3), 7, np.uint8)), 4)
     assert small.shape == (4, 4, 3) and (small == 7).all()  # upscaled by the same rule
 
 
@@ -62,18 +62,18 @@ def test_decode_names_truncated_and_undecodable_files():
     buf = io.BytesIO()
     image.save(buf, format="JPEG")
     good = buf.getvalue()
-    assert sources.decode_square(good, 32, "ok.jpg").shape == (32, 32, 3)
-    with pytest.raises(sources.BadExample) as info:
-        sources.decode_square(good[: len(good) // 2], 32, "half.jpg")
+    assert images.decode_square(good, 32, "ok.jpg").shape == (32, 32, 3)
+    with pytest.raises(images.BadExample) as info:
+        images.decode_square(good[: len(good) // 2], 32, "half.jpg")
     assert info.value.reason == "truncated" and "half.jpg" in str(info.value)
-    with pytest.raises(sources.BadExample) as info:
-        sources.decode_square(b"not an image", 32, "text.jpg")
+    with pytest.raises(images.BadExample) as info:
+        images.decode_square(b"not an image", 32, "text.jpg")
     assert info.value.reason == "undecodable"
 
 
 def test_indexing_is_bounded_and_examples_have_the_contract():
     config = default.get_config()
-    source = sources.create_source(config, "test")
+    source = datasets.create_source(config, "test")
     assert len(source) == 360 and source.num_classes == 10
     example = source[359]
     assert example["image"].shape == (36, 36, 3) and example["image"].dtype == np.uint8
@@ -84,10 +84,10 @@ def test_indexing_is_bounded_and_examples_have_the_contract():
 
 def test_shared_examples_counts_overlapping_slices_of_one_split():
     config = default.get_config()
-    train = sources.create_source(config, "train")  # 1,437
-    head = sources.create_source(config, "train[:80%]")
-    tail = sources.create_source(config, "train[70%:]")
-    test = sources.create_source(config, "test")
-    assert sources.shared_examples(head, tail) == round(0.8 * 1437) - round(0.7 * 1437)
-    assert sources.shared_examples(train, head) == len(head)
-    assert sources.shared_examples(head, test) == 0
+    train = datasets.create_source(config, "train")  # 1,437
+    head = datasets.create_source(config, "train[:80%]")
+    tail = datasets.create_source(config, "train[70%:]")
+    test = datasets.create_source(config, "test")
+    assert splits.shared_examples(head, tail) == round(0.8 * 1437) - round(0.7 * 1437)
+    assert splits.shared_examples(train, head) == len(head)
+    assert splits.shared_examples(head, test) == 0

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from alexnet_jax import config_checks, input_pipeline, sources, train
+from alexnet_jax import config_checks, input_pipeline, splits, train
 from configs import alexnet as alexnet_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,15 +42,15 @@ def test_every_config_file_is_found():
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_shipped_config_chooses_on_the_test_split(path):
     config = _load(path)
-    eval_base = sources.parse_split(config.eval_split)[0]
+    eval_base = splits.parse_split(config.eval_split)[0]
     if config.optimizer.schedule == "plateau":
         assert eval_base != "test", f"{path.name}: the plateau schedule reads the test split"
         assert config.eval_split != config.test_split
     # A test split, where there is one, is neither trained on nor evaluated during training.
     if config.test_split:
         assert config.test_split not in (config.train_split, config.eval_split)
-        assert sources.parse_split(config.test_split)[0] not in (
-            sources.parse_split(config.train_split)[0],
+        assert splits.parse_split(config.test_split)[0] not in (
+            splits.parse_split(config.train_split)[0],
             eval_base,
         )
     assert config_checks.split_problems(config) == []
@@ -59,8 +59,8 @@ def test_no_shipped_config_chooses_on_the_test_split(path):
 @pytest.mark.parametrize("name", ["default.py", "cifar10_fig1.py", "cifar10_lrn.py"])
 def test_small_data_configs_hold_validation_out_of_train_and_test_once(name):
     config = _load(ROOT / "configs" / name)
-    assert sources.parse_split(config.train_split)[0] == "train"
-    assert sources.parse_split(config.eval_split)[0] == "train"
+    assert splits.parse_split(config.train_split)[0] == "train"
+    assert splits.parse_split(config.eval_split)[0] == "train"
     assert config.test_split == "test"
 
 
@@ -70,8 +70,8 @@ def test_default_config_splits_are_disjoint_and_cover_train():
     eval_s = input_pipeline.create_source(config, config.eval_split)
     test_s = input_pipeline.create_source(config, config.test_split)
     assert (len(train_s), len(eval_s), len(test_s)) == (1150, 287, 360)  # round(0.8 * 1437)
-    assert sources.shared_examples(train_s, eval_s) == 0
-    assert sources.shared_examples(train_s, test_s) == 0
+    assert splits.shared_examples(train_s, eval_s) == 0
+    assert splits.shared_examples(train_s, test_s) == 0
     whole = input_pipeline.create_source(config, "train")
     # The two slices are the whole training split, in order.
     np.testing.assert_array_equal(train_s[1149]["image"], whole[1149]["image"])
@@ -114,14 +114,14 @@ def test_overlapping_splits_are_refused_before_training(tmp_path):
     ],
 )
 def test_slice_ranges(split, n, expected):
-    assert sources.slice_range(split, n) == expected
+    assert splits.slice_range(split, n) == expected
 
 
 def test_complementary_percent_slices_partition_every_length():
     for n in range(1, 300):
         for p in (1, 10, 20, 33, 50, 80, 99):
-            a = sources.slice_range(f"train[:{p}%]", n)
-            b = sources.slice_range(f"train[{p}%:]", n)
+            a = splits.slice_range(f"train[:{p}%]", n)
+            b = splits.slice_range(f"train[{p}%:]", n)
             assert a.start == 0 and a.stop == b.start and b.stop == n
 
 
@@ -145,9 +145,9 @@ def test_a_sliced_source_reads_the_base_examples():
         np.testing.assert_array_equal(part[i]["image"], whole[10 + i]["image"])
     with pytest.raises(IndexError):
         part[10]
-    assert sources.shared_examples(part, whole) == 10
-    assert sources.shared_examples(part, input_pipeline.create_source(config, "test[15:]")) == 5
-    assert sources.shared_examples(part, input_pipeline.create_source(config, "train")) == 0
+    assert splits.shared_examples(part, whole) == 10
+    assert splits.shared_examples(part, input_pipeline.create_source(config, "test[15:]")) == 5
+    assert splits.shared_examples(part, input_pipeline.create_source(config, "train")) == 0
     # The statistics of a slice are cached apart from those of the whole split.
     assert input_pipeline.stats_cache_path(config, part) != input_pipeline.stats_cache_path(
         config, whole
@@ -165,5 +165,5 @@ def test_the_experiment_scripts_configs_do_not_choose_on_the_test_split():
     ]
     for config in derived:
         assert config_checks.split_problems(config) == []
-        assert sources.parse_split(config.eval_split)[0] != "test"
+        assert splits.parse_split(config.eval_split)[0] != "test"
         assert config.test_split in ("", "test")

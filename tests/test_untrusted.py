@@ -25,7 +25,17 @@ import pytest
 from numpy._core.multiarray import _reconstruct
 from numpy.lib import format as npy_format
 
-from alexnet_jax import augment, caffe_files, input_pipeline, metrics, sources, weights, workdir
+from alexnet_jax import (
+    augment,
+    caffe_files,
+    images,
+    input_pipeline,
+    metrics,
+    prepared_files,
+    sources,
+    weights,
+    workdir,
+)
 from configs import caffe_bvlc_alexnet
 from configs import default as default_config
 
@@ -414,9 +424,9 @@ def _prepared(directory: Path, meta: dict) -> None:
     directory.mkdir()
     writer = ArrayRecordWriter(str(directory / "train.array_record-00000-of-00001"), "group_size:1")
     image = np.full((8, 8, 3), 90, np.uint8)
-    writer.write(sources.prepared_record(sources.encode_jpeg(image, 95), 2))
+    writer.write(prepared_files.prepared_record(images.encode_jpeg(image, 95), 2))
     writer.close()
-    (directory / sources.PREPARED_METADATA).write_text(json.dumps(meta))
+    (directory / prepared_files.PREPARED_METADATA).write_text(json.dumps(meta))
 
 
 def test_prepared_metadata_is_data_and_a_damaged_one_is_one_line(tmp_path):
@@ -443,7 +453,7 @@ def test_prepared_metadata_is_data_and_a_damaged_one_is_one_line(tmp_path):
     }
     for i, text in enumerate(damaged.values()):
         _prepared(tmp_path / f"bad{i}", meta)
-        (tmp_path / f"bad{i}" / sources.PREPARED_METADATA).write_text(text)
+        (tmp_path / f"bad{i}" / prepared_files.PREPARED_METADATA).write_text(text)
         with pytest.raises(ValueError) as e:
             sources.PreparedSource(str(tmp_path / f"bad{i}"), "train", 8)
         one_line(e.value, f"bad{i}/metadata.json is not the metadata of a prepared dataset")
@@ -532,8 +542,8 @@ def test_postscript_in_an_image_file_is_not_run(tmp_path, monkeypatch):
     monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)
     monkeypatch.setattr(EpsImagePlugin.subprocess, "check_call", ghostscript)
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\nshowpage\n"
-    with pytest.raises(sources.BadExample) as e:
-        sources.decode_square(eps, 8, "x.jpg")
+    with pytest.raises(images.BadExample) as e:
+        images.decode_square(eps, 8, "x.jpg")
     assert e.value.reason == "undecodable" and not marker.exists()
 
 
@@ -546,8 +556,8 @@ def test_an_image_claiming_ten_billion_pixels_is_skipped_before_decoding():
     png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
     tracemalloc.start()
     try:
-        with pytest.raises(sources.BadExample) as e:
-            sources.decode_square(png, 8, "bomb.png")
+        with pytest.raises(images.BadExample) as e:
+            images.decode_square(png, 8, "bomb.png")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -179,9 +179,9 @@ def _extract(args: Any, config: Any, params: Any, source: dict, split: str, log:
 
 def common_split_stem(split: str) -> str:
     """A folder name for a split ('train[:80%]' -> 'train__80__')."""
-    from alexnet_jax import sources
+    from alexnet_jax import splits
 
-    return sources.split_file_stem(split)
+    return splits.split_file_stem(split)
 
 
 def probe(args: Any) -> dict[str, Any]:
