@@ -2,7 +2,7 @@
 patches of §4.1 (four corners, centre, and their reflections; softmaxes averaged), printed
 beside the paper's rows and the released 2012 code's own results (`CODE_ROWS`).
 
-The evaluation is the training system's own (`train.make_eval_step` and `train.evaluate`, the
+The evaluation is the training system's own (`train.make_eval_step` and `run_loop.evaluate`, the
 code that logs eval_* and eval10_* during training), run on the run's config.json.
 
   python -m experiments.paper.paper_tables --workdir=/tmp/alexnet            # the run's eval split
@@ -19,7 +19,7 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import input_pipeline, parallel, train
+from alexnet_jax import input_pipeline, parallel, run_loop, train
 from alexnet_jax.published import CODE_ROWS, PAPER_ROWS
 from experiments import common, files
 
@@ -37,7 +37,7 @@ def evaluate(config, params, split: str) -> dict[str, float]:
         params = parallel.shard(params, mesh, parallel.param_spec(config.model))
         eval_step = train.make_eval_step(config, mesh)
         with input_pipeline.create_eval_iterator(config, source) as batches:
-            return train.evaluate(eval_step, params, batches, stats, mesh)
+            return run_loop.evaluate(eval_step, params, batches, stats, mesh)
 
 
 def main(argv=None) -> dict:
