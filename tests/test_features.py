@@ -15,7 +15,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import augment, features, input_pipeline, models, optim, parallel, train
+from alexnet_jax import (
+    augment,
+    feature_files,
+    feature_layers,
+    features,
+    input_pipeline,
+    models,
+    optim,
+    parallel,
+    train,
+)
 from configs import default as default_config
 from configs import torchvision_alexnet
 from tests.helpers import rel_err
@@ -125,6 +135,37 @@ def test_alexnet_features_are_the_networks_intermediates(patches, alexnet_params
     assert rel_err(got["fc7_out"], 0.5 * got["fc7"]) < 1e-6
 
 
+def test_layer_names_follow_the_traced_network(tmp_path):
+    # The paper's AlexNet: the user names, then every sown key, in the network's order, each
+    # described by its kind's rule (none left to the fallback).
+    layers = feature_layers.available_layers(_alexnet())
+    sown = list(feature_layers.sown_shapes(_alexnet()))
+    assert list(layers)[-len(sown) :] == sown and "the value the network sows" not in str(layers)
+    assert list(layers)[: -len(sown)] == [
+        "conv1", "lrn1", "pool1", "conv2", "lrn2", "pool2", "conv3", "conv4", "conv5", "pool5",
+        "fc6", "fc7", "fc8",
+    ]  # fmt: skip
+    assert layers["fc6"] == "fc6 after relu, before dropout (DeCAF6: Caffe's fc6 blob after relu6)"
+    assert layers["fc7_out"] == "fc7 after relu and dropout's test-time scaling x 0.5 (§4.2)"
+    assert layers["conv1_pre"] == "conv1 before the relu (weights times inputs plus bias)"
+    assert layers["lrn1"] == "conv1 after relu and LRN, before max pooling"
+    assert layers["pool5"] == "conv5's max pooling output (3x3, stride 2)"
+    assert layers["fc8"] == layers["logits"] == "fc8's output, the logits before the softmax"
+    # The order is the network's: an LRN moved before the ReLU comes before conv1's name; a
+    # removed layer leaves its pooling, on its input.
+    moved = feature_layers.available_layers(
+        _alexnet(**{"model.lrn_before_relu": ("conv1",), "model.remove_conv": ("conv5",)})
+    )
+    assert list(moved)[:3] == ["lrn1", "conv1", "pool1"] and "conv5" not in moved
+    assert moved["conv1"] == "conv1 after LRN and relu, before max pooling"
+    assert moved["pool5"].endswith("of conv5's input (conv5 removed: model.remove_conv)")
+    # A CIFAR net's LRN is not sown, its layer file places it: before or after the pooling.
+    fig1 = feature_layers.available_layers(_digits(tmp_path, **{"model.name": "cifar_fig1"}))
+    assert fig1["pool1"] == "conv1's max pooling output (3x3, stride 2), then LRN"
+    lrn = feature_layers.available_layers(_digits(tmp_path))
+    assert lrn["conv1"] == "conv1 after relu, before LRN and max pooling"
+
+
 def test_random_init_is_a_training_runs_step_zero(tmp_path, monkeypatch, digits_params):
     config = _digits(tmp_path)
     params, _ = digits_params
@@ -184,7 +225,7 @@ def test_torchvision_weights_reproduce_torchs_activations(tmp_path):
     config.batch_size = 2
     params, record = features.load_params(config, weights=str(path))  # format from .pth
     assert record["format"] == "torchvision" and len(record["sha256"]) == 64
-    layers = features.resolve_layers(config, ["pool5", "fc6", "fc7", "fc8"])
+    layers = feature_layers.resolve_layers(config, ["pool5", "fc6", "fc7", "fc8"])
     compute = features.feature_function(config, params, layers, None)  # fixed mean: no stats
     rgb = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
     got = compute(rgb)
@@ -238,7 +279,7 @@ def test_written_files_round_trip_and_name_their_examples(tmp_path, digits_param
     ]  # fmt: skip
     for layer in layers:
         for folder in (out, npz):
-            x, y, rec = features.load_features(str(folder), layer)
+            x, y, rec = feature_files.load_features(str(folder), layer)
             assert x.dtype == np.float32 and y.dtype == np.int64
             np.testing.assert_array_equal(x, got[layer])
             np.testing.assert_array_equal(y, labels)
@@ -250,12 +291,12 @@ def test_written_files_round_trip_and_name_their_examples(tmp_path, digits_param
     # A damaged shard: one line naming the file.
     shard = out / "conv2" / "part-00001.npy"
     shard.write_bytes(shard.read_bytes()[:1000])
-    with pytest.raises(features.FeaturesError) as e:
-        features.load_features(str(out), "conv2")
+    with pytest.raises(feature_files.FeaturesError) as e:
+        feature_files.load_features(str(out), "conv2")
     assert "part-00001.npy" in str(e.value) and "\n" not in str(e.value)
     (out / "labels.npy").unlink()
-    with pytest.raises(features.FeaturesError, match="labels.npy is missing"):
-        features.load_features(str(out), "fc10")
+    with pytest.raises(feature_files.FeaturesError, match="labels.npy is missing"):
+        feature_files.load_features(str(out), "fc10")
 
 
 def test_a_folder_dataset_names_its_files_and_skips_a_broken_one(tmp_path, digits_params):
@@ -280,7 +321,7 @@ def test_a_folder_dataset_names_its_files_and_skips_a_broken_one(tmp_path, digit
     kept = [f for f in files if f != "val/dog/1.png"]
     assert (out / "examples.txt").read_text().splitlines() == kept
     assert written["examples"] == 5 and written["skipped"]["undecodable"] == 1
-    _, labels, _ = features.load_features(str(out), "fc10")
+    _, labels, _ = feature_files.load_features(str(out), "fc10")
     np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1])
 
 

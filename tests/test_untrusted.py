@@ -615,7 +615,7 @@ def test_tfds_imports_the_module_a_features_json_names(tmp_path, monkeypatch):
 
 def _features_folder(tmp_path: Path, file_format: str) -> Path:
     """A features folder as `alexnet_jax.features` writes it (random arrays, two layers)."""
-    from alexnet_jax import features
+    from alexnet_jax import feature_files
 
     out = tmp_path / f"features_{file_format}"
     out.mkdir()
@@ -623,16 +623,16 @@ def _features_folder(tmp_path: Path, file_format: str) -> Path:
     labels = np.arange(6, dtype=np.int64)
     layers = [{"name": "fc7", "key": "fc7_act", "dim": 4, "shape": [4]}]
     if file_format == "npz":
-        np.savez(out / features.NPZ, fc7=x, labels=labels)
+        np.savez(out / feature_files.NPZ, fc7=x, labels=labels)
     else:
         (out / "fc7").mkdir()
         np.save(out / "fc7" / "part-00000.npy", x)
-        np.save(out / features.LABELS, labels)
+        np.save(out / feature_files.LABELS, labels)
         layers[0]["shards"] = [{"file": "fc7/part-00000.npy", "rows": 6}]
-    (out / features.RECORD).write_text(
+    (out / feature_files.RECORD).write_text(
         json.dumps({"format": file_format, "examples": 6, "layers": layers})
     )
-    got, got_labels, _ = features.load_features(str(out), "fc7")  # the genuine folder loads
+    got, got_labels, _ = feature_files.load_features(str(out), "fc7")  # the genuine folder loads
     np.testing.assert_array_equal(got, x)
     np.testing.assert_array_equal(got_labels, labels)
     return out
@@ -640,33 +640,33 @@ def _features_folder(tmp_path: Path, file_format: str) -> Path:
 
 @pytest.mark.parametrize("file_format", ["shards", "npz"])
 def test_a_features_folder_is_data_and_a_hostile_one_is_one_line(tmp_path, file_format):
-    from alexnet_jax import features
+    from alexnet_jax import feature_files
 
     marker = tmp_path / "marker"
     out = _features_folder(tmp_path, file_format)
     payload = np.array([Payload("os.system", marker)], object)
     if file_format == "npz":
-        np.savez(out / features.NPZ, fc7=payload, labels=np.arange(6))
+        np.savez(out / feature_files.NPZ, fc7=payload, labels=np.arange(6))
     else:
         np.save(out / "fc7" / "part-00000.npy", payload, allow_pickle=True)
-    with pytest.raises(features.FeaturesError) as e:
-        features.load_features(str(out), "fc7")
+    with pytest.raises(feature_files.FeaturesError) as e:
+        feature_files.load_features(str(out), "fc7")
     one_line(e.value, "cannot be read")
     assert not marker.exists()
     if file_format == "shards":
         # A shard claiming 4 TiB, a record claiming more rows than the files hold, and a
         # shard path outside the folder: refused without allocating or reading elsewhere.
         huge_npy(out / "fc7" / "part-00000.npy")
-        with pytest.raises(features.FeaturesError) as e:
-            features.load_features(str(out), "fc7")
+        with pytest.raises(feature_files.FeaturesError) as e:
+            feature_files.load_features(str(out), "fc7")
         one_line(e.value)
-        record = json.loads((out / features.RECORD).read_text())
+        record = json.loads((out / feature_files.RECORD).read_text())
         record["layers"][0]["shards"] = [{"file": "../../etc/passwd", "rows": 6}]
-        (out / features.RECORD).write_text(json.dumps(record))
-        with pytest.raises(features.FeaturesError) as e:
-            features.load_features(str(out), "fc7")
+        (out / feature_files.RECORD).write_text(json.dumps(record))
+        with pytest.raises(feature_files.FeaturesError) as e:
+            feature_files.load_features(str(out), "fc7")
         one_line(e.value, "outside the folder")
-    (out / features.RECORD).write_text("[" * 100_000)  # nested past the recursion limit
-    with pytest.raises(features.FeaturesError) as e:
-        features.load_features(str(out), "fc7")
+    (out / feature_files.RECORD).write_text("[" * 100_000)  # nested past the recursion limit
+    with pytest.raises(feature_files.FeaturesError) as e:
+        feature_files.load_features(str(out), "fc7")
     one_line(e.value)

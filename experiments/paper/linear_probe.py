@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax import features
+from alexnet_jax import feature_files, features
 from alexnet_jax.errors import first_line
 from experiments import common, files
 
@@ -76,7 +76,7 @@ def read_features(folder: str, layer: str, role: str, log: Events):
     """Every read of features goes through here: (x, labels, record) of one layer of a
     features folder, logged first as a 'read' event of `role` ('train' or 'test')."""
     log("read", role=role, folder=os.path.abspath(folder), layer=layer)
-    return features.load_features(folder, layer)
+    return feature_files.load_features(folder, layer)
 
 
 def topk_error(probs: np.ndarray, classes: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -215,7 +215,9 @@ def probe(args: Any) -> dict[str, Any]:
 
     # 1. Every layer's C, from the training features alone, then the refit.
     rows, fitted, train_record = [], {}, None
-    layers = args.layers or [x["name"] for x in features.read_record(args.train_features)["layers"]]
+    layers = args.layers or [
+        x["name"] for x in feature_files.read_record(args.train_features)["layers"]
+    ]
     for layer in layers:
         x, y, train_record = read_features(args.train_features, layer, "train", log)
         row = {"layer": layer, "dim": int(x.shape[1]), **choose(x, y, layer, cs, args, log)}

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from alexnet_jax import cifar_nets, features, input_pipeline
+from alexnet_jax import cifar_nets, feature_layers, features, input_pipeline
 from experiments import common, files
 
 # Queries are converted to float64 for the distance products this many bytes at a time.
@@ -69,7 +69,7 @@ def embedder(config, params, layer: str, stats) -> Callable[[np.ndarray], np.nda
     `alexnet_jax.features` accepts) for the centre patch, computed by
     `features.feature_function`: a short batch is padded to config.batch_size, so only one
     shape is ever compiled."""
-    (resolved,) = features.resolve_layers(config, [layer])
+    (resolved,) = feature_layers.resolve_layers(config, [layer])
     compute = features.feature_function(config, params, [resolved], stats, "centre")
     return lambda images: compute(images)[layer]
 
