@@ -10,7 +10,7 @@ full-size ImageNet image), then measures in one process:
      accelerator's appetite by it to size num_workers), then of `create_train_iterator` on the
      256x256 folder for num_workers = 0, 1, 2 (after the first batch, so worker start-up is
      excluded), and on the 640x427 folder with the most workers: the gap is what the one-time
-     `--prepare` step saves;
+     copy of `python -m alexnet_jax.prepare` saves;
   2. the device augmentation of §2/§4.1 (`augment.train_views`: mean image, random crop, flip,
      PCA colour), jitted, per batch of 128 uint8 256x256 images;
   3. the project's training step for the config (`train.single_device_step`: augmentation,
