@@ -14,21 +14,9 @@ from alexnet_jax.lrn import (
     to_torch_alpha,
     within_map_norm,
 )
+from tests import reference
 
 PAPER = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
-
-
-def reference_lrn(a: np.ndarray, size: int, alpha: float, beta: float, k: float) -> np.ndarray:
-    """The paper's formula in float64, one channel at a time with its max/min bounds."""
-    a = np.asarray(a, np.float64)
-    n_channels = a.shape[-1]
-    half = size // 2
-    b = np.empty_like(a)
-    for i in range(n_channels):
-        lo, hi = max(0, i - half), min(n_channels - 1, i + half)
-        sum_sq = np.sum(a[..., lo : hi + 1] ** 2, axis=-1)
-        b[..., i] = a[..., i] / (k + alpha * sum_sq) ** beta
-    return b
 
 
 def torch_lrn(a: np.ndarray, size: int, alpha: float, beta: float, k: float) -> np.ndarray:
@@ -73,7 +61,7 @@ def test_matches_float64_reference(shape, size, use_custom_vjp):
     x = relu_activations(0, shape, scale=40.0)
     params = dict(PAPER, size=size)
     got = local_response_norm(jnp.asarray(x), use_custom_vjp=use_custom_vjp, **params)
-    want = reference_lrn(x, **params)
+    want = reference.lrn(x, **params)
     assert got.shape == x.shape and got.dtype == jnp.float32
     assert_rel_close(got, want, rtol=1e-5)
     # The clipped ends, where a wrong padding or window offset shows first.
@@ -94,7 +82,7 @@ def test_normalization_bites_and_alpha_is_not_divided_by_size():
     assert 0.82 < shrink.mean() < 0.92, shrink.mean()
     assert shrink.min() < 0.6, shrink.min()
     # Caffe/PyTorch-style alpha/n (a term 5x weaker) must be distinguishable at this scale.
-    weak = reference_lrn(x, **dict(PAPER, alpha=PAPER["alpha"] / PAPER["size"]))
+    weak = reference.lrn(x, **dict(PAPER, alpha=PAPER["alpha"] / PAPER["size"]))
     assert np.max(np.abs(got - weak) / np.maximum(np.abs(weak), 1e-30)) > 0.1
 
 
@@ -119,7 +107,7 @@ def test_torch_convention_conversion():
     assert to_torch_alpha(PAPER["alpha"], 5) == pytest.approx(torch_alpha)
     assert from_torch_alpha(to_torch_alpha(3e-3, 7), 7) == pytest.approx(3e-3)
     # And torch's formula *is* the paper's once alpha is converted.
-    assert_rel_close(reference_lrn(x, **PAPER), want, rtol=1e-12)
+    assert_rel_close(reference.lrn(x, **PAPER), want, rtol=1e-12)
 
 
 @pytest.mark.parametrize("use_custom_vjp", [True, False])
@@ -207,29 +195,6 @@ def test_window_sum_is_reduce_window_with_centred_zero_padding():
 CIFAR_18PCT = {"size": 3, "alpha": 0.00005 / 9, "beta": 0.75, "k": 1.0}
 
 
-def reference_within_map(
-    a: np.ndarray, size: int, alpha: float, beta: float, k: float
-) -> np.ndarray:
-    """cuda-convnet's kCNorm loops in float64, one pixel at a time.
-
-    The window of pixel p starts at p - size//2 (the kernels' `-sizeX/2 + pxIdx`, C division
-    truncating toward zero) and is `size` wide; the loops run from max(0, start) to
-    min(imgSize, start + size), so at the border only the pixels inside the image are summed.
-    """
-    a = np.asarray(a, np.float64)
-    _, height, width, _ = a.shape
-    b = np.empty_like(a)
-    for y in range(height):
-        y0 = y - size // 2
-        for x in range(width):
-            x0 = x - size // 2
-            rows = slice(max(0, y0), min(height, y0 + size))
-            cols = slice(max(0, x0), min(width, x0 + size))
-            sum_sq = np.sum(a[:, rows, cols, :] ** 2, axis=(1, 2))
-            b[:, y, x, :] = a[:, y, x, :] / (k + alpha * sum_sq) ** beta
-    return b
-
-
 # Strong enough that the window matters: with activations of std ~40 the alpha term is several
 # times k, so a window off by one pixel changes outputs by far more than float32 rounding.
 STRONG = {"alpha": 1e-3, "beta": 0.75, "k": 1.0}
@@ -241,7 +206,7 @@ def test_within_map_matches_float64_reference(size, use_custom_vjp):
     # Non-square, so that swapping the two spatial axes would show.
     x = relu_activations(10 + size, (2, 7, 9, 5), scale=40.0)
     got = within_map_norm(jnp.asarray(x), size=size, use_custom_vjp=use_custom_vjp, **STRONG)
-    want = reference_within_map(x, size, **STRONG)
+    want = reference.within_map(x, size, **STRONG)
     assert got.shape == x.shape and got.dtype == jnp.float32
     assert_rel_close(got, want, rtol=1e-5)
     # Corners (clipped on two sides) and the centre (the full size x size window).
@@ -252,7 +217,7 @@ def test_within_map_matches_float64_reference(size, use_custom_vjp):
 def test_within_map_18pct_constants_match_reference():
     x = relu_activations(20, (3, 8, 8, 32), scale=40.0)
     got = within_map_norm(jnp.asarray(x), **CIFAR_18PCT)
-    assert_rel_close(got, reference_within_map(x, **CIFAR_18PCT), rtol=1e-5)
+    assert_rel_close(got, reference.within_map(x, **CIFAR_18PCT), rtol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -29,13 +29,14 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from numpy.lib.stride_tricks import sliding_window_view
 
 from alexnet_jax import architecture, augment, cifar_nets, config_checks, models, optim
 from configs import alexnet as alexnet_config
 from configs import cifar10_fig1, cifar10_lrn
 from configs.ablations import one_tower
+from tests import reference as ref
 from tests.helpers import random_stats
+from tests.reference import rel
 from tests.test_transfer import INIT_FROM_CHECKS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -68,12 +69,7 @@ def documented_fields(section: str) -> list[str]:
     return [f for f in dict.fromkeys(fields) if f != "field"]
 
 
-# --- Independent computations (NumPy, float64) -------------------------------------------------
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+# --- Comparing with the independent computations (tests/reference.py) ---------------------------
 
 
 def assert_switch(out, want, unswitched, tol=1e-5):
@@ -83,62 +79,6 @@ def assert_switch(out, want, unswitched, tol=1e-5):
     if np.shape(unswitched) == np.shape(want):
         gap = rel(unswitched, want)
         assert gap > 20 * tol, f"check cannot tell the switch apart ({gap:.2e})"
-
-
-def conv_ref(x, kernel, stride=1, pad=(0, 0)):
-    """NHWC convolution, HWIO kernel, `pad` rows/columns before/after, float64."""
-    x = np.pad(np.asarray(x, np.float64), ((0, 0), pad, pad, (0, 0)))
-    kernel = np.asarray(kernel, np.float64)
-    k = kernel.shape[0]
-    win = sliding_window_view(x, (k, k), axis=(1, 2))[:, ::stride, ::stride]
-    b, h, w = win.shape[:3]
-    patches = win.transpose(0, 1, 2, 4, 5, 3).reshape(b * h * w, -1)
-    return (patches @ kernel.reshape(-1, kernel.shape[-1])).reshape(b, h, w, -1)
-
-
-def tower_conv_ref(x, kernel, bias, sees, stride=1, pad=(0, 0)):
-    """A tower layer's convolution: kernel (T, k, k, in, w); 'own' layers read their tower."""
-    kernel, bias = np.asarray(kernel, np.float64), np.asarray(bias, np.float64).reshape(-1)
-    towers = kernel.shape[0]
-    if sees == "both":
-        full = np.concatenate(list(kernel), axis=-1)
-        return conv_ref(x, full, stride, pad) + bias
-    parts = np.split(np.asarray(x, np.float64), towers, axis=-1)
-    return np.concatenate([conv_ref(p, k, stride, pad) for p, k in zip(parts, kernel)], -1) + bias
-
-
-def tower_fc_ref(x, kernel, bias):
-    kernel, bias = np.asarray(kernel, np.float64), np.asarray(bias, np.float64).reshape(-1)
-    x = np.asarray(x, np.float64).reshape(len(x), -1)
-    return x @ np.concatenate(list(kernel), axis=-1) + bias
-
-
-def lrn_ref(a, n=5, alpha=1e-4, beta=0.75, k=2.0, groups=1):
-    """§3.3 across channels, within each of `groups` channel groups (towers), a loop over i."""
-    a = np.asarray(a, np.float64)
-    out = np.empty_like(a)
-    size = a.shape[-1] // groups
-    for g in range(groups):
-        for i in range(size):
-            lo, hi = max(0, i - n // 2), min(size - 1, i + n // 2)
-            s = (a[..., g * size + lo : g * size + hi + 1] ** 2).sum(-1)
-            out[..., g * size + i] = a[..., g * size + i] / (k + alpha * s) ** beta
-    return out
-
-
-def within_map_ref(a, n=3, alpha=5e-5 / 9, beta=0.75, k=1.0):
-    """cuda-convnet's rnorm: each map over an n x n spatial window, clipped at the borders."""
-    a = np.asarray(a, np.float64)
-    h, w = a.shape[1:3]
-    out = np.empty_like(a)
-    lo = n // 2  # window rows y - n//2 .. y - n//2 + n - 1 (centred for odd n)
-    for y in range(h):
-        for x in range(w):
-            ys = slice(max(0, y - lo), min(h, y - lo + n))
-            xs = slice(max(0, x - lo), min(w, x - lo + n))
-            s = (a[:, ys, xs, :] ** 2).sum(axis=(1, 2))
-            out[:, y, x, :] = a[:, y, x, :] / (k + alpha * s) ** beta
-    return out
 
 
 def per_term(mc, alpha, n, kind):
@@ -153,24 +93,11 @@ def norm_ref(a, mc, groups=1):
     """The normalization `config.model` asks for, or none."""
     if not mc.lrn:
         return np.asarray(a, np.float64)
-    args = dict(n=mc.lrn_size, alpha=per_term(mc, mc.lrn_alpha, mc.lrn_size, mc.lrn_kind))
+    args = dict(size=mc.lrn_size, alpha=per_term(mc, mc.lrn_alpha, mc.lrn_size, mc.lrn_kind))
     args.update(beta=mc.lrn_beta, k=mc.lrn_k)
     if mc.lrn_kind == "within_map":
-        return within_map_ref(a, **args)
-    return lrn_ref(a, groups=groups, **args)
-
-
-def pool_ref(x, window, stride=2, kind="max", ceil=False):
-    """Pooling over H and W; `ceil`: cuda-convnet's rounded-up output, windows clipped."""
-    x = np.asarray(x, np.float64)
-    h = x.shape[1]
-    out_n = -(-(h - window) // stride) + 1 if ceil else (h - window) // stride + 1
-    out = np.empty((x.shape[0], out_n, out_n, x.shape[3]))
-    for i in range(out_n):
-        for j in range(out_n):
-            win = x[:, i * stride : i * stride + window, j * stride : j * stride + window]
-            out[:, i, j] = win.max(axis=(1, 2)) if kind == "max" else win.mean(axis=(1, 2))
-    return out
+        return ref.within_map(a, **args)
+    return ref.lrn(a, groups=groups, **args)
 
 
 ACTIVATIONS = {"relu": lambda v: np.maximum(v, 0.0), "tanh": np.tanh}
@@ -190,13 +117,51 @@ def net_config(network: str, **model_overrides) -> ml_collections.ConfigDict:
     return config
 
 
-@functools.lru_cache(maxsize=16)
+@functools.cache
 def _params(network: str, shape_key: tuple) -> dict:
+    """The network's initial parameters, `model.init` with key 0, as read-only NumPy arrays.
+
+    A full initialisation of AlexNet's 60M parameters compiles for tens of seconds, so a config
+    that changes only some layers' shapes (or, through `init_std`, their std) initialises only
+    those layers, in a program that XLA trims to their random draws, and takes the others from
+    the network's default parameters. That is exact: Flax draws each parameter from the key
+    folded with its layer's name, so a layer of the same shape and initializer has the same
+    values in either config. `init` changes every layer: it initialises them all.
+    """
     config = net_config(network, **dict(shape_key))
     model = models.create_model(config.model)
     x = jnp.zeros((1, config.image_size, config.image_size, 3))
-    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
-    return jax.tree.map(np.asarray, params)
+    key = jax.random.key(0)
+    overrides = dict(shape_key)
+    base = _params(network, ()) if overrides and "init" not in overrides else None
+    if base is None:
+        fresh = None  # every layer
+    else:
+        shapes = jax.eval_shape(lambda k, x: model.init(k, x)["params"], key, x)
+        restd = dict(overrides.get("init_std", ()))
+        fresh = [
+            name
+            for name, leaves in shapes.items()
+            if name in restd
+            or name not in base
+            or any(leaves[k].shape != base[name][k].shape for k in leaves)
+        ]
+
+    def init(key, x):
+        params = model.init(key, x)["params"]
+        return params if fresh is None else {name: params[name] for name in fresh}
+
+    drawn = jax.tree.map(_read_only, jax.jit(init)(key, x))
+    if base is None:
+        return drawn
+    return {name: drawn[name] if name in drawn else base[name] for name in shapes}
+
+
+def _read_only(value) -> np.ndarray:
+    """A NumPy copy that raises if written: the cached arrays are shared by every check."""
+    out = np.array(value)
+    out.setflags(write=False)
+    return out
 
 
 _SHAPE_FIELDS = (
@@ -205,19 +170,44 @@ _SHAPE_FIELDS = (
 )  # fmt: skip
 
 
-def _shape_key(network: str, overrides: dict) -> tuple:
-    """The overrides that change the parameters (values equal to the base's do not)."""
+def _changed(network: str, overrides: dict, fields=None) -> tuple:
+    """The overrides (of `fields`, if given) whose values differ from the base config's, as a
+    sorted tuple: the same key for the same config however it was asked for."""
     base = net_config(network).model
     return tuple(
-        sorted((k, v) for k, v in overrides.items() if k in _SHAPE_FIELDS and base[k] != v)
+        sorted(
+            (k, v) for k, v in overrides.items() if (fields is None or k in fields) and base[k] != v
+        )
     )
 
 
-def run(network: str, train: bool = False, batch: int = 2, **model_overrides):
-    """(config.model, params, intermediates as float64 NumPy, logits) for a switched net."""
-    config = net_config(network, **model_overrides)
-    model = models.create_model(config.model)
+def _shape_key(network: str, overrides: dict) -> tuple:
+    """The overrides that change the parameters (values equal to the base's do not)."""
+    return _changed(network, overrides, _SHAPE_FIELDS)
+
+
+def run(network: str, train: bool = False, batch: int = 2, keep=None, **model_overrides):
+    """(config.model, params, intermediates as float64 NumPy, logits) for a switched net.
+
+    `keep`: the names of the intermediates the check reads; the program returns only those
+    (and no logits), so XLA compiles only the layers they depend on: a check of conv1's and
+    conv2's normalization does not compile AlexNet's fully connected layers. None: every
+    intermediate and the logits. Results are cached per config: two checks of one config run
+    it once.
+    """
+    mc, inter, logits = _run(
+        network, train, batch, None if keep is None else tuple(keep),
+        _changed(network, model_overrides),
+    )  # fmt: skip
     params = _params(network, _shape_key(network, model_overrides))
+    return mc.copy_and_resolve_references(), params, dict(inter), logits
+
+
+@functools.lru_cache(maxsize=32)
+def _run(network: str, train: bool, batch: int, keep, overrides: tuple):
+    config = net_config(network, **dict(overrides))
+    model = models.create_model(config.model)
+    params = _params(network, _shape_key(network, dict(overrides)))
     size = config.image_size
     # Pixel-like, mean-subtracted inputs (std ~60 in 0..255 units), the same for every switch.
     x = 60.0 * np.asarray(jax.random.normal(jax.random.key(1), (batch, size, size, 3)))
@@ -231,12 +221,16 @@ def run(network: str, train: bool = False, batch: int = 2, **model_overrides):
             rngs={"dropout": jax.random.key(2)},
             mutable="intermediates",
         )
-        return logits, state["intermediates"]
+        inter = state["intermediates"]
+        if keep is None:
+            return logits, inter
+        return None, {k: inter[k] for k in keep if k in inter}
 
     logits, inter = forward(params, x.astype(np.float32))
-    inter = {k: np.asarray(v[0], np.float64) for k, v in inter.items()}
-    inter["input"] = x
-    return config.model, params, inter, np.asarray(logits, np.float64)
+    inter = {k: _read_only(np.asarray(v[0], np.float64)) for k, v in inter.items()}
+    inter["input"] = _read_only(x)
+    logits = None if logits is None else _read_only(np.asarray(logits, np.float64))
+    return config.model, inter, logits
 
 
 def primitive_shapes(network: str, **model_overrides) -> list[tuple[str, tuple, dict]]:
@@ -279,19 +273,22 @@ def _towers(network: str) -> int:
 
 
 # --- Model checks ------------------------------------------------------------------------------
+# What the checks of conv1's and conv2's normalization read (`run`'s keep): one tuple, so that
+# checks of one config share its program.
+_NORM_KEYS = ("conv1_out", "pool1_out", "conv2_out")
 # conv1 of AlexNet: 224 inputs, stride 4, 3 zero rows/columns past the bottom/right (§3.5 note).
 _CONV1_PAD = (0, 3)
 
 
 def _alexnet_conv1(params, inter, activation="relu"):
-    pre = tower_conv_ref(
+    pre = ref.tower_conv(
         inter["input"], params["conv1"]["kernel"], params["conv1"]["bias"], "both", 4, _CONV1_PAD
     )
     return ACTIVATIONS[activation](pre)
 
 
 def _alexnet_conv2(params, inter, activation="relu"):
-    pre = tower_conv_ref(
+    pre = ref.tower_conv(
         inter["pool1_out"], params["conv2"]["kernel"], params["conv2"]["bias"], "own", 1, (2, 2)
     )
     return ACTIVATIONS[activation](pre)
@@ -300,12 +297,12 @@ def _alexnet_conv2(params, inter, activation="relu"):
 def _cifar_first(network, params, inter, mc):
     """(what the net sows after conv1's normalization point, computed, unnormalized)."""
     a = ACTIVATIONS[mc.activation](
-        conv_ref(inter["input"], params["conv1"]["kernel"], 1, (2, 2)) + params["conv1"]["bias"]
+        ref.conv(inter["input"], params["conv1"]["kernel"], 1, (2, 2)) + params["conv1"]["bias"]
     )
     if network == "cifar_lrn":  # layers-conv-local-11pct: conv, ReLU, LRN, then pool
         return inter["conv1_out"], norm_ref(a, mc), a
     # layers-18pct: conv1, max pool (with the ReLU), then the normalization
-    pooled = pool_ref(a, 3, 2, "max", ceil=True)
+    pooled = ref.pool(a, 3, 2, "max", ceil=True)
     return inter["pool1_out"], norm_ref(pooled, mc), pooled
 
 
@@ -347,7 +344,7 @@ def check_towers(network):
     want = norm_ref(_alexnet_conv2(params, inter), mc, groups=towers)
     np.testing.assert_array_less(rel(inter["conv2_out"], want), 1e-5)
     # conv3 reads both towers: one convolution over all of pool2's maps.
-    pre3 = tower_conv_ref(
+    pre3 = ref.tower_conv(
         inter["pool2_out"], params["conv3"]["kernel"], params["conv3"]["bias"], "both", 1, (1, 1)
     )
     np.testing.assert_array_less(rel(inter["conv3_out"], np.maximum(pre3, 0)), 1e-5)
@@ -379,7 +376,7 @@ def check_one_tower_kernels(network):
 def check_lrn_across_towers(network):
     if not _is_alexnet(network):
         return refused(network, "lrn_across_towers", True)
-    mc, params, inter, _ = run(network, lrn_across_towers=True)
+    mc, params, inter, _ = run(network, lrn_across_towers=True, keep=_NORM_KEYS)
     a = _alexnet_conv1(params, inter)
     # One window over all 96 maps (Caffe's groups share the LRN layer), not each tower's 48.
     across, per_tower = norm_ref(a, mc, groups=1), norm_ref(a, mc, groups=_towers(network))
@@ -396,10 +393,10 @@ def check_conv1_padding(network):
     groups = _towers(network)
     # torchvision: 2 zeros on every side, (224 + 4 - 11) // 4 + 1 = 55 like the paper's rounding.
     sym = norm_ref(
-        np.maximum(tower_conv_ref(inter["input"], kernel, bias, "both", 4, (2, 2)), 0), mc, groups
+        np.maximum(ref.tower_conv(inter["input"], kernel, bias, "both", 4, (2, 2)), 0), mc, groups
     )
     paper = norm_ref(
-        np.maximum(tower_conv_ref(inter["input"], kernel, bias, "both", 4, _CONV1_PAD), 0),
+        np.maximum(ref.tower_conv(inter["input"], kernel, bias, "both", 4, _CONV1_PAD), 0),
         mc,
         groups,
     )
@@ -422,28 +419,29 @@ def check_dropout_on(network):
     dropped = (fc6_in == 0) & (pool5 != 0)
     np.testing.assert_allclose(np.where(dropped, pool5, fc6_in), pool5, rtol=1e-6, atol=1e-6)
     assert 0.4 < dropped[pool5 != 0].mean() < 0.6  # rate 0.5 on fc6's inputs
-    fc6 = np.maximum(tower_fc_ref(fc6_in, params["fc6"]["kernel"], params["fc6"]["bias"]), 0)
+    fc6 = np.maximum(ref.tower_fc(fc6_in, params["fc6"]["kernel"], params["fc6"]["bias"]), 0)
     assert_switch(
         inter["fc6_out"],
         fc6,
-        np.maximum(tower_fc_ref(pool5, params["fc6"]["kernel"], params["fc6"]["bias"]), 0),
+        np.maximum(ref.tower_fc(pool5, params["fc6"]["kernel"], params["fc6"]["bias"]), 0),
     )
     # fc7's input is fc6's output dropped; fc7's own output is not dropped.
     fc7_in = inter["fc7_in"]
     assert 0.4 < ((fc7_in == 0) & (fc6 != 0))[fc6 != 0].mean() < 0.6
-    fc7 = np.maximum(tower_fc_ref(fc7_in, params["fc7"]["kernel"], params["fc7"]["bias"]), 0)
+    fc7 = np.maximum(ref.tower_fc(fc7_in, params["fc7"]["kernel"], params["fc7"]["bias"]), 0)
     assert rel(inter["fc7_out"], fc7) < 1e-5
 
 
 def check_activation(network):
-    mc, params, inter, _ = run(network, activation="tanh")
+    keep = ("conv1_out", "fc6_out", "fc7_out") if _is_alexnet(network) else None
+    mc, params, inter, _ = run(network, activation="tanh", keep=keep)
     if _is_alexnet(network):
         groups = _towers(network)
         want = norm_ref(_alexnet_conv1(params, inter, "tanh"), mc, groups)
         unswitched = norm_ref(_alexnet_conv1(params, inter, "relu"), mc, groups)
         # tanh is steep where the float32 and float64 pre-activations differ: 1e-4.
         assert_switch(inter["conv1_out"], want, unswitched, tol=1e-4)
-        fc7 = tower_fc_ref(inter["fc6_out"], params["fc7"]["kernel"], params["fc7"]["bias"])
+        fc7 = ref.tower_fc(inter["fc6_out"], params["fc7"]["kernel"], params["fc7"]["bias"])
         # fc7's outputs at test time, times 1 - rate under the paper's dropout scaling (§4.2).
         keep = 1.0 - mc.dropout_rate if mc.dropout_scaling == "test_time" else 1.0
         assert_switch(inter["fc7_out"], keep * np.tanh(fc7), keep * np.maximum(fc7, 0))
@@ -455,7 +453,7 @@ def check_activation(network):
 
 
 def _check_norm_field(network, **switch):
-    mc, params, inter, _ = run(network, **switch)
+    mc, params, inter, _ = run(network, keep=_NORM_KEYS, **switch)
     default = net_config(network).model
     if "lrn_kind" in switch:  # compared with the other kind at the same constants
         default = mc.copy_and_resolve_references()
@@ -478,7 +476,7 @@ def check_lrn(network):
     if network == "alexnet":
         # The acceptance line: configs/alexnet.py's paper parameters, lrn=False gives
         # conv1_out == relu(conv1 x) to 1e-6 relative.
-        _, params, inter, _ = run(network, lrn=False)
+        _, params, inter, _ = run(network, lrn=False, keep=_NORM_KEYS)
         assert rel(inter["conv1_out"], _alexnet_conv1(params, inter)) < 1e-6
 
 
@@ -508,11 +506,11 @@ def check_lrn_alpha_convention(network):
 def _alexnet_pre(params, inter, name):
     """conv1's or conv2's pre-activation outputs, from the model's own inputs to the layer."""
     if name == "conv1":
-        return tower_conv_ref(
+        return ref.tower_conv(
             inter["input"], params["conv1"]["kernel"], params["conv1"]["bias"], "both", 4,
             _CONV1_PAD,
         )  # fmt: skip
-    return tower_conv_ref(
+    return ref.tower_conv(
         inter["pool1_out"], params["conv2"]["kernel"], params["conv2"]["bias"], "own", 1, (2, 2)
     )
 
@@ -520,7 +518,7 @@ def _alexnet_pre(params, inter, name):
 def check_lrn_before_relu(network):
     if not _is_alexnet(network):
         return refused(network, "lrn_before_relu", ("conv1",))
-    mc, params, inter, _ = run(network, lrn_before_relu=("conv1",))
+    mc, params, inter, _ = run(network, lrn_before_relu=("conv1",), keep=_NORM_KEYS)
     groups = _towers(network)
     pre = _alexnet_pre(params, inter, "conv1")
     # The 2012 code: rnorm1 reads conv1 (no neuron), pool1 applies the ReLU.
@@ -541,7 +539,7 @@ def _within_map_check(network, against=None, **switch):
     unswitched computation has the default constants updated with `against`."""
     if not _is_alexnet(network):
         return refused(network, "within_map_after", ("conv2",))
-    mc, params, inter, _ = run(network, within_map_after=("conv2",), **switch)
+    mc, params, inter, _ = run(network, within_map_after=("conv2",), keep=_NORM_KEYS, **switch)
     default = net_config(network, **(against or {})).model
     groups = _towers(network)
     lrn2 = norm_ref(np.maximum(_alexnet_pre(params, inter, "conv2"), 0), mc, groups)
@@ -549,7 +547,7 @@ def _within_map_check(network, against=None, **switch):
     def within(m):
         n = m.within_map_size
         alpha = per_term(m, m.within_map_alpha, n, "within_map")
-        return within_map_ref(lrn2, n=n, alpha=alpha, beta=m.within_map_beta, k=m.within_map_k)
+        return ref.within_map(lrn2, size=n, alpha=alpha, beta=m.within_map_beta, k=m.within_map_k)
 
     unswitched = lrn2 if not switch else within(default)
     assert_switch(inter["conv2_out"], within(mc), unswitched)
@@ -560,7 +558,7 @@ def check_within_map_after(network):
     if _within_map_check(network) is None:
         return
     # lrn=False removes both normalizations (run #148 of the 2012 code).
-    _, params, inter, _ = run(network, within_map_after=("conv2",), lrn=False)
+    _, params, inter, _ = run(network, within_map_after=("conv2",), lrn=False, keep=_NORM_KEYS)
     # float32 against float64 (1.2e-6 on an AVX2-only CPU): the tolerance of assert_switch.
     assert rel(inter["conv2_out"], np.maximum(_alexnet_pre(params, inter, "conv2"), 0)) < 1e-5
     with pytest.raises(ValueError, match="model.within_map_after"):
@@ -621,7 +619,7 @@ def check_pool_window(network):
     _, _, inter, _ = run(network, pool_window=2)
     for layer in ("1", "5"):
         conv_out = inter[f"conv{layer}_out"]
-        assert_switch(inter[f"pool{layer}_out"], pool_ref(conv_out, 2), pool_ref(conv_out, 3))
+        assert_switch(inter[f"pool{layer}_out"], ref.pool(conv_out, 2), ref.pool(conv_out, 3))
 
 
 def check_remove_conv(network):
@@ -635,19 +633,19 @@ def check_remove_conv(network):
         _, params, inter, _ = run(network, remove_conv=(name,))
         assert name not in params and f"{name}_pre" not in inter, name
         if name == "conv2":  # pool2 stays on conv1's path: conv3 reads pool2(pool1(conv1))
-            np.testing.assert_allclose(inter["pool2_out"], pool_ref(inter["pool1_out"], 3))
+            np.testing.assert_allclose(inter["pool2_out"], ref.pool(inter["pool1_out"], 3))
             got, x, nxt, sees = inter["conv3_pre"], inter["pool2_out"], "conv3", "both"
         elif name == "conv3":  # conv4 (own tower) reads pool2
             got, x, nxt, sees = inter["conv4_pre"], inter["pool2_out"], "conv4", "own"
         elif name == "conv4":  # conv5 (own tower) reads conv3's outputs
             got, x, nxt, sees = inter["conv5_pre"], inter["conv3_out"], "conv5", "own"
         else:  # pool5 stays on conv4's path; fc6 reads its 6 x 6 x 384
-            np.testing.assert_allclose(inter["pool5_out"], pool_ref(inter["conv4_out"], 3))
-            want = tower_fc_ref(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
+            np.testing.assert_allclose(inter["pool5_out"], ref.pool(inter["conv4_out"], 3))
+            want = ref.tower_fc(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
             assert params["fc6"]["kernel"].shape[-2] == 6 * 6 * inter["conv4_out"].shape[-1]
             assert_switch(inter["fc6_pre"], want, None)
             continue
-        want = tower_conv_ref(x, params[nxt]["kernel"], params[nxt]["bias"], sees, 1, pad1)
+        want = ref.tower_conv(x, params[nxt]["kernel"], params[nxt]["bias"], sees, 1, pad1)
         assert_switch(got, want, None)
         # Its kernel count is its own; its fan-in is what it now reads (per tower for 'own').
         towers = _towers(network)
@@ -657,7 +655,7 @@ def check_remove_conv(network):
         assert np.all(params[nxt]["bias"] == (0.0 if nxt == "conv3" else 1.0))
     # Two at once: conv5 reads pool2 (conv3 and conv4 gone).
     _, params, inter, _ = run(network, remove_conv=("conv3", "conv4"))
-    want = tower_conv_ref(
+    want = ref.tower_conv(
         inter["pool2_out"], params["conv5"]["kernel"], params["conv5"]["bias"], "own", 1, pad1
     )
     assert_switch(inter["conv5_pre"], want, None)
@@ -680,12 +678,12 @@ def check_extra_conv(network):
         _, params, inter, _ = run(network, extra_conv=kernels)
         k = params["conv6"]["kernel"]
         assert k.shape == (towers, 3, 3, 256 // towers, kernels // towers), k.shape
-        pre = tower_conv_ref(inter["pool5_out"], k, params["conv6"]["bias"], "own", 1, (1, 1))
+        pre = ref.tower_conv(inter["pool5_out"], k, params["conv6"]["bias"], "own", 1, (1, 1))
         assert_switch(inter["conv6_pre"], pre, None)
         act = np.maximum(pre, 0)
-        want = tower_fc_ref(act, params["fc6"]["kernel"], params["fc6"]["bias"])
+        want = ref.tower_fc(act, params["fc6"]["kernel"], params["fc6"]["bias"])
         if kernels == 256:  # without the layer, fc6 would read pool5 itself
-            plain = tower_fc_ref(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
+            plain = ref.tower_fc(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
             assert_switch(inter["fc6_pre"], want, plain)
         # §5's init: N(0, 0.01) weights; the bias rule gives 1 only to conv2/4/5, fc6/7.
         assert abs(np.std(k) / 0.01 - 1) < 0.05 and not np.any(params["conv6"]["bias"])
@@ -704,10 +702,10 @@ def check_extra_conv_sees(network):
     _, params, inter, _ = run(network, extra_conv=256, extra_conv_sees="both")
     k, b = params["conv6"]["kernel"], params["conv6"]["bias"]
     assert k.shape == (2, 3, 3, 256, 128)
-    want = tower_conv_ref(inter["pool5_out"], k, b, "both", 1, (1, 1))
+    want = ref.tower_conv(inter["pool5_out"], k, b, "both", 1, (1, 1))
     # The same kernels read as own-tower ones (each tower its half of the input maps).
     halves = np.stack([k[0][:, :, :128], k[1][:, :, 128:]])
-    own = tower_conv_ref(inter["pool5_out"], halves, b, "own", 1, (1, 1))
+    own = ref.tower_conv(inter["pool5_out"], halves, b, "own", 1, (1, 1))
     assert_switch(inter["conv6_pre"], want, own)
     with pytest.raises(ValueError, match="model.extra_conv_sees"):
         models.create_model(net_config(network, extra_conv=256, extra_conv_sees="all").model)
@@ -716,8 +714,11 @@ def check_extra_conv_sees(network):
 def _check_dropout(network, scaling, rate):
     """fc6's outputs in training (each unit dropped or kept, at the scaling's size, the drop
     fraction `rate`) and at test time (all units, times 1 - rate under 'test_time')."""
-    _, params, inter, _ = run(network, train=True, dropout_rate=rate, dropout_scaling=scaling)
-    pre = tower_fc_ref(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
+    keep = ("pool5_out", "fc6_out")  # fc6's input and output: fc7 and fc8 are not compiled
+    _, params, inter, _ = run(
+        network, train=True, keep=keep, dropout_rate=rate, dropout_scaling=scaling
+    )
+    pre = ref.tower_fc(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
     relu = np.maximum(pre, 0)
     kept = relu if scaling == "test_time" else relu / (1.0 - rate)
     out = inter["fc6_out"]
@@ -728,8 +729,10 @@ def _check_dropout(network, scaling, rate):
     fraction = dropped[active].mean()
     sigma = math.sqrt(max(rate * (1 - rate), 1e-12) / active.sum())
     assert abs(fraction - rate) < 5 * sigma + 1e-12, (rate, fraction)
-    _, params, inter, _ = run(network, train=False, dropout_rate=rate, dropout_scaling=scaling)
-    pre = tower_fc_ref(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
+    _, params, inter, _ = run(
+        network, train=False, keep=keep, dropout_rate=rate, dropout_scaling=scaling
+    )
+    pre = ref.tower_fc(inter["pool5_out"], params["fc6"]["kernel"], params["fc6"]["bias"])
     test = np.maximum(pre, 0) * ((1.0 - rate) if scaling == "test_time" else 1.0)
     other = np.maximum(pre, 0) * ((1.0 - rate) if scaling != "test_time" else 1.0)
     assert_switch(inter["fc6_out"], test, other if rate else None)
@@ -755,7 +758,7 @@ def check_num_classes(network):
     for n in (10, 7):
         _, params, inter, logits = run(network, num_classes=n)
         if _is_alexnet(network):
-            full = tower_fc_ref(inter["fc7_out"], params["fc8"]["kernel"], params["fc8"]["bias"])
+            full = ref.tower_fc(inter["fc7_out"], params["fc8"]["kernel"], params["fc8"]["bias"])
             per_tower = -(-n // _towers(network))
             assert full.shape[-1] == per_tower * _towers(network)
             want = full[:, :n]  # an odd count drops the spare logit of the last tower
@@ -816,7 +819,7 @@ def check_init_std(network):
 def check_grouped_conv(network):
     if not _is_alexnet(network):
         return refused(network, "grouped_conv", True)
-    mc, params, inter, _ = run(network, grouped_conv=True)
+    mc, params, inter, _ = run(network, grouped_conv=True, keep=_NORM_KEYS)
     want = norm_ref(_alexnet_conv2(params, inter), mc, groups=_towers(network))
     assert rel(inter["conv2_out"], want) < 1e-5  # the same numbers ...
     if network == "alexnet_1tower":  # documented: one tower has nothing to group
@@ -834,7 +837,7 @@ def check_grouped_conv(network):
 def check_kernels(network):
     if not _is_alexnet(network):
         return refused(network, "kernels", "xla")
-    mc, params, inter, _ = run(network, kernels="xla")
+    mc, params, inter, _ = run(network, kernels="xla", keep=_NORM_KEYS)
     want = norm_ref(_alexnet_conv1(params, inter), mc, groups=_towers(network))
     assert rel(inter["conv1_out"], want) < 1e-5  # the same numbers ...
     want = norm_ref(_alexnet_conv2(params, inter), mc, groups=_towers(network))
@@ -862,15 +865,15 @@ def check_kernels(network):
 def check_compute_dtype(network):
     if not _is_alexnet(network):
         return refused(network, "compute_dtype", "bfloat16")
-    mc, params, inter, _ = run(network, compute_dtype="bfloat16")
+    mc, params, inter, _ = run(network, compute_dtype="bfloat16", keep=("conv1_out",))
 
     def bf16(v):
         return np.asarray(jnp.asarray(v, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32))
 
     kernel, bias = params["conv1"]["kernel"], params["conv1"]["bias"]
     x = inter["input"].astype(np.float32)
-    rounded = tower_conv_ref(bf16(x), bf16(kernel), bias, "both", 4, _CONV1_PAD)
-    exact = tower_conv_ref(x, kernel, bias, "both", 4, _CONV1_PAD)
+    rounded = ref.tower_conv(bf16(x), bf16(kernel), bias, "both", 4, _CONV1_PAD)
+    exact = ref.tower_conv(x, kernel, bias, "both", 4, _CONV1_PAD)
     groups = _towers(network)
     # Products of bfloat16-rounded inputs, summed in float32.
     assert_switch(
@@ -1490,6 +1493,14 @@ CHECKS = {
 
 
 # --- The tests ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_the_cached_networks():
+    """The cached parameters and intermediates (a GB or so) go when this module's tests end."""
+    yield
+    _params.cache_clear()
+    _run.cache_clear()
 
 
 @pytest.mark.parametrize("section", SECTIONS)
