@@ -91,14 +91,19 @@ def config(**overrides):
     return config
 
 
-def refusal(workdir, **overrides) -> str:
-    """The one line main prints for `train.train_and_evaluate`'s refusal of BASE (with
-    `overrides`) on `workdir`: a deliberate error (main.DELIBERATE) of one line."""
+def refused_line(run_config, workdir) -> str:
+    """The one line main prints for `train.train_and_evaluate`'s refusal of `run_config` on
+    `workdir`: a deliberate error (main.DELIBERATE) of one line."""
     with pytest.raises(main.DELIBERATE) as refused:
-        train.train_and_evaluate(config(**overrides), str(workdir))
+        train.train_and_evaluate(run_config, str(workdir))
     line = f"error: {refused.value}"
     assert "\n" not in line, line
     return line
+
+
+def refusal(workdir, **overrides) -> str:
+    """`refused_line` of BASE's run with `overrides`."""
+    return refused_line(config(**overrides), workdir)
 
 
 def params(workdir: Path) -> list[np.ndarray]:
