@@ -1,5 +1,6 @@
 """Test setup: four simulated CPU devices, so the tower split and data parallelism are tested;
-one persistent XLA compilation cache for the session.
+one persistent XLA compilation cache for the session; one trained run of the offline default
+shared by the tests that read one (`trained_run`).
 
 XLA reads the flags once, when jax is first imported, so they are set here, before any test
 module imports jax. The environment reaches the training runs that tests start as
@@ -12,6 +13,8 @@ import atexit
 import os
 import shutil
 import tempfile
+
+import pytest
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
@@ -27,3 +30,19 @@ if os.environ.get("ALEXNET_JAX_TEST_CACHE", "on") != "off" and not os.environ.ge
     # Every program, however quick to compile: the tests' small ones are the many.
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """configs/default.py trained in this process for 20 steps, seed 0, evaluated and
+    checkpointed at step 20 (`tests.helpers.trained_run_config`), once per session: the workdir
+    of the trained run that the tests reading one share. A test that changes a run copies it
+    (shutil.copytree) first."""
+    # Imported here, not above: XLA reads XLA_FLAGS when jax is first imported, after the lines
+    # above have set them.
+    from alexnet_jax import train
+    from tests.helpers import trained_run_config
+
+    workdir = tmp_path_factory.mktemp("trained_run") / "run"
+    train.train_and_evaluate(trained_run_config(), str(workdir))
+    return workdir

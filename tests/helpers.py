@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import alexnet as alexnet_config
+from configs import default as default_config
 
 
 def model_config(**overrides):
@@ -12,6 +13,17 @@ def model_config(**overrides):
     m = alexnet_config.get_model_config()
     m.update(overrides)
     return m
+
+
+def trained_run_config(seed: int = 0):
+    """configs/default.py for 20 steps, evaluated and checkpointed at step 20: the config of
+    conftest's session-wide `trained_run` (seed 0)."""
+    config = default_config.get_config()
+    config.update_from_flattened_dict(
+        {"num_train_steps": 20, "eval_every_steps": 20, "checkpoint_every_steps": 20,
+         "log_every_steps": 10, "progress_bar": False, "seed": seed}
+    )  # fmt: skip
+    return config
 
 
 def random_stats(seed: int = 0, s: int = 16):

@@ -12,27 +12,20 @@ import numpy as np
 import pytest
 
 from alexnet_jax import evaluate, metrics, train, weights
-from configs import default as default_config
+from tests.helpers import trained_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _config(seed=0):
-    config = default_config.get_config()
-    config.update_from_flattened_dict(
-        {"num_train_steps": 20, "eval_every_steps": 20, "checkpoint_every_steps": 20,
-         "log_every_steps": 10, "progress_bar": False, "seed": seed}
-    )  # fmt: skip
-    return config
+_config = trained_run_config  # 20 steps of the offline default
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Two short digits runs of the offline default, seeds 0 and 1."""
-    root = tmp_path_factory.mktemp("runs")
-    for seed in (0, 1):
-        train.train_and_evaluate(_config(seed), str(root / f"seed{seed}"))
-    return root / "seed0", root / "seed1"
+def runs(tmp_path_factory, trained_run):
+    """Two short digits runs of the offline default, seeds 0 (the session's `trained_run`) and 1."""
+    seed1 = tmp_path_factory.mktemp("runs") / "seed1"
+    train.train_and_evaluate(_config(1), str(seed1))
+    return trained_run, seed1
 
 
 def _cli(*args, timeout=600):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from alexnet_jax import sources
-from configs import default as default_config
 from experiments import common
 from experiments.paper import neighbors
 
@@ -70,18 +69,10 @@ def test_nearest_equals_brute_force_on_duplicate_keys():
     np.testing.assert_array_equal(d2, exact.reshape(5, 40, -1).sum(-1))
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """configs/default.py trained for 4 steps (digits)."""
-    config = default_config.get_config()
-    config.num_train_steps = 4
-    config.eval_every_steps = config.checkpoint_every_steps = 4
-    config.log_every_steps = 2
-    config.progress_bar = False
-    config.cache_dir = str(tmp_path_factory.mktemp("cache"))
-    workdir = tmp_path_factory.mktemp("run")
-    common.fresh_run(config, workdir)
-    return workdir
+@pytest.fixture
+def digits_run(trained_run):
+    """configs/default.py trained briefly (the session's run; read, not changed)."""
+    return trained_run
 
 
 @pytest.mark.slow
