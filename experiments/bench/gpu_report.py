@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             workers = [0, 1]
         say(f"input pipeline, num_workers {workers}")
         code = (
-            "from configs import alexnet; from experiments import input_pipeline_benchmark as b; "
+            "from configs import alexnet; "
+            "from experiments.bench import input_pipeline_benchmark as b; "
             "import json; c = alexnet.get_config(); "
             f"r = b.run(c, workers={tuple(workers)!r}, num_images={64 if args.quick else 2048}, "
             f"seconds={0.5 if args.quick else 4.0}, model_batch={2 if args.quick else 128}, "
