@@ -19,6 +19,8 @@ import sys
 import sysconfig
 from collections.abc import Sequence
 
+from alexnet_jax.errors import check_choice
+
 ALLOCATORS = ("auto", "tcmalloc", "glibc_tuned", "system")
 # glibc keeps every freed block: none from mmap (so none unmapped), the heap top never trimmed,
 # one arena (the others are mmap'ed heaps that glibc shrinks on its own).
@@ -88,8 +90,7 @@ def preload_allocator(module: str, allocator: str = "auto", argv: Sequence[str] 
       SystemExit: 'tcmalloc' was asked for and cannot be loaded.
       ValueError: an unknown `allocator`.
     """
-    if allocator not in ALLOCATORS:
-        raise ValueError(f"allocator must be one of {ALLOCATORS}, got {allocator!r}.")
+    check_choice("allocator", allocator, ALLOCATORS)
     in_use = allocator_in_use()
     if allocator == "system" or in_use.startswith("tcmalloc"):
         return

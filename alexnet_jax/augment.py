@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import caffe_files
-from alexnet_jax.errors import first_line
+from alexnet_jax.errors import check_choice, first_line
 
 MEAN_MODES = ("image", "channel", "fixed", "none")
 MEAN_IMAGE_MODES = ("image", "channel")  # the modes that subtract (part of) a mean image
@@ -450,8 +450,7 @@ END_EPOCH_FIELDS = ("random_crop", "flip", "pca_color")
 def check_augment_config(cfg: Any) -> None:
     """Raises one ValueError for the first setting of `config.augment` that cannot be used or
     would be ignored (mean_rgb without mean='fixed', a non-positive std, a bad end epoch)."""
-    if cfg.mean not in MEAN_MODES:
-        raise ValueError(f"augment.mean must be one of {MEAN_MODES}, got {cfg.mean!r}.")
+    check_choice("augment.mean", cfg.mean, MEAN_MODES)
     mean_rgb = _rgb(cfg.mean_rgb, "augment.mean_rgb")
     if cfg.mean != "fixed" and mean_rgb != (0.0, 0.0, 0.0):
         raise ValueError(
@@ -463,11 +462,7 @@ def check_augment_config(cfg: Any) -> None:
             f"augment.mean_file={cfg.mean_file!r} is used only with augment.mean='image' or "
             f"'channel' (got {cfg.mean!r}); set one of those or leave mean_file empty."
         )
-    if cfg.mean_file_layout not in MEAN_FILE_LAYOUTS:
-        raise ValueError(
-            f"augment.mean_file_layout must be one of {MEAN_FILE_LAYOUTS}, got "
-            f"{cfg.mean_file_layout!r}."
-        )
+    check_choice("augment.mean_file_layout", cfg.mean_file_layout, MEAN_FILE_LAYOUTS)
     divide_std(jnp.zeros((1, 1, 1, 3)), cfg.std_rgb)
     end_steps(cfg, 1)
 

@@ -3,7 +3,7 @@
 A config is checked once, before anything is compiled: `train.check_config` gathers the
 problems of every section (`check_model`, `check_image_size` and `split_problems` here; the
 mesh, optimizer, augmentation and init_from checks of the modules that own those sections,
-which share `check_choice`). `models.create_model` runs `check_model` before it builds a
+which share `errors.check_choice`). `models.create_model` runs `check_model` before it builds a
 network, and the modules it builds do not check their fields again: `architecture`'s size rules
 and the Flax modules assume a config this module accepted.
 """
@@ -26,21 +26,7 @@ from alexnet_jax.architecture import (
     spatial_sizes,
 )
 from alexnet_jax.cifar_nets import CIFAR_NETS
-
-
-def check_choice(field: str, value: Any, allowed: Sequence[Any], why: str = "") -> None:
-    """Raises a ValueError naming the config field, its value and the allowed values.
-
-    Args:
-      field: the field as a command line names it, e.g. 'model.init'.
-      value: its value.
-      allowed: the values it may take.
-      why: what the choices mean, appended to the message after the value (it starts with its
-        own ':' or ';'); without it the message ends with '.'.
-    """
-    if value not in allowed:
-        raise ValueError(f"{field} must be one of {tuple(allowed)}, got {value!r}{why or '.'}")
-
+from alexnet_jax.errors import check_choice
 
 MODEL_NAMES = ("alexnet", *CIFAR_NETS)
 INITS = ("paper", "caffe", "lecun")

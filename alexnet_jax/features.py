@@ -58,6 +58,7 @@ from alexnet_jax import (
 )
 from alexnet_jax import weights as weights_lib
 from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.errors import check_choice
 from alexnet_jax.feature_files import FILE_FORMATS, FeaturesError
 from alexnet_jax.images import SKIP_REASONS
 
@@ -173,8 +174,7 @@ def feature_function(
     with `mutable=['intermediates']`. A short batch is padded to config.batch_size (a longer
     one is cut into batches), so only one shape is ever compiled.
     """
-    if patches not in PATCHES:
-        raise FeaturesError(f"--patches must be one of {PATCHES}, got {patches!r}.")
+    check_choice("--patches", patches, PATCHES, error=FeaturesError)
     model = models.create_model(config.model)
     keys = sorted({layer["key"] for layer in layers})
     device = jax.devices()[0]
@@ -276,8 +276,7 @@ def extract(
     """
     config = _prepared(config, batch_size)
     resolved = feature_layers.resolve_layers(config, layers)
-    if patches not in PATCHES:
-        raise FeaturesError(f"--patches must be one of {PATCHES}, got {patches!r}.")
+    check_choice("--patches", patches, PATCHES, error=FeaturesError)
     source = _source(config, split, max_examples)
     return _stream(config, params, source, resolved, patches, progress, {})
 
@@ -316,10 +315,8 @@ def write_features(
     started = time.perf_counter()
     config = _prepared(config, batch_size)
     resolved = feature_layers.resolve_layers(config, layers)
-    if patches not in PATCHES:
-        raise FeaturesError(f"--patches must be one of {PATCHES}, got {patches!r}.")
-    if file_format not in FILE_FORMATS:
-        raise FeaturesError(f"--format must be one of {FILE_FORMATS}, got {file_format!r}.")
+    check_choice("--patches", patches, PATCHES, error=FeaturesError)
+    check_choice("--format", file_format, FILE_FORMATS, error=FeaturesError)
     if shard_rows < 0:
         raise FeaturesError(f"--shard_rows must be >= 0 (0: ~256 MiB a shard), got {shard_rows}.")
     out = os.path.abspath(out)

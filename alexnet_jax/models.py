@@ -31,7 +31,8 @@ import jax.numpy as jnp
 from alexnet_jax import ops
 from alexnet_jax.architecture import Layer, alexnet_layers, conv1_pads, model_layers, tower_widths
 from alexnet_jax.cifar_nets import CIFAR_NETS, CifarNet
-from alexnet_jax.config_checks import MODEL_NAMES, check_choice, check_image_size, check_model
+from alexnet_jax.config_checks import MODEL_NAMES, check_image_size, check_model
+from alexnet_jax.errors import check_choice
 from alexnet_jax.lrn import from_convnet_scale, local_response_norm, within_map_norm
 
 Array = jax.Array

@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from alexnet_jax.config_checks import check_choice
+from alexnet_jax.errors import check_choice
 
 UPDATE_RULES = ("paper", "optax")
 WEIGHT_DECAY_ON = ("all", "weights")
