@@ -15,38 +15,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
 from alexnet_jax import architecture, models
 from alexnet_jax.feature_files import FeaturesError
-
-
-def _trace(config: Any) -> tuple[dict[str, tuple[int, ...]], list[str], Any]:
-    """({key the network sows: one example's shape}, the layers that have parameters, both in
-    the order the network computes them; the network), traced by `jax.eval_shape`: nothing is
-    computed."""
-    model = models.create_model(config.model)
-    x = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
-    order = {}
-
-    def run(x):
-        params = model.init(jax.random.key(0), x)["params"]
-        _, state = model.apply({"params": params}, x, train=False, mutable=["intermediates"])
-        # The dicts come back from tracing with their keys sorted; here they are in the order
-        # the network creates them.
-        order["keys"], order["layers"] = list(state["intermediates"]), list(params)
-        return state["intermediates"]
-
-    traced = jax.eval_shape(run, x)
-    shapes = {k: tuple(traced[k][0].shape[1:]) for k in order["keys"]}
-    return shapes, order["layers"], model
 
 
 def sown_shapes(config: Any) -> dict[str, tuple[int, ...]]:
     """{key the network sows: one example's shape}, in the order the network computes them
     (traced by `jax.eval_shape`: nothing is computed)."""
-    return _trace(config)[0]
+    return models.trace(config)[2]
 
 
 def _unsown(model: Any, m: Any) -> dict[tuple[str, str], tuple]:
@@ -143,7 +119,8 @@ def _vocabulary(config: Any) -> tuple[dict[str, str], dict[str, str], dict[str, 
     """({user name or sown key: sown key}, {sown key: description}, {sown key: shape}), the
     names in the order the network computes them: a layer's name is its `<layer>_act` (the
     last layer's its logits), an operation's (`pool1`, `lrn1`, `wnorm2`) its `<op>_out`."""
-    shapes, layers, model = _trace(config)
+    model, params, shapes = models.trace(config)
+    layers = list(params)
     described = _describe(list(shapes), layers, model, config.model)
     text = {k: described.get(k, f"the value the network sows as {k!r}") for k in shapes}
     by_key = {f"{name}_act": name for name in layers}

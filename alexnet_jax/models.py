@@ -431,6 +431,33 @@ def lrn_alpha(model_config) -> float:
     return per_term_alpha(m.lrn_alpha, m.lrn_size, m.lrn_kind, m.lrn_alpha_convention)
 
 
+def trace(config) -> tuple[nn.Module, dict, dict[str, tuple[int, ...]]]:
+    """The network of `config.model` traced on one `config.image_size` image by `jax.eval_shape`
+    (nothing is computed), so that shapes come from the real model, not a second description.
+
+    Returns:
+      (the module, {layer: its parameters' shapes}, {key the network sows: one example's
+      shape}), both dicts in the order the network creates them (a traced dict comes back with
+      its keys sorted).
+    """
+    model = create_model(config.model)
+    x = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, 3), jnp.float32)
+    order = {}
+
+    def run(x):
+        params = model.init(jax.random.key(0), x)["params"]
+        _, state = model.apply({"params": params}, x, train=False, mutable=["intermediates"])
+        order["sown"], order["params"] = list(state["intermediates"]), list(params)
+        return params, state["intermediates"]
+
+    params, sown = jax.eval_shape(run, x)
+    return (
+        model,
+        {name: params[name] for name in order["params"]},
+        {key: tuple(sown[key][0].shape[1:]) for key in order["sown"]},
+    )
+
+
 def create_model(
     model_config, *, tower_axis: str | None = None, data_axis: str | None = None
 ) -> nn.Module:

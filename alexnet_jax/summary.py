@@ -13,7 +13,6 @@ import math
 from typing import Any
 
 import jax
-import numpy as np
 from absl import app
 from ml_collections import config_flags
 
@@ -34,17 +33,9 @@ class Row:
 
 def layer_table(config: Any) -> list[Row]:
     """Traces `config.model` on one `config.image_size` image and returns the table's rows."""
-    model = models.create_model(config.model)
+    _, params, sown = models.trace(config)
     size = config.image_size
-    images = np.zeros((1, size, size, 3), np.float32)
-
-    def run():
-        variables = model.init(jax.random.key(0), images)
-        _, state = model.apply(variables, images, mutable=["intermediates"])
-        return variables["params"], state["intermediates"]
-
-    params, inter = jax.eval_shape(run)
-    outputs = {name.removesuffix("_out"): v[0].shape[1:] for name, v in inter.items()}
+    outputs = {name.removesuffix("_out"): shape for name, shape in sown.items()}
     alexnet = config.model.name == "alexnet"
     layers = architecture.model_layers(config.model) if alexnet else ()
     sees = {layer.name: layer.sees for layer in layers}
