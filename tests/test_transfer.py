@@ -90,6 +90,7 @@ def test_torchvision_pth_kept_layers_are_the_files_arrays_bit_for_bit(tmp_path):
     assert not any(np.any(x) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) >= 2)
 
 
+@pytest.mark.slow  # the paper's full-size AlexNet's state, built in process
 def test_caffe_npy_kept_layers_are_the_converter_arrays_bit_for_bit(tmp_path):
     ref = caffe_reference(seed=2)
     path = tmp_path / "bvlc_alexnet.npy"
@@ -131,6 +132,7 @@ def digits_run(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.slow  # two runs through the CLI (the source's, the fine-tuned one's)
 def test_a_run_as_source_trains_from_its_parameters(tmp_path, digits_run):
     """Through the CLI with learning rate 0: the one step leaves the imported parameters as
     they were, so the checkpoint holds what training started from."""
