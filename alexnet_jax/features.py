@@ -51,6 +51,7 @@ from alexnet_jax import (
     feature_files,
     feature_layers,
     input_pipeline,
+    machine,
     models,
     orbax_quiet,
     parallel,
@@ -282,13 +283,7 @@ def extract(
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                       cpu)  # fmt: skip
-    except OSError:
-        pass
+    cpu = machine.cpu_name() or platform.processor()
     u = platform.uname()
     device = jax.devices()[0]
     return {
