@@ -26,6 +26,20 @@ from experiments import files
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results"
+# The full AlexNet in the smallest run that trains it (64 synthetic images, 6 steps of 8, one
+# evaluation and one checkpoint at the end): the multi-process checks' and their tests' run.
+SMALL_ALEXNET = [
+    "--config=configs/alexnet.py",
+    "--config.dataset=synthetic",
+    "--config.synthetic_examples=64",
+    "--config.batch_size=8",
+    "--config.num_train_steps=6",
+    "--config.eval_every_steps=6",
+    "--config.checkpoint_every_steps=6",
+    "--config.log_every_steps=1",
+    "--config.num_workers=0",
+    "--config.optimizer.learning_rate=0.001",
+]
 
 
 def results_dir(name: str, out: str | None = None) -> Path:

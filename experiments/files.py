@@ -34,3 +34,11 @@ def write_json(path: str | Path, data: Any, sort_keys: bool = True) -> None:
         json.dump(_finite(data), f, indent=2, sort_keys=sort_keys)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def write_report(folder: Path, stem: str, text: str, data: Any) -> None:
+    """A measurement's two files, `<stem>.txt` (its text: the command, the machine, the table)
+    and `<stem>.json` (`data`, by `write_json`), in `folder`; then the text on stdout."""
+    (folder / f"{stem}.txt").write_text(text)
+    write_json(folder / f"{stem}.json", data)
+    print(text, end="")

@@ -27,20 +27,7 @@ DIGITS = [
     "--config.progress_bar=False",
     "--allocator=system",
 ]
-ALEXNET = [
-    "--config=configs/alexnet.py",
-    "--config.dataset=synthetic",
-    "--config.synthetic_examples=64",
-    "--config.batch_size=8",
-    "--config.num_train_steps=6",
-    "--config.eval_every_steps=6",
-    "--config.checkpoint_every_steps=6",
-    "--config.log_every_steps=1",
-    "--config.progress_bar=False",
-    "--config.num_workers=0",
-    "--config.optimizer.learning_rate=0.001",
-    "--allocator=system",
-]
+ALEXNET = [*common.SMALL_ALEXNET, "--config.progress_bar=False", "--allocator=system"]
 
 
 def _env(devices: int) -> dict:

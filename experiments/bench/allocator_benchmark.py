@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"command": command, "machine": common.machine(), "date": time.strftime("%Y-%m-%d"),
               "batch": args.batch, "rounds": args.rounds, "runs": runs, "medians": med}  # fmt: skip
     out = common.results_dir("benchmark", args.out)
-    (out / "allocator_cpu.txt").write_text(text)
-    files.write_json(out / "allocator_cpu.json", result)
-    print(text, end="")
+    files.write_report(out, "allocator_cpu", text, result)
     return result
 
 

@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.repeats} interleaved calls, {time.strftime('%H:%M')} UTC)\n{table}\n"
     )
     out = common.results_dir("benchmark", args.out)
-    (out / "conv_variants_cpu.txt").write_text(text)
-    files.write_json(out / "conv_variants_cpu.json", {"command": command, "ms": result})
-    print(text, end="")
+    files.write_report(out, "conv_variants_cpu", text, {"command": command, "ms": result})
     return result
 
 

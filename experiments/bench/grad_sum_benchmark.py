@@ -131,9 +131,7 @@ def main(argv=None) -> dict:
         f"devices; medians of {args.rounds} interleaved rounds of {args.repeats} steps)\n{table}\n"
     )
     out = common.results_dir("benchmark", args.out)
-    (out / "grad_sum_cpu.txt").write_text(text)
-    files.write_json(out / "grad_sum_cpu.json", result)
-    print(text, end="")
+    files.write_report(out, "grad_sum_cpu", text, result)
     return result
 
 

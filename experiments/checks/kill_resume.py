@@ -28,10 +28,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from alexnet_jax import metrics
+from alexnet_jax import metrics, orbax_quiet
 from experiments import common, files
 
-ROOT = Path(__file__).resolve().parents[2]
 ARGS = [
     "--config=configs/default.py",
     "--config.num_train_steps=60",
@@ -48,7 +47,7 @@ def _start(workdir: Path) -> subprocess.Popen:
     env = common.subprocess_env()
     return subprocess.Popen(
         [sys.executable, "-m", "alexnet_jax.main", *ARGS, f"--workdir={workdir}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=common.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
 
@@ -71,6 +70,7 @@ def _events(workdir: Path) -> list[dict]:
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
@@ -141,9 +141,7 @@ def main(argv=None) -> dict:
         f"(throughput aside): {events_same}\n"
     )
     out_dir = common.results_dir("faults", args.out)
-    (out_dir / "kill_resume.txt").write_text(text)
-    files.write_json(out_dir / "kill_resume.json", result)
-    print(text, end="")
+    files.write_report(out_dir, "kill_resume", text, result)
     return result
 
 

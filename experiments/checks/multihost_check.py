@@ -31,24 +31,10 @@ import jax
 import numpy as np
 from absl import logging
 
-from alexnet_jax import launch, metrics
+from alexnet_jax import launch, metrics, orbax_quiet
 from experiments import common, files
 
-ROOT = Path(__file__).resolve().parents[2]
-TOWERS = [
-    "--config=configs/alexnet.py",
-    "--config.dataset=synthetic",
-    "--config.synthetic_examples=64",
-    "--config.batch_size=8",
-    "--config.num_train_steps=6",
-    "--config.eval_every_steps=6",
-    "--config.checkpoint_every_steps=6",
-    "--config.log_every_steps=1",
-    "--config.num_workers=0",
-    "--config.optimizer.learning_rate=0.001",
-    "--config.mesh.data=1",
-    "--config.mesh.tower=2",
-]
+TOWERS = [*common.SMALL_ALEXNET, "--config.mesh.data=1", "--config.mesh.tower=2"]
 
 
 def _run(cmds: list[tuple[list[str], dict]], log: Path) -> float:
@@ -56,7 +42,7 @@ def _run(cmds: list[tuple[list[str], dict]], log: Path) -> float:
     started = time.perf_counter()
     with open(log, "w") as f:
         procs = [
-            subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+            subprocess.Popen(cmd, env=env, cwd=common.ROOT, stdout=f, stderr=subprocess.STDOUT)
             for cmd, env in cmds
         ]
         codes = [p.wait() for p in procs]
@@ -96,6 +82,7 @@ def _compare(a: Path, b: Path) -> dict:
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=-1, help="> 0: this many steps instead")
     parser.add_argument(
@@ -214,10 +201,8 @@ def main(argv=None) -> dict:
             lines.append(f"  {name}: {shown}")
     lines.append(f"seconds per run: {seconds}")
     text = "\n".join(lines) + "\n"
-    print(text, end="")
     name = "multihost_check" + ("" if args.grad_sum == "ordered" else f"_{args.grad_sum}")
-    (out / f"{name}.txt").write_text(text)
-    files.write_json(out / f"{name}.json", result)
+    files.write_report(out, name, text, result)
     return result
 
 

@@ -35,9 +35,9 @@ import jax
 import numpy as np
 from absl import logging
 
+from alexnet_jax import orbax_quiet
 from experiments import common, files
 
-ROOT = Path(__file__).resolve().parents[2]
 NOISE = re.compile(
     r"^\[\d\] (\[Gloo\]|Thread 0x|  File |Extension modules|\*\*\* Check failure|    @ |"
     r"@     0x|Current thread|  <no Python frame>)"
@@ -73,7 +73,7 @@ def _complete(args, workdir: Path) -> str:
     run = subprocess.run(
         _command(args, workdir),
         env=common.subprocess_env(),
-        cwd=ROOT,
+        cwd=common.ROOT,
         capture_output=True,
         text=True,
         timeout=900,
@@ -87,7 +87,7 @@ def _fault(args, workdir: Path, scenario: str, at_step: int) -> dict:
     proc = subprocess.Popen(
         _command(args, workdir),
         env=common.subprocess_env(),
-        cwd=ROOT,
+        cwd=common.ROOT,
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -134,6 +134,7 @@ def _same(a: Path, b: Path) -> tuple[int, int]:
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--out", default=None, help="default: experiments/results/multiprocess")
@@ -189,9 +190,7 @@ def main(argv=None) -> dict:
         )
         lines += [f"  > {m}" for m in s["message"]]
     text = "\n".join(lines) + "\n"
-    (out / "faults.txt").write_text(text)
-    files.write_json(out / "faults.json", result)
-    print(text, end="")
+    files.write_report(out, "faults", text, result)
     return result
 
 

@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alexnet_jax import orbax_quiet
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.published import ABLATION_CLAIMS
 from experiments import common, files
@@ -236,6 +237,7 @@ def timing_table(results: dict) -> str:
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     started = time.perf_counter()
     parser = common.argument_parser(__doc__)
     parser.add_argument("--base", default="cifar", help="cifar | alexnet | a config file path")

@@ -19,12 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from alexnet_jax import metrics, train
+from alexnet_jax import metrics, orbax_quiet, train
 from configs import default
 from experiments import common, files
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=-1, help="> 0: this many steps instead")
     parser.add_argument("--workdir", default=None, help="default: a fresh temporary folder")

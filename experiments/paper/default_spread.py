@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_jax import train
+from alexnet_jax import orbax_quiet, train
 from configs import default
 from experiments import common, files
 
@@ -57,6 +57,7 @@ def final_line(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=-1, help="> 0: this many steps (tests)")

@@ -19,6 +19,7 @@ import argparse
 
 import numpy as np
 
+from alexnet_jax import orbax_quiet
 from experiments import common, files
 
 
@@ -54,6 +55,7 @@ def grid(kernels: np.ndarray, columns: int = 8, gap: int = 1) -> np.ndarray:
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=None, help="a training run's workdir")
     parser.add_argument("--checkpoint", default=None, help="or one checkpoint folder")

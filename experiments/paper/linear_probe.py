@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from alexnet_jax import feature_files, features
+from alexnet_jax import feature_files, features, orbax_quiet
 from alexnet_jax.errors import first_line
 from experiments import common, files
 
@@ -413,6 +413,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     args = parse(argv)
     if args.compare:
         try:

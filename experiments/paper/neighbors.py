@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from alexnet_jax import cifar_nets, feature_layers, features, input_pipeline
+from alexnet_jax import cifar_nets, feature_layers, features, input_pipeline, orbax_quiet
 from experiments import common, files
 
 # Queries are converted to float64 for the distance products this many bytes at a time.
@@ -205,6 +205,7 @@ def search(config, params, layer: str, k: int, max_train: int = 0, max_queries: 
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=None, help="a training run's workdir")
     parser.add_argument("--checkpoint", default=None, help="or one checkpoint folder")

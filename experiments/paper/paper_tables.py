@@ -19,7 +19,7 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import input_pipeline, parallel, run_loop, train
+from alexnet_jax import input_pipeline, orbax_quiet, parallel, run_loop, train
 from alexnet_jax.published import CODE_ROWS, PAPER_ROWS
 from experiments import common, files
 
@@ -41,6 +41,7 @@ def evaluate(config, params, split: str) -> dict[str, float]:
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", default=None, help="a training run's workdir")
     parser.add_argument("--checkpoint", default=None, help="or one checkpoint folder")

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alexnet_jax import orbax_quiet
 from configs import alexnet as paper_config
 from configs import alexnet_2012_code as code_config
 from experiments import common, files
@@ -68,6 +69,7 @@ def build(name: str, args: argparse.Namespace, seed: int) -> Any:
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     started = time.perf_counter()
     parser = common.argument_parser(__doc__)
     parser.add_argument("--dataset", default="digits")

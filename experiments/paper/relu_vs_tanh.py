@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alexnet_jax import orbax_quiet
 from configs import cifar10_fig1
 from experiments import common, files
 
@@ -210,6 +211,7 @@ def report(summary: dict, dataset: str, epochs: int, lrs: dict) -> str:
 
 
 def main(argv=None) -> dict:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="auto", help="'auto': tfds:cifar10 if prepared")
     parser.add_argument("--threshold", type=float, default=None, help="training top-1 error")

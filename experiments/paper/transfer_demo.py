@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_jax import metrics
+from alexnet_jax import metrics, orbax_quiet
 from alexnet_jax import workdir as workdir_lib
 from experiments import common, files
 
@@ -154,6 +154,7 @@ def _probe(out: Path, data: Path, source_args: list[str], layers: str) -> dict:
 
 
 def main() -> None:
+    orbax_quiet.install()  # drop Orbax's notes on restoring, as alexnet_jax.main does
     parser = common.argument_parser(__doc__)
     parser.add_argument("--seeds", type=int, default=3, help="Fine-tuning seeds (default 3).")
     parser.add_argument("--per_class", type=int, default=10, help="Labelled images per class.")

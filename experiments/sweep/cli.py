@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 import experiments.sweep
+from alexnet_jax import orbax_quiet
 from experiments.sweep import folder
 
 
@@ -85,4 +86,5 @@ def main(argv: list[str] | None = None) -> int:
             raise folder.SweepError(f"--sbatch {item!r}: expected KEY=VALUE (an sbatch option).")
     from experiments.sweep import launch
 
+    orbax_quiet.install()  # the inline launcher trains here: as alexnet_jax.main does
     return launch.command_run(args)

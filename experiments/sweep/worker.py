@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from alexnet_jax import orbax_quiet
 from alexnet_jax import workdir as workdir_lib
 from experiments.sweep import folder
 
@@ -61,6 +62,7 @@ def train(sweep: str, rid: str) -> int:
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+    orbax_quiet.install()  # and its notes on resuming, as alexnet_jax.main does
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         from alexnet_jax import distributed
 
