@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from alexnet_jax import architecture, caffe_files
-from alexnet_jax.errors import first_line
+from alexnet_jax.errors import check_choice, first_line
 
 FORMATS = ("caffe_npy", "torchvision")
 _LAYERS = tuple(layer.name for layer in architecture.ALEXNET_LAYERS)
@@ -309,8 +309,7 @@ def load_weights(
       WeightsError: for an unknown format, a missing or unreadable file, a missing layer or a
         shape the network does not have.
     """
-    if weights_format not in FORMATS:
-        raise WeightsError(f"--weights_format must be one of {FORMATS}, got {weights_format!r}.")
+    check_choice("--weights_format", weights_format, FORMATS, error=WeightsError)
     if not os.path.isfile(path):
         raise WeightsError(f"--weights={path}: no such file.")
     if model_config.name != "alexnet":
