@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from alexnet_jax import machine
 from alexnet_jax.allocator import ALLOCATORS, allocator_in_use, preload_allocator
 from experiments.bench.timing import interleaved_medians
 from experiments.bench.torch_reference import (
@@ -346,12 +347,7 @@ def environment(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
     from alexnet_jax import models
 
     device = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M).group(1).strip()
-    except (OSError, AttributeError):
-        pass
+    cpu = machine.cpu_name() or platform.processor() or platform.machine()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     versions = {
         "python": platform.python_version(),

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from alexnet_jax import machine
 from experiments import common, files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +103,7 @@ def main(argv=None) -> dict:
         ["images N", "written as", "features written (MiB)", "peak RSS (MiB)", "seconds"], rows
     )
     dims = ", ".join(f"{k} {v:,}" for k, v in records[0]["dims"].items())
+    cpu = machine.cpu_name()
     text = (
         "# Peak memory of the features extraction (alexnet_jax.features)\n\n"
         f"`{invocation}`: one fresh subprocess per row running `python -m "
@@ -113,25 +115,14 @@ def main(argv=None) -> dict:
         "written' is N x (sum of D) x 4 bytes, what holding them in memory would take. The "
         "last row writes one features.npz, assembled from the shards by copying bytes.\n\n"
         f"Command of the first row: `{records[0]['command']}`\n\n"
-        f"Machine: {common.machine()}; CPU {_cpu()}.\n\n{table}\n"
+        f"Machine: {common.machine()}; CPU {cpu}.\n\n{table}\n"
     )
     out = common.results_dir("features_memory", args.out)
     (out / "results.md").write_text(text)
-    summary = {"command": invocation, "machine": common.machine(), "cpu": _cpu(), "rows": records}
+    summary = {"command": invocation, "machine": common.machine(), "cpu": cpu, "rows": records}
     files.write_json(out / "results.json", summary)
     print(text + f"\nwritten to {out}")
     return summary
-
-
-def _cpu() -> str:
-    """The CPU's model name (/proc/cpuinfo), or '' where there is none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(
-                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), ""
-            )
-    except OSError:
-        return ""
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import input_pipeline
+from alexnet_jax import input_pipeline, machine
 from experiments.bench.timing import interleaved_medians
 
 PHOTO_SIZE = (640, 427)  # (width, height) of the bundled photos.
@@ -101,17 +101,6 @@ def one_core_images_per_second(config: Any, seconds: float) -> float:
         source[n % len(source)]
         n += 1
     return n / (time.perf_counter() - start)
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _uint8_batch(config: Any, batch: int) -> tuple[Any, Any]:
@@ -228,8 +217,9 @@ def run(
 
     import jax
 
+    cpu = machine.cpu_name() or platform.processor() or platform.machine()
     print(
-        f"\nInput pipeline throughput ({_cpu_name()}, "
+        f"\nInput pipeline throughput ({cpu}, "
         f"{os.cpu_count()} CPU cores, JAX {jax.__version__} on {jax.devices()[0].platform}, "
         f"S={config.resize_size}, crop {config.image_size}, {time.strftime('%Y-%m-%d')})\n"
     )

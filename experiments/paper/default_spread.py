@@ -18,6 +18,7 @@ Writes experiments/results/default/seed_spread.{json,md}.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_jax import orbax_quiet, train
+from alexnet_jax import machine, orbax_quiet, train
 from configs import default
 from experiments import common, files
 
@@ -34,16 +35,12 @@ MARGIN = 0.05  # added to the worst seed's test top-1 error for the bound
 
 def cpu_model() -> str:
     """The CPU's model name and whether it has AVX-512 (from /proc/cpuinfo), or the platform."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    fields = machine.cpu_fields()
+    if not fields:
         return common.machine()
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
-                 if ln.startswith("model name")), "unknown CPU")  # fmt: skip
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
-                  if ln.startswith("flags")), [])  # fmt: skip
+    flags = fields.get("flags", "").split()
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{name} ({isa}), {text.count('processor')} logical CPUs"
+    return f"{fields.get('model name', 'unknown CPU')} ({isa}), {os.cpu_count()} logical CPUs"
 
 
 def final_line(result: dict) -> str:
