@@ -27,7 +27,6 @@ from alexnet_jax import allocator, checkpoint, distributed, orbax_quiet, train
 
 # Errors this project raises on purpose, each with a message that says what to do: printed as
 # one line (exit status 1; 74 for a full disk) unless --verbosity=1 or ALEXNET_JAX_TRACEBACK=1.
-DELIBERATE = (ValueError, FileNotFoundError, FloatingPointError, checkpoint.DiskFullError)
 TRACEBACK_ENV = "ALEXNET_JAX_TRACEBACK"
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
@@ -115,7 +114,7 @@ def main(argv: list[str]) -> None:
     )
     try:
         result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except DELIBERATE as e:
+    except train.DELIBERATE as e:
         if flags.FLAGS.verbosity >= 1 or os.environ.get(TRACEBACK_ENV):
             raise
         # The message names the problem and the fix; the traceback would only bury it.

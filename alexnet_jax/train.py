@@ -42,6 +42,11 @@ from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.images import check_resize_mode
 from alexnet_jax.run_loop import Run, say
 
+# The errors `train_and_evaluate` raises on purpose (a refused config, data, checkpoint or
+# source; a NaN; a full disk): each one line naming the problem and the fix, which the command
+# lines (main, the sweep worker) print as `error: <line>` without a traceback.
+DELIBERATE = (ValueError, FileNotFoundError, FloatingPointError, checkpoint.DiskFullError)
+
 
 @flax.struct.dataclass
 class TrainState:

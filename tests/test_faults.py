@@ -5,7 +5,7 @@ and after).
 Through the real CLI (`python -m alexnet_jax.main`) where the CLI is the point: its exit status
 and one stderr line, resuming and falling back, signals, locks, a full disk. The refusals that
 `train.train_and_evaluate` raises before it trains are tested in process (`refusal`): main
-prints such an exception (main.DELIBERATE) as its one `error: ` line, so the line is the
+prints such an exception (train.DELIBERATE) as its one `error: ` line, so the line is the
 message; test_workdir_that_is_a_file_is_one_line and the full-disk cases check that printing.
 
 The disk-full cases mount a small tmpfs and are skipped, with the reason, where the tests may
@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpoint, train
+from alexnet_jax import train
 from configs import default as default_config
 from experiments import common
 
@@ -91,14 +91,12 @@ def config(**overrides):
     return config
 
 
-# main.DELIBERATE: the errors main prints as one line. main is not imported by the tests: its
-# absl flags (--config, --workdir) would clash with those of other modules imported in process.
-DELIBERATE = (ValueError, FileNotFoundError, FloatingPointError, checkpoint.DiskFullError)
+DELIBERATE = train.DELIBERATE  # the errors main prints as one line
 
 
 def refused_line(run_config, workdir) -> str:
     """The one line main prints for `train.train_and_evaluate`'s refusal of `run_config` on
-    `workdir`: a deliberate error (main.DELIBERATE) of one line."""
+    `workdir`: a deliberate error (train.DELIBERATE) of one line."""
     with pytest.raises(DELIBERATE) as refused:
         train.train_and_evaluate(run_config, str(workdir))
     line = f"error: {refused.value}"

@@ -67,8 +67,7 @@ def train(sweep: str, rid: str) -> int:
         from alexnet_jax import distributed
 
         print(f"jax.distributed: {distributed.initialize()}", flush=True)
-    from alexnet_jax import checkpoint
-    from alexnet_jax.main import DELIBERATE
+    from alexnet_jax import checkpoint, train
     from experiments import common
 
     manifest = folder.read_manifest(Path(sweep))
@@ -80,7 +79,7 @@ def train(sweep: str, rid: str) -> int:
     except SystemExit as e:  # stopped on SIGTERM: its checkpoint is saved
         print(e, flush=True)
         return folder.STOPPED_EXIT_CODE
-    except DELIBERATE as e:
+    except train.DELIBERATE as e:
         print(f"error: {e}", flush=True)
         return checkpoint.DISK_FULL_EXIT_CODE if isinstance(e, checkpoint.DiskFullError) else 1
     print(f"{rid}: {outcome['status']}; final {outcome['metrics']}", flush=True)
