@@ -615,3 +615,30 @@ def test_resize_mode_is_validated_recorded_when_prepared_and_keys_the_stats(tmp_
         config, input_pipeline.create_source(plain, "train")
     )
     assert warp_path == plain_path.replace("px-", "px-warp-") and warp_path != plain_path
+
+
+@pytest.mark.slow
+def test_the_prepare_command_writes_a_copy_and_the_old_flag_names_it(tmp_path):
+    """`python -m alexnet_jax.prepare` as docs/data.md gives it, on digits (its test split), and
+    the command it replaced stopping with one line that names the new one."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": root}
+    out = tmp_path / "digits256"
+    done = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.prepare", "--config=configs/default.py",
+         f"--out={out}", "--splits=test"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"--config.dataset=prepared:{out}" in done.stdout
+    copy = sources.PreparedSource(str(out), "test", 36)
+    assert len(copy) == 360 and copy[0]["image"].shape == (36, 36, 3)
+    old = subprocess.run(
+        [sys.executable, "-m", "alexnet_jax.input_pipeline", "--config=configs/default.py",
+         "--prepare", f"--out={tmp_path / 'old'}"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert old.returncode != 0 and not (tmp_path / "old").exists()
+    assert old.stderr.strip().splitlines() == [
+        "error: --prepare moved: python -m alexnet_jax.prepare --config=... --out=DIR"
+    ]
