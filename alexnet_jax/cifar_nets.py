@@ -8,11 +8,13 @@ nets without dropout for 32x32 inputs; `models.create_model` builds them from `c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
+from alexnet_jax import ops
 from alexnet_jax.lrn import local_response_norm, within_map_norm
 
 Array = jax.Array
@@ -48,6 +50,22 @@ CIFAR_LRN: tuple[CifarLayer, ...] = (
     CifarLayer("fc10", "fc", 0, 1e-2),
 )
 CIFAR_NETS = {"cifar_fig1": CIFAR_FIG1, "cifar_lrn": CIFAR_LRN}
+
+
+class LocallyConnected(nn.Module):
+    """Flax's `nn.ConvLocal` for 3x3 kernels, stride 1, pad 1: the same parameters (names,
+    shapes, initialisation) and outputs, computed by `ops.locally_connected`."""
+
+    features: int
+    kernel_init: Callable
+    bias_init: Callable
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        _, h, w, c = x.shape
+        kernel = self.param("kernel", self.kernel_init, (h, w, 9 * c, self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (h, w, self.features), jnp.float32)
+        return ops.locally_connected(x, kernel) + bias[None]
 
 
 def _ceil_pool(x: Array, kind: str) -> Array:
@@ -105,15 +123,13 @@ class CifarNet(nn.Module):
                 x = nn.Dense(self.num_classes, kernel_init=kernel_init, name=spec.name)(x)
                 break
             # Conv layers are 5x5 pad 2, locally connected ones 3x3 pad 1 (the layer files).
-            conv = spec.kind == "conv"
-            layer = (nn.Conv if conv else nn.ConvLocal)(
-                spec.features,
-                (5, 5) if conv else (3, 3),
-                padding=2 if conv else 1,
-                kernel_init=kernel_init,
-                bias_init=bias_init,
-                name=spec.name,
-            )
+            if spec.kind == "conv":
+                layer = nn.Conv(
+                    spec.features, (5, 5), padding=2, kernel_init=kernel_init,
+                    bias_init=bias_init, name=spec.name,
+                )  # fmt: skip
+            else:
+                layer = LocallyConnected(spec.features, kernel_init, bias_init, name=spec.name)
             x = layer(x)
             self.sow("intermediates", f"{spec.name}_pre", x)
             x = act(x)

@@ -190,12 +190,31 @@ def create_train_state(
     if imported is not None:
         params = transfer.merge(params, imported)
     params = parallel.shard(params, mesh, parallel.param_spec(config.model))
-    opt_state = jax.jit(tx.init)(params)
+    opt_state = placed_like_params(jax.jit(tx.init)(params), params)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=opt_state,
         rng=jax.random.key_data(train_rng),
+    )
+
+
+def placed_like_params(opt_state: Any, params: Any) -> Any:
+    """`opt_state` with each subtree shaped like `params` (the momentum) placed like them.
+
+    `tx.init`'s zeros depend on no parameter's value, so jit leaves them replicated: until the
+    first step every device would hold both towers' momentum, and the step, which returns it
+    sharded like the parameters, would compile a second program for its second call."""
+    shape = jax.tree.structure(params)
+    shardings = jax.tree.map(lambda p: p.sharding, params)
+
+    def like_params(node: Any) -> bool:
+        return jax.tree.structure(node) == shape
+
+    return jax.tree.map(
+        lambda node: jax.device_put(node, shardings) if like_params(node) else node,
+        opt_state,
+        is_leaf=like_params,
     )
 
 

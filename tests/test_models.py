@@ -1,12 +1,13 @@
 """AlexNet and the CIFAR-10 nets: counts, shapes, tower structure, initialisation, learning."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import architecture, models, parallel
+from alexnet_jax import architecture, cifar_nets, models, parallel
 from tests.helpers import digit_images, mean_cross_entropy, model_config, rel_err
 
 
@@ -326,6 +327,22 @@ def test_cifar_parameter_counts(name, expected):
     params, out = _shapes(mc, 32)
     assert _count(params) == expected
     assert out["logits"] == (10,)
+
+
+@pytest.mark.parametrize("init", [nn.initializers.lecun_normal(), nn.initializers.normal(0.04)])
+def test_locally_connected_layer_is_flax_conv_local(init):
+    """local3/local4's layer: Flax's ConvLocal's parameters (names, shapes, initial values) and
+    outputs, bit for bit."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 64))
+    bias = nn.initializers.normal(1.0)
+    ours = cifar_nets.LocallyConnected(32, init, bias)
+    flax = nn.ConvLocal(32, (3, 3), padding=1, kernel_init=init, bias_init=bias)
+    params = ours.init(jax.random.key(1), x)
+    reference = flax.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(jax.jit(ours.apply)(params, x), jax.jit(flax.apply)(reference, x))
 
 
 def test_cifar_net_refuses_towers_and_dropout():

@@ -110,3 +110,43 @@ def test_conv2d_values_and_gradients_match_xla(size, padding):
     g = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
     for w, o in zip(vjp_want(g), vjp_got(g)):
         np.testing.assert_allclose(o, w, rtol=1e-5, atol=1e-4)
+
+
+def _local_plain(x, kernel, size):
+    pad = size // 2
+    return jax.lax.conv_general_dilated_local(
+        x, kernel, (1, 1), ((pad, pad), (pad, pad)), (size, size),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+
+
+def _local_and_grads(local, size):
+    """jit(x, kernel, g -> (outputs, input gradient, kernel gradient)) of `local`."""
+
+    def run(x, kernel, g):
+        out, vjp = jax.vjp(lambda a, b: local(a, b, size), x, kernel)
+        return (out, *vjp(g))
+
+    return jax.jit(run)
+
+
+@pytest.mark.parametrize("size, shape", [(3, (4, 8, 8, 6)), (3, (2, 5, 7, 3)), (5, (2, 6, 6, 2))])
+def test_locally_connected_matches_xla_local_convolution(size, shape):
+    """Outputs and kernel gradient: the same bits (the same patches, the same dot_general). The
+    input gradient: the same sums in another order, checked in float64 against float64."""
+    rng = np.random.default_rng(0)
+    n, h, w, c = shape
+    x = rng.normal(size=shape)
+    kernel = rng.normal(size=(h, w, c * size * size, 5))
+    g = rng.normal(size=(n, h, w, 5))
+    f32 = [jnp.asarray(a, jnp.float32) for a in (x, kernel, g)]
+    want = _local_and_grads(_local_plain, size)(*f32)
+    got = _local_and_grads(ops.locally_connected, size)(*f32)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[2], want[2])
+    scale = float(jnp.abs(want[1]).max())
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5 * scale)
+    with jax.enable_x64():
+        want = _local_and_grads(_local_plain, size)(x, kernel, g)
+        got = _local_and_grads(ops.locally_connected, size)(x, kernel, g)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-12)

@@ -9,10 +9,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import models, parallel
+from alexnet_jax import models, optim, parallel, train
+from configs import alexnet as alexnet_config
 from tests.helpers import digit_images, mean_cross_entropy, model_config, rel_err
 
 BATCH = 4
@@ -290,3 +292,31 @@ def test_unknown_grad_sum_is_refused(setup):
         parallel.sharded_apply(
             mc, parallel.make_mesh(_mesh_config(2, 2), mc), train=True, grad_sum="tree"
         )
+
+
+@pytest.mark.parametrize("placed", [True, False])
+def test_the_momentum_starts_sharded_like_its_parameter_so_the_step_compiles_once(placed):
+    """A two-tower parameter and the paper's optimizer (momentum, weight decay, the schedule in
+    the state): `train.placed_like_params` puts the zero momentum where the step will return
+    it, so the second step reuses the first one's program. Without it the momentum starts
+    replicated and the second call compiles again (`placed=False` shows the check can fail)."""
+    mesh = parallel.make_mesh(_mesh_config(1, 2), model_config())
+    tx = optim.create_optimizer(alexnet_config.get_config().optimizer, steps_per_epoch=1)
+    tree = {"conv": {"kernel": jnp.ones((2, 3, 3, 1, 4)), "bias": jnp.ones((2, 4))}}
+    with jax.set_mesh(mesh):
+        params = parallel.shard(tree, mesh, P("tower"))
+        opt_state = jax.jit(tx.init)(params)
+        if placed:
+            opt_state = train.placed_like_params(opt_state, params)
+
+        @jax.jit
+        def step(params, opt_state):
+            grads = jax.tree.map(lambda p: 0.5 * p, params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        for _ in range(3):
+            params, opt_state = step(params, opt_state)
+    momentum = [leaf for leaf in jax.tree.leaves(opt_state) if leaf.shape == (2, 4)]
+    assert momentum and all(m.sharding.spec == P("tower") for m in momentum)
+    assert step._cache_size() == (1 if placed else 2)

@@ -288,7 +288,7 @@ def _wait_for(predicate, timeout: float = 300, what: str = ""):
 def test_preempted_and_killed_runs_resume_and_end_bit_identical(tmp_path):
     folder = tmp_path / "sweep"
     args = [sys.executable, "-m", "experiments.sweep", "run", str(folder), "--base=cifar",
-            "--variant=no_pca:augment.pca_color=False", "--seeds=2", "--steps=40",
+            "--variant=no_pca:augment.pca_color=False", "--seeds=1", "--steps=40",
             "--checkpoint_every=5", "--log_every=5", "--eval_every=40",
             "--set=mesh.data=1"]  # fmt: skip
     launcher = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
@@ -296,9 +296,13 @@ def test_preempted_and_killed_runs_resume_and_end_bit_identical(tmp_path):
     seen: dict[str, set] = {}
 
     def poll_status() -> dict:
-        done = subprocess.run([sys.executable, "-m", "experiments.sweep", "status", str(folder)],
-                              cwd=ROOT, env=_env(), capture_output=True, text=True)  # fmt: skip
-        for line in done.stdout.splitlines()[:-1]:
+        # What `sweep status` prints (folder.status_lines), read here: a `status` subprocess
+        # for every poll would take a core from the runs being timed.
+        try:
+            printed = sweep.status_lines(folder)
+        except sweep.SweepError:  # no manifest yet
+            return {}
+        for line in printed[:-1]:
             rid, state = line.split()[0], line.split()[1].rstrip(":")
             seen.setdefault(rid, set()).add(state)
         return {rid: sweep.read_status(folder, rid) for rid in seen}
@@ -308,11 +312,11 @@ def test_preempted_and_killed_runs_resume_and_end_bit_identical(tmp_path):
         return event["step"] if event else 0
 
     try:
-        # base_seed1 is preempted as Slurm does it (SIGTERM to the job) after step 10.
-        _wait_for(lambda: poll_status() and step_of("base_seed1") >= 10
-                  and sweep.read_status(folder, "base_seed1").get("state") == "running",
-                  what="base_seed1 past step 10")  # fmt: skip
-        os.kill(sweep.read_status(folder, "base_seed1")["job_pid"], signal.SIGTERM)
+        # base_seed0 is preempted as Slurm does it (SIGTERM to the job) after step 10.
+        _wait_for(lambda: poll_status() and step_of("base_seed0") >= 10
+                  and sweep.read_status(folder, "base_seed0").get("state") == "running",
+                  what="base_seed0 past step 10")  # fmt: skip
+        os.kill(sweep.read_status(folder, "base_seed0")["job_pid"], signal.SIGTERM)
         # no_pca_seed0: its training process is killed outright after step 10.
         _wait_for(lambda: poll_status() and step_of("no_pca_seed0") >= 10
                   and sweep.read_status(folder, "no_pca_seed0").get("state") == "running",
@@ -320,33 +324,33 @@ def test_preempted_and_killed_runs_resume_and_end_bit_identical(tmp_path):
         os.kill(sweep.read_status(folder, "no_pca_seed0")["pid"], signal.SIGKILL)
         while launcher.poll() is None:
             poll_status()
-            time.sleep(0.2)
+            time.sleep(0.1)
     finally:
         if launcher.poll() is None:
             launcher.kill()
     out = launcher.stdout.read()
     assert launcher.returncode == 1, out  # a failed run: the command says so
     poll_status()
-    assert sweep.read_status(folder, "base_seed1")["requeues"] == 1
-    assert sweep.read_status(folder, "base_seed1")["state"] == "finished"
+    assert sweep.read_status(folder, "base_seed0")["requeues"] == 1
+    assert sweep.read_status(folder, "base_seed0")["state"] == "finished"
     killed = sweep.read_status(folder, "no_pca_seed0")
     assert killed["state"] == "failed" and killed["reason"].startswith("killed by SIGKILL")
     retry = subprocess.run([*args[:5], "--retry_failed"], cwd=ROOT, env=_env(),
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert retry.returncode == 0, retry.stdout + retry.stderr
-    assert "1 of 4 runs to local" in retry.stdout
+    assert "1 of 2 runs to local" in retry.stdout
     poll_status()
-    assert seen["base_seed1"] >= {"running", "requeued", "finished"}, seen
+    assert seen["base_seed0"] >= {"running", "requeued", "finished"}, seen
     assert seen["no_pca_seed0"] >= {"running", "failed", "finished"}, seen
     # Each interrupted run resumed from a checkpoint, not from step 0 ...
-    for rid in ("base_seed1", "no_pca_seed0"):
+    for rid in ("base_seed0", "no_pca_seed0"):
         log = sweep.log_file(folder, rid).read_text()
         resumed = [int(ln.split("step ")[1].split()[0]) for ln in log.splitlines()
                    if ln.startswith("resumed from the checkpoint of step")]  # fmt: skip
         assert resumed and resumed[0] >= 5, log[-3000:]  # a checkpoint, not step 0
     # ... and ends with the parameters of an uninterrupted run of the same config.
     manifest = sweep.read_manifest(folder)
-    for rid in ("base_seed1", "no_pca_seed0"):
+    for rid in ("base_seed0", "no_pca_seed0"):
         config = common.config_from_flat(manifest["runs"][rid]["config"])
         reference = tmp_path / f"reference_{rid}"
         from alexnet_jax import train
@@ -358,7 +362,7 @@ def test_preempted_and_killed_runs_resume_and_end_bit_identical(tmp_path):
             np.testing.assert_array_equal(a, b)
     lines = subprocess.run([sys.executable, "-m", "experiments.sweep", "status", str(folder)],
                            cwd=ROOT, env=_env(), capture_output=True, text=True).stdout  # fmt: skip
-    assert lines.splitlines()[-1] == "4 runs: 4 finished"
+    assert lines.splitlines()[-1] == "2 runs: 2 finished"
 
 
 @pytest.mark.slow
