@@ -68,11 +68,19 @@ class LocallyConnected(nn.Module):
         return ops.locally_connected(x, kernel) + bias[None]
 
 
-def _ceil_pool(x: Array, kind: str) -> Array:
-    """3x3 stride-2 pooling with cuda-convnet's rounded-up output size (32 -> 16 -> 8 -> 4)."""
+def ceil_pool(x: Array, kind: str) -> Array:
+    """3x3 stride-2 pooling with cuda-convnet's rounded-up output size (32 -> 16 -> 8 -> 4).
+
+    On JAX's CPU backend (`ops.resolve_kernels('auto')`), max pooling pads with -inf and runs
+    `ops.max_pool`: the values of `nn.max_pool(x, (3, 3), (2, 2), padding=pads)` bit for bit,
+    and its gradient to the same elements without XLA's select-and-scatter (an element two
+    windows send to sums their parts in another order). Elsewhere it is `nn.max_pool`."""
     pads = [(0, max(0, (-(-(n - 3) // 2)) * 2 + 3 - n)) for n in x.shape[1:3]]
-    if kind == "max":
+    if kind == "max" and ops.resolve_kernels("auto") == "xla":
         return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
+    if kind == "max":
+        padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+        return ops.max_pool(padded, 3, 2)
     return nn.avg_pool(x, (3, 3), strides=(2, 2), padding=pads, count_include_pad=False)
 
 
@@ -138,7 +146,7 @@ class CifarNet(nn.Module):
                 x = self._lrn(x)
             self.sow("intermediates", f"{spec.name}_out", x)
             if spec.pool:
-                x = _ceil_pool(x, spec.pool)
+                x = ceil_pool(x, spec.pool)
                 if spec.lrn and self.lrn and not spec.lrn_before_pool:
                     x = self._lrn(x)
                 self.sow("intermediates", f"pool{spec.name[-1]}_out", x)

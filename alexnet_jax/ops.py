@@ -36,6 +36,17 @@ import numpy as np
 Array = jax.Array
 
 
+def resolve_kernels(kernels: str) -> str:
+    """'cpu' or 'xla' for `model.kernels`: 'auto' is 'cpu' on JAX's CPU backend, else 'xla'.
+
+    The CPU-tuned ops here were written and measured against XLA's CPU convolutions; on a GPU
+    or TPU, XLA's own convolutions (cuDNN on NVIDIA) and pooling gradient are the natural choice.
+    """
+    if kernels == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "xla"
+    return kernels
+
+
 def accumulation_dtype(x: Array) -> jnp.dtype:
     """Sums in float32 for bfloat16 inputs, in the input's own type otherwise (float64 in tests)."""
     return jnp.promote_types(x.dtype, jnp.float32)

@@ -19,6 +19,7 @@ classes, and should start fast.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import zlib
 from collections.abc import Sequence
@@ -35,9 +36,21 @@ from alexnet_jax.prepared_files import (
     read_prepared_metadata,
 )
 
-# The digits split (1,437 train / 360 test, stratified by class, fixed seed).
+# The digits split, 1,437 train / 360 test: the test images of scikit-learn's
+# train_test_split(range(1797), test_size=DIGITS_TEST_SIZE, stratify=target,
+# random_state=DIGITS_SPLIT_SEED) (scikit-learn 1.9.1), as a mask over the 1,797 images
+# (np.packbits, in hex). Written down, the split cannot change with scikit-learn's version, and
+# reading the digits imports no scikit-learn (2 s of every run's start); tests/test_sources.py
+# recomputes it.
 DIGITS_TEST_SIZE = 360
 DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_MASK = (
+    "000004883524104000064100934205001a00080100240028062c12001000940a009019120420f8a0028110a000"
+    "080a8820441524494240a00a0000004004d80000818020004805c400104008a0100005404800301000020ec409"
+    "000224840083a8013c20a6980a0000000b08400804a0184802024041c1008004404684376a8102160044800040"
+    "42a0a4180a5000840b8561c608108008004c80c02004068e00010882008100380803c008190000100e01008410"
+    "a0210033282904c044c080680e0102830082008822a6402c24042108a860809081a00c02820242120138a41500"
+)
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -98,30 +111,45 @@ class Source:
         )
 
 
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as `sklearn.datasets.load_digits()` gives them: (1797, 8, 8) float
+    pixels 0..16 and (1797,) int labels, read from the file the package ships, without
+    importing it."""
+    spec = importlib.util.find_spec("sklearn")
+    folder = spec.submodule_search_locations[0] if spec and spec.submodule_search_locations else ""
+    path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+    if not os.path.isfile(path):
+        raise DatasetNotPreparedError(
+            f"dataset 'digits' needs scikit-learn's bundled digits ({path or 'sklearn'} not "
+            "found): pip install -r requirements.txt"
+        )
+    data = np.loadtxt(path, delimiter=",")
+    if data.shape != (1797, 65):
+        raise ValueError(
+            f"{path} holds {data.shape}, not the 1,797 digits of 64 pixels and a label that "
+            "DIGITS_TEST_MASK splits: install the scikit-learn of requirements.txt."
+        )
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
+
+
 class DigitsSource(Source):
     """scikit-learn's bundled handwritten digits: 1,797 real 8x8 grayscale images, 10 classes.
 
     They ship inside the scikit-learn package, so this source needs no download and no
     TensorFlow. Splits: 'train' (1,437) and 'test' (360), a stratified split with a fixed seed
-    (`sklearn.model_selection.train_test_split`, seed 0), the same on every machine; 'train'
-    is in the original dataset's order, so a slice such as 'train[80%:]' (287 images) is a
-    validation set of other writers than 'train[:80%]' (1,150). There is no 'validation'
+    (`sklearn.model_selection.train_test_split`, seed 0, written down as `DIGITS_TEST_MASK`),
+    the same on every machine and scikit-learn version; 'train' is in the original dataset's
+    order, so a slice such as 'train[80%:]' (287 images) is a validation set of other writers
+    than 'train[:80%]' (1,150). There is no 'validation'
     split: it would have to be the test set or a silent choice. Pixels 0..16 are scaled to
     0..255, made RGB and resized to S.
     """
 
     def __init__(self, split: str, size: int):
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-
-        digits = load_digits()
-        indices = np.arange(len(digits.target))
-        train, test = train_test_split(
-            indices,
-            test_size=DIGITS_TEST_SIZE,
-            stratify=digits.target,
-            random_state=DIGITS_SPLIT_SEED,
-        )
+        images, target = digits_arrays()
+        test = np.unpackbits(np.frombuffer(bytes.fromhex(DIGITS_TEST_MASK), np.uint8))
+        test = test[: len(target)].astype(bool)
+        train, test = np.flatnonzero(~test), np.flatnonzero(test)
         splits = {"train": train, "test": test}
         if split not in splits:
             raise ValueError(
@@ -132,8 +160,8 @@ class DigitsSource(Source):
         chosen = np.sort(splits[split])
         self.name, self.split, self.size, self.num_classes = "digits", split, size, 10
         self.class_names = [str(d) for d in range(10)]
-        self._images = np.rint(digits.images[chosen] * (255.0 / 16.0)).astype(np.uint8)
-        self._labels = digits.target[chosen].astype(np.int64)
+        self._images = np.rint(images[chosen] * (255.0 / 16.0)).astype(np.uint8)
+        self._labels = target[chosen].astype(np.int64)
 
     def __len__(self) -> int:
         return len(self._labels)

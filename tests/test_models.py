@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import architecture, cifar_nets, models, parallel
+from alexnet_jax import architecture, cifar_nets, models, ops, parallel
 from tests.helpers import digit_images, mean_cross_entropy, model_config, rel_err
 
 
@@ -202,10 +202,10 @@ def test_cpu_and_xla_kernels_agree_in_logits_and_every_gradient(size, towers):
 
 
 def test_auto_kernels_follow_the_backend(monkeypatch):
-    assert models.resolve_kernels("auto") == "cpu"  # the tests run on the CPU backend
+    assert ops.resolve_kernels("auto") == "cpu"  # the tests run on the CPU backend
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert models.resolve_kernels("auto") == "xla"
-    assert models.resolve_kernels("cpu") == "cpu"
+    assert ops.resolve_kernels("auto") == "xla"
+    assert ops.resolve_kernels("cpu") == "cpu"
     # And the model built with 'auto' then runs XLA's own ops: of the custom gradient rules
     # only LRN's remain (2), where the CPU path adds those of 4 convolutions and 3 pools.
     mc = model_config(towers=1, one_tower_kernels="half")
@@ -343,6 +343,26 @@ def test_locally_connected_layer_is_flax_conv_local(init):
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(jax.jit(ours.apply)(params, x), jax.jit(flax.apply)(reference, x))
+
+
+@pytest.mark.parametrize("size", [32, 16, 8, 7])
+def test_cifar_max_pool_is_flax_max_pool_with_rounded_up_padding(size):
+    """The values bit for bit, on ReLU outputs full of tied zeros; the gradient reaches the same
+    elements (the first maximum of each window, where XLA's select-and-scatter sends it), an
+    element two overlapping windows send to adding their two parts in another order."""
+    x = jax.nn.relu(jax.random.normal(jax.random.key(size), (2, size, size, 3)))
+    pads = [(0, 1 if size % 2 == 0 else 0)] * 2
+
+    def flax_pool(x):
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
+
+    want, vjp_want = jax.jit(lambda a: jax.vjp(flax_pool, a))(x)
+    got, vjp_got = jax.jit(lambda a: jax.vjp(lambda b: cifar_nets.ceil_pool(b, "max"), a))(x)
+    np.testing.assert_array_equal(got, want)
+    g = jax.random.normal(jax.random.key(1), want.shape)
+    (dx_got,), (dx_want,) = vjp_got(g), vjp_want(g)
+    np.testing.assert_array_equal(dx_got != 0, dx_want != 0)
+    np.testing.assert_allclose(dx_got, dx_want, rtol=1e-6, atol=1e-7)
 
 
 def test_cifar_net_refuses_towers_and_dropout():

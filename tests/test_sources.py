@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import datasets, images, splits
+from alexnet_jax import datasets, images, sources, splits
 from configs import default
 
 
@@ -91,3 +91,29 @@ def test_shared_examples_counts_overlapping_slices_of_one_split():
     assert splits.shared_examples(head, tail) == round(0.8 * 1437) - round(0.7 * 1437)
     assert splits.shared_examples(train, head) == len(head)
     assert splits.shared_examples(head, test) == 0
+
+
+def test_digits_are_scikit_learns_with_its_stratified_split():
+    """The arrays `sklearn.datasets.load_digits()` gives, and the split the written-down mask
+    holds is train_test_split's (stratified by class, seed 0) on the installed scikit-learn."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels, labels = sources.digits_arrays()
+    np.testing.assert_array_equal(pixels, digits.images)
+    np.testing.assert_array_equal(labels, digits.target)
+    train, test = train_test_split(
+        np.arange(len(labels)), test_size=sources.DIGITS_TEST_SIZE, stratify=labels,
+        random_state=sources.DIGITS_SPLIT_SEED,
+    )  # fmt: skip
+    for split, indices in (("train", train), ("test", test)):
+        source = sources.DigitsSource(split, 8)
+        assert len(source) == len(indices)
+        want = np.rint(digits.images[np.sort(indices)] * (255.0 / 16.0)).astype(np.uint8)
+        np.testing.assert_array_equal(
+            np.stack([source[i]["image"][..., 0] for i in range(len(source))]), want
+        )
+        assert [source[i]["label"] for i in range(len(source))] == list(
+            digits.target[np.sort(indices)]
+        )
