@@ -247,6 +247,7 @@ def test_a_checkpoint_records_its_format_version_and_checksums(tmp_path):
     ck.close()
 
 
+@pytest.mark.slow
 def test_random_bytes_over_the_newest_checkpoint_are_found_and_the_previous_one_used(tmp_path):
     """4,096 random bytes at several offsets of the newest checkpoint's largest data file (the
     512 x 512 leaf's chunk: 0.5 is the middle of that leaf): each is found (checksums or a

@@ -84,6 +84,7 @@ def test_an_ensemble_averages_the_members_softmaxes(runs, tmp_path):
     assert len(per_class) == 10 and all(0 <= e <= 1 for e in per_class)
 
 
+@pytest.mark.slow
 def test_a_corrupt_weights_file_is_one_error_and_writes_nothing(tmp_path):
     bad = tmp_path / "bvlc_alexnet.npy"
     bad.write_bytes(b"\x93NUMPY not really")

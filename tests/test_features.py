@@ -109,6 +109,7 @@ def alexnet_params():
     return _random_params(_alexnet())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patches", ["centre", "ten"])
 def test_alexnet_features_are_the_networks_intermediates(patches, alexnet_params):
     config, params = _alexnet(), alexnet_params
@@ -191,6 +192,7 @@ def test_random_init_is_a_training_runs_step_zero(tmp_path, monkeypatch, digits_
     assert not np.array_equal(key, jax.random.key_data(jax.random.key(config.seed)))
 
 
+@pytest.mark.slow
 def test_cifar_features_are_the_networks_intermediates(tmp_path, digits_params):
     config = _digits(tmp_path)
     params, _ = digits_params
@@ -346,6 +348,7 @@ def test_a_failed_run_leaves_nothing(tmp_path, monkeypatch, digits_params):
     assert os.listdir(tmp_path / "dest") == []  # neither out nor its temporary sibling
 
 
+@pytest.mark.slow
 def test_command_errors_are_one_line(tmp_path, capsys):
     # The command line itself, once: an unknown layer, reported before any parameter is read.
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")

@@ -149,6 +149,7 @@ def test_one_step_of_the_offline_default_matches_its_golden_values():
     )
 
 
+@pytest.mark.slow
 def test_golden_tolerances_cover_last_bit_differences():
     """Eight 8-ulp perturbations of the initial parameters, which flip the near-tied units
     another CPU's rounding flips, move no value by more than a third of its tolerance: the
@@ -159,6 +160,7 @@ def test_golden_tolerances_cover_last_bit_differences():
     assert not too_close, f"relative change over the tolerance / 3: {too_close}"
 
 
+@pytest.mark.slow
 def test_a_momentum_of_0_8_fails_the_golden_values():
     (got,) = _three_steps(momentum=0.8)
     wrong = _mismatches(got)

@@ -56,6 +56,7 @@ def test_library_module_imports_nothing_from_outside_the_package(path):
     assert not outside, outside
 
 
+@pytest.mark.slow
 def test_the_package_alone_imports_from_another_directory(tmp_path):
     # Only alexnet_jax/ copied, run from elsewhere: what an installed package sees. The two
     # command-line modules define the same absl flags, so each gets its own process.

@@ -410,6 +410,7 @@ def test_workers_change_nothing_and_restore_continues_exactly():
     assert_same(run(2, state_0)[0], reference[4:])  # Saved without workers, resumed with.
 
 
+@pytest.mark.slow
 def test_digits_need_no_tensorflow():
     """A fresh interpreter where TensorFlow cannot be found iterates digits batches."""
     code = """

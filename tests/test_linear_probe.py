@@ -150,6 +150,7 @@ def test_folders_that_do_not_pair_are_refused_in_one_line(pixels, tmp_path):
         assert text.startswith("error: ") and why in text and "\n" not in text, text
 
 
+@pytest.mark.slow
 def test_one_command_extracts_the_test_split_after_the_choices(tmp_path, monkeypatch):
     from tests.test_features import _digits, _random_params
 

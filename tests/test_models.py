@@ -113,6 +113,7 @@ def _images(batch=2, size=227, seed=1):
     return 60.0 * jax.random.normal(jax.random.key(seed), (batch, size, size, 3))
 
 
+@pytest.mark.slow
 def test_paper_initialisation(paper_params):
     for name in ("conv1", "conv3", "fc8"):
         assert np.all(np.asarray(paper_params[name]["bias"]) == 0.0)
@@ -140,6 +141,7 @@ def _intermediates(mc, params, images):
     return logits, {k: v[0] for k, v in state["intermediates"].items()}
 
 
+@pytest.mark.slow
 def test_towers_see_only_what_the_paper_lets_them(paper_params):
     """Changing tower 2's conv1 kernels changes tower 1's maps only from conv3 on (§3.5)."""
     images = _images()
@@ -201,6 +203,7 @@ def test_cpu_and_xla_kernels_agree_in_logits_and_every_gradient(size, towers):
         assert rel_err(a, b) < 1e-3, jax.tree_util.keystr(path)
 
 
+@pytest.mark.slow
 def test_auto_kernels_follow_the_backend(monkeypatch):
     assert ops.resolve_kernels("auto") == "cpu"  # the tests run on the CPU backend
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
@@ -329,14 +332,15 @@ def test_cifar_parameter_counts(name, expected):
     assert out["logits"] == (10,)
 
 
-@pytest.mark.parametrize("init", [nn.initializers.lecun_normal(), nn.initializers.normal(0.04)])
-def test_locally_connected_layer_is_flax_conv_local(init):
-    """local3/local4's layer: Flax's ConvLocal's parameters (names, shapes, initial values) and
-    outputs, bit for bit."""
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 64))
+def test_locally_connected_layer_is_flax_conv_local():
+    """local3/local4's layer: Flax's ConvLocal's parameters (names, shapes, initial values: the
+    fan-in of lecun_normal, the offline default's init, counts the positions) and outputs, bit
+    for bit."""
+    init = nn.initializers.lecun_normal()
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 8))
     bias = nn.initializers.normal(1.0)
-    ours = cifar_nets.LocallyConnected(32, init, bias)
-    flax = nn.ConvLocal(32, (3, 3), padding=1, kernel_init=init, bias_init=bias)
+    ours = cifar_nets.LocallyConnected(4, init, bias)
+    flax = nn.ConvLocal(4, (3, 3), padding=1, kernel_init=init, bias_init=bias)
     params = ours.init(jax.random.key(1), x)
     reference = flax.init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference)
@@ -345,7 +349,7 @@ def test_locally_connected_layer_is_flax_conv_local(init):
     np.testing.assert_array_equal(jax.jit(ours.apply)(params, x), jax.jit(flax.apply)(reference, x))
 
 
-@pytest.mark.parametrize("size", [32, 16, 8, 7])
+@pytest.mark.parametrize("size", [8, 7])  # rounded up by a padded row and column, or not
 def test_cifar_max_pool_is_flax_max_pool_with_rounded_up_padding(size):
     """The values bit for bit, on ReLU outputs full of tied zeros; the gradient reaches the same
     elements (the first maximum of each window, where XLA's select-and-scatter sends it), an

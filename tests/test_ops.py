@@ -17,8 +17,10 @@ def _conv(x, kernel, stride):
 @pytest.mark.parametrize(
     "size,kernel_size,stride,channels",
     [
-        (227, 11, 4, 3),  # conv1 at Caffe's 227: 55x55, every pixel read
-        (227, 11, 4, 2),  # conv1 at 224 + 3 zero pixels (architecture.conv1_padding) is the same
+        # conv1 at Caffe's 227: 55x55, every pixel read
+        pytest.param(227, 11, 4, 3, marks=pytest.mark.slow),
+        # conv1 at 224 + 3 zero pixels (architecture.conv1_padding) is the same
+        pytest.param(227, 11, 4, 2, marks=pytest.mark.slow),
         (35, 11, 4, 3),  # 7x7 output; the input is not a whole number of blocks
         (20, 5, 3, 4),  # kernel not a multiple of the stride, trailing pixels unread
         (9, 3, 1, 2),  # stride 1

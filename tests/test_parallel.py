@@ -71,7 +71,7 @@ def _on_mesh(mc, mesh, params, images, labels, rng):
     "data, tower",
     [
         pytest.param(1, 2, marks=pytest.mark.slow),
-        (2, 2),
+        pytest.param(2, 2, marks=pytest.mark.slow),
         pytest.param(2, 1, marks=pytest.mark.slow),
     ],
 )
@@ -112,6 +112,7 @@ def _collectives(hlo: str) -> dict[str, list[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_towers_exchange_activations_only_where_the_paper_gpus_did(setup):
     """Compiled forward-backward on 2 tower devices: the inputs of conv3, fc6, fc7, fc8 and the
     logits are all-gathered; the backward pass has the transposes of the four in-network
@@ -286,8 +287,8 @@ def test_two_replicas_sum_with_psum_in_either_mode(setup):
     assert sum(_elements(hlo, "all-reduce")) >= sum(x.size for x in jax.tree.leaves(params))
 
 
-def test_unknown_grad_sum_is_refused(setup):
-    mc = setup[0]
+def test_unknown_grad_sum_is_refused():
+    mc = model_config()
     with pytest.raises(ValueError, match="mesh.grad_sum='tree'"):
         parallel.sharded_apply(
             mc, parallel.make_mesh(_mesh_config(2, 2), mc), train=True, grad_sum="tree"

@@ -19,6 +19,7 @@ def _config(**model):
     return config
 
 
+@pytest.mark.slow
 def test_summary_command_prints_the_paper_count():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run(
@@ -149,6 +150,7 @@ def test_the_2012_code_table_shows_its_normalizations_and_the_paper_count():
     assert "wnorm2" not in paper and "lrn1" in paper
 
 
+@pytest.mark.slow
 def test_a_config_the_network_refuses_is_one_line_and_a_non_zero_exit():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(

@@ -207,6 +207,7 @@ echo "$0 $@" >> "{record}/other_calls"
 """
 
 
+@pytest.mark.slow
 def test_the_slurm_launcher_submits_one_array_with_the_requested_resources(tmp_path):
     bin_dir, record = tmp_path / "bin", tmp_path / "record"
     bin_dir.mkdir()
@@ -260,6 +261,7 @@ def test_the_slurm_launcher_submits_one_array_with_the_requested_resources(tmp_p
     assert status.stdout.splitlines()[-1] == "8 runs: 8 queued"
 
 
+@pytest.mark.slow
 def test_the_slurm_launcher_without_slurm_is_one_line(tmp_path):
     env = dict(_env(), PATH=os.path.dirname(sys.executable))  # no srun, no sbatch
     done = subprocess.run(

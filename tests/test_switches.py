@@ -1516,12 +1516,19 @@ def test_every_config_field_is_documented(section):
     assert not missing, f"config.{section} fields missing from the docs' table: {missing}"
 
 
-# The full-size AlexNets take seconds per field: the fast tier checks the CIFAR nets only.
-@pytest.mark.parametrize(
-    "network",
-    [pytest.param(n, marks=pytest.mark.slow) if n.startswith("alexnet") else n for n in NETWORKS],
-)
-@pytest.mark.parametrize("field", documented_fields("model"))
+# The full-size AlexNets take seconds per field: the fast tier checks the CIFAR nets only, and
+# of those not the fields that build or train several nets ('name', 'init').
+def _model_switch_params() -> list:
+    return [
+        pytest.param(field, network, marks=pytest.mark.slow)
+        if network.startswith("alexnet") or field in ("name", "init")
+        else (field, network)
+        for network in NETWORKS
+        for field in documented_fields("model")
+    ]
+
+
+@pytest.mark.parametrize("field, network", _model_switch_params())
 def test_model_switch(field, network):
     MODEL_CHECKS[field](network)
 
@@ -1536,6 +1543,13 @@ def test_optimizer_switch(field):
     OPTIMIZER_CHECKS[field]()
 
 
-@pytest.mark.parametrize("field", documented_fields("init_from"))
+# 'source' and 'format' write and read full-size AlexNet weight files, 'step' trains a run.
+@pytest.mark.parametrize(
+    "field",
+    [
+        pytest.param(f, marks=pytest.mark.slow) if f in ("source", "format", "step") else f
+        for f in documented_fields("init_from")
+    ],
+)
 def test_init_from_switch(field, tmp_path):
     INIT_FROM_CHECKS[field](tmp_path)

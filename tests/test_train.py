@@ -283,6 +283,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(tmp_path, uninterr
     _same_events(reference, tmp_path)
 
 
+@pytest.mark.slow
 def test_misspelt_config_field_is_refused(tmp_path):
     proc = _main(tmp_path, "--config.modle.lrn=False")
     out = proc.communicate(timeout=120)[0]
@@ -339,6 +340,7 @@ def test_the_training_step_ends_colour_noise_at_its_epoch():
     assert _close(ended[1], off[0])
 
 
+@pytest.mark.slow
 def test_the_training_step_freezes_a_layer_and_keeps_the_bias_rate():
     config = _digits_config(
         batch_size=8,

@@ -56,6 +56,7 @@ def _write_pth(path, sd):
 # --- Kept layers equal the source, bit for bit; excluded ones are the config's init ------------
 
 
+@pytest.mark.slow
 def test_torchvision_pth_kept_layers_are_the_files_arrays_bit_for_bit(tmp_path):
     sd = torchvision_state_dict(seed=1)
     path = tmp_path / "alexnet.pth"

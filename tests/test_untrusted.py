@@ -285,6 +285,7 @@ def _evaluate_cli(*args):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_evaluate_command_refuses_a_hostile_caffe_npy_in_one_line(tmp_path):
     marker = tmp_path / "marker"
     path = object_npy(tmp_path / "bvlc_alexnet.npy", {"conv1": Payload("os.system", marker)})

@@ -224,6 +224,7 @@ def test_torchvision_pth_matches_torchs_own_forward(tmp_path):
     assert rel(got, want) < 1e-5
 
 
+@pytest.mark.slow
 def test_bad_weights_files_get_one_clear_error(tmp_path):
     ref = caffe_reference()
     good = tmp_path / "good.npy"
