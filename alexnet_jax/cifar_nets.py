@@ -8,13 +8,11 @@ nets without dropout for 32x32 inputs; `models.create_model` builds them from `c
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from alexnet_jax import ops
 from alexnet_jax.lrn import local_response_norm, within_map_norm
 
 Array = jax.Array
@@ -52,35 +50,11 @@ CIFAR_LRN: tuple[CifarLayer, ...] = (
 CIFAR_NETS = {"cifar_fig1": CIFAR_FIG1, "cifar_lrn": CIFAR_LRN}
 
 
-class LocallyConnected(nn.Module):
-    """Flax's `nn.ConvLocal` for 3x3 kernels, stride 1, pad 1: the same parameters (names,
-    shapes, initialisation) and outputs, computed by `ops.locally_connected`."""
-
-    features: int
-    kernel_init: Callable
-    bias_init: Callable
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        _, h, w, c = x.shape
-        kernel = self.param("kernel", self.kernel_init, (h, w, 9 * c, self.features), jnp.float32)
-        bias = self.param("bias", self.bias_init, (h, w, self.features), jnp.float32)
-        return ops.locally_connected(x, kernel) + bias[None]
-
-
-def ceil_pool(x: Array, kind: str) -> Array:
-    """3x3 stride-2 pooling with cuda-convnet's rounded-up output size (32 -> 16 -> 8 -> 4).
-
-    On JAX's CPU backend (`ops.resolve_kernels('auto')`), max pooling pads with -inf and runs
-    `ops.max_pool`: the values of `nn.max_pool(x, (3, 3), (2, 2), padding=pads)` bit for bit,
-    and its gradient to the same elements without XLA's select-and-scatter (an element two
-    windows send to sums their parts in another order). Elsewhere it is `nn.max_pool`."""
+def _ceil_pool(x: Array, kind: str) -> Array:
+    """3x3 stride-2 pooling with cuda-convnet's rounded-up output size (32 -> 16 -> 8 -> 4)."""
     pads = [(0, max(0, (-(-(n - 3) // 2)) * 2 + 3 - n)) for n in x.shape[1:3]]
-    if kind == "max" and ops.resolve_kernels("auto") == "xla":
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
     if kind == "max":
-        padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-        return ops.max_pool(padded, 3, 2)
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
     return nn.avg_pool(x, (3, 3), strides=(2, 2), padding=pads, count_include_pad=False)
 
 
@@ -131,13 +105,15 @@ class CifarNet(nn.Module):
                 x = nn.Dense(self.num_classes, kernel_init=kernel_init, name=spec.name)(x)
                 break
             # Conv layers are 5x5 pad 2, locally connected ones 3x3 pad 1 (the layer files).
-            if spec.kind == "conv":
-                layer = nn.Conv(
-                    spec.features, (5, 5), padding=2, kernel_init=kernel_init,
-                    bias_init=bias_init, name=spec.name,
-                )  # fmt: skip
-            else:
-                layer = LocallyConnected(spec.features, kernel_init, bias_init, name=spec.name)
+            conv = spec.kind == "conv"
+            layer = (nn.Conv if conv else nn.ConvLocal)(
+                spec.features,
+                (5, 5) if conv else (3, 3),
+                padding=2 if conv else 1,
+                kernel_init=kernel_init,
+                bias_init=bias_init,
+                name=spec.name,
+            )
             x = layer(x)
             self.sow("intermediates", f"{spec.name}_pre", x)
             x = act(x)
@@ -146,7 +122,7 @@ class CifarNet(nn.Module):
                 x = self._lrn(x)
             self.sow("intermediates", f"{spec.name}_out", x)
             if spec.pool:
-                x = ceil_pool(x, spec.pool)
+                x = _ceil_pool(x, spec.pool)
                 if spec.lrn and self.lrn and not spec.lrn_before_pool:
                     x = self._lrn(x)
                 self.sow("intermediates", f"pool{spec.name[-1]}_out", x)

@@ -43,6 +43,18 @@ _CAFFE_BIAS = 0.1
 _CAFFE_FC_STD = {"fc6": 0.005, "fc7": 0.005}
 
 
+def resolve_kernels(kernels: str) -> str:
+    """'cpu' or 'xla' for `model.kernels`: 'auto' is 'cpu' on JAX's CPU backend, else 'xla'.
+
+    The CPU-tuned ops (alexnet_jax/ops.py) were written and measured against XLA's CPU
+    convolutions; on a GPU or TPU, XLA's own convolutions (cuDNN on NVIDIA) and pooling
+    gradient are the natural choice.
+    """
+    if kernels == "auto":
+        return "cpu" if jax.default_backend() == "cpu" else "xla"
+    return kernels
+
+
 class AlexNet(nn.Module):
     """The paper's network (§3.5), split into towers (§3.2). See the module docstring.
 
@@ -86,7 +98,7 @@ class AlexNet(nn.Module):
       grouped_conv: how a device computes the own-tower convolutions (conv2, conv4, conv5) of
         the several towers it holds: one grouped convolution (`feature_group_count`) or one
         ordinary convolution per tower. Same numbers; only speed differs.
-      kernels: which implementation of the convolutions and pooling runs (`ops.resolve_kernels`):
+      kernels: which implementation of the convolutions and pooling runs (`resolve_kernels`):
         'cpu' (conv1 as space-to-depth + one matmul, `ops.conv2d` with its kernel gradient as a
         matmul, `ops.max_pool` with its closed-form gradient), 'xla' (`lax.conv_general_dilated`
         and `lax.reduce_window` with XLA's own gradients, what cuDNN backs on a GPU) or 'auto'
@@ -201,7 +213,7 @@ class AlexNet(nn.Module):
             self.towers, self.num_classes, self.one_tower_kernels, self.extra_conv
         )
         local, tower0 = self._local_towers()
-        kernels = ops.resolve_kernels(self.kernels)
+        kernels = resolve_kernels(self.kernels)
         init_std = dict(self.init_std)
 
         before, after = conv1_pads(images.shape[1], self.conv1_padding)

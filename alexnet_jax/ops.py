@@ -1,4 +1,4 @@
-"""Four operations written for speed, with the same numbers as their plain versions.
+"""Three AlexNet operations written for speed, with the same numbers as their plain versions.
 
 `strided_conv`: conv1's 11x11 stride-4 convolution of a 3-channel image is a poor shape for a
 convolution library (3 input channels, a large stride): XLA's CPU convolution runs it at a fifth
@@ -13,16 +13,8 @@ the window argmax; on the CPU that backward pass takes 4-10x the forward. The cl
 gradient below routes each output's gradient to the first maximum of its window in row-major
 order, which is exactly what select-and-scatter does, as one fused elementwise pass.
 
-`locally_connected`: the unshared 3x3 kernels of the CIFAR nets' local3 and local4 (Flax's
-`ConvLocal`). `lax.conv_general_dilated_local` gathers the patches as a convolution by an
-identity kernel, which on the CPU takes 10x the time of the layer's own arithmetic (forward and
-backward, batch 32); nine shifted slices gather the same patches exactly, and the same
-`dot_general` then gives the same outputs and kernel gradient bit for bit. Only the input
-gradient sums the nine slices' contributions in another order (a few ulps).
-
 `python -m experiments.bench.benchmark` measures the whole network; tests/test_ops.py checks each
-against `jax.lax.conv_general_dilated`, `jax.lax.conv_general_dilated_local` and
-`jax.lax.reduce_window` (values and gradients).
+against `jax.lax.conv_general_dilated` and `jax.lax.reduce_window` (values and gradients).
 """
 
 from __future__ import annotations
@@ -34,17 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
-
-
-def resolve_kernels(kernels: str) -> str:
-    """'cpu' or 'xla' for `model.kernels`: 'auto' is 'cpu' on JAX's CPU backend, else 'xla'.
-
-    The CPU-tuned ops here were written and measured against XLA's CPU convolutions; on a GPU
-    or TPU, XLA's own convolutions (cuDNN on NVIDIA) and pooling gradient are the natural choice.
-    """
-    if kernels == "auto":
-        return "cpu" if jax.default_backend() == "cpu" else "xla"
-    return kernels
 
 
 def accumulation_dtype(x: Array) -> jnp.dtype:
@@ -260,28 +241,3 @@ def max_pool(x: Array, window: int, stride: int) -> Array:
     if x.ndim != 4:
         raise ValueError(f"max_pool expects NHWC input, got shape {x.shape}.")
     return _max_pool(x, window, stride)
-
-
-def locally_connected(x: Array, kernel: Array, size: int = 3) -> Array:
-    """Locally connected layer (unshared kernels), stride 1, "same" padding (size // 2).
-
-    The numbers of `jax.lax.conv_general_dilated_local` (Flax's `ConvLocal`) for NHWC `x`.
-
-    Args:
-      x: (N, H, W, C) inputs.
-      kernel: (H, W, C * size * size, F), one kernel per output position, each patch's features
-        ordered channel-major ((c, i, j) -> c * size * size + i * size + j), as
-        `lax.conv_general_dilated_patches` orders them.
-      size: the odd kernel side.
-
-    Returns:
-      (N, H, W, F) outputs.
-    """
-    n, h, w, c = x.shape
-    pad = size // 2
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    views = [xp[:, i : i + h, j : j + w, :] for i in range(size) for j in range(size)]
-    patches = jnp.stack(views, axis=-1).reshape(n, h, w, c * size * size)
-    # conv_general_dilated_local's contraction: over the patch features, batched over (H, W).
-    out = jax.lax.dot_general(patches, kernel, (((3,), (2,)), ((1, 2), (0, 1))))  # (H, W, N, F)
-    return jnp.moveaxis(out, (0, 1), (1, 2))

@@ -1,13 +1,12 @@
 """AlexNet and the CIFAR-10 nets: counts, shapes, tower structure, initialisation, learning."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import architecture, cifar_nets, models, ops, parallel
+from alexnet_jax import architecture, models, parallel
 from tests.helpers import digit_images, mean_cross_entropy, model_config, rel_err
 
 
@@ -205,10 +204,10 @@ def test_cpu_and_xla_kernels_agree_in_logits_and_every_gradient(size, towers):
 
 @pytest.mark.slow
 def test_auto_kernels_follow_the_backend(monkeypatch):
-    assert ops.resolve_kernels("auto") == "cpu"  # the tests run on the CPU backend
+    assert models.resolve_kernels("auto") == "cpu"  # the tests run on the CPU backend
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert ops.resolve_kernels("auto") == "xla"
-    assert ops.resolve_kernels("cpu") == "cpu"
+    assert models.resolve_kernels("auto") == "xla"
+    assert models.resolve_kernels("cpu") == "cpu"
     # And the model built with 'auto' then runs XLA's own ops: of the custom gradient rules
     # only LRN's remain (2), where the CPU path adds those of 4 convolutions and 3 pools.
     mc = model_config(towers=1, one_tower_kernels="half")
@@ -330,43 +329,6 @@ def test_cifar_parameter_counts(name, expected):
     params, out = _shapes(mc, 32)
     assert _count(params) == expected
     assert out["logits"] == (10,)
-
-
-def test_locally_connected_layer_is_flax_conv_local():
-    """local3/local4's layer: Flax's ConvLocal's parameters (names, shapes, initial values: the
-    fan-in of lecun_normal, the offline default's init, counts the positions) and outputs, bit
-    for bit."""
-    init = nn.initializers.lecun_normal()
-    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 8))
-    bias = nn.initializers.normal(1.0)
-    ours = cifar_nets.LocallyConnected(4, init, bias)
-    flax = nn.ConvLocal(4, (3, 3), padding=1, kernel_init=init, bias_init=bias)
-    params = ours.init(jax.random.key(1), x)
-    reference = flax.init(jax.random.key(1), x)
-    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, reference)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(reference)):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(jax.jit(ours.apply)(params, x), jax.jit(flax.apply)(reference, x))
-
-
-@pytest.mark.parametrize("size", [8, 7])  # rounded up by a padded row and column, or not
-def test_cifar_max_pool_is_flax_max_pool_with_rounded_up_padding(size):
-    """The values bit for bit, on ReLU outputs full of tied zeros; the gradient reaches the same
-    elements (the first maximum of each window, where XLA's select-and-scatter sends it), an
-    element two overlapping windows send to adding their two parts in another order."""
-    x = jax.nn.relu(jax.random.normal(jax.random.key(size), (2, size, size, 3)))
-    pads = [(0, 1 if size % 2 == 0 else 0)] * 2
-
-    def flax_pool(x):
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
-
-    want, vjp_want = jax.jit(lambda a: jax.vjp(flax_pool, a))(x)
-    got, vjp_got = jax.jit(lambda a: jax.vjp(lambda b: cifar_nets.ceil_pool(b, "max"), a))(x)
-    np.testing.assert_array_equal(got, want)
-    g = jax.random.normal(jax.random.key(1), want.shape)
-    (dx_got,), (dx_want,) = vjp_got(g), vjp_want(g)
-    np.testing.assert_array_equal(dx_got != 0, dx_want != 0)
-    np.testing.assert_allclose(dx_got, dx_want, rtol=1e-6, atol=1e-7)
 
 
 def test_cifar_net_refuses_towers_and_dropout():

@@ -344,7 +344,7 @@ def environment(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
     import jaxlib
     import optax
 
-    from alexnet_jax import ops
+    from alexnet_jax import models
 
     device = jax.devices()[0]
     cpu = machine.cpu_name() or platform.processor() or platform.machine()
@@ -385,7 +385,7 @@ def environment(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]
         "dtype": args.dtype,
         "kernels": args.kernels,
         "torch_compile": args.torch_compile,
-        "kernels_resolved": ops.resolve_kernels(args.kernels),
+        "kernels_resolved": models.resolve_kernels(args.kernels),
         "repeats": args.repeats,
         "warmup": args.warmup,
         "matmul_size": args.matmul_size,
