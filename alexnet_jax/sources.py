@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -123,7 +124,15 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
             f"dataset 'digits' needs scikit-learn's bundled digits ({path or 'sklearn'} not "
             "found): pip install -r requirements.txt"
         )
-    data = np.loadtxt(path, delimiter=",")
+    try:
+        with warnings.catch_warnings():  # an empty file: the shape check below says so
+            warnings.simplefilter("ignore", UserWarning)
+            data = np.loadtxt(path, delimiter=",", ndmin=2)
+    except (OSError, EOFError, ValueError) as e:
+        raise ValueError(
+            f"{path} cannot be read as scikit-learn's digits ({type(e).__name__}: {e}); "
+            "reinstall scikit-learn: pip install --force-reinstall -r requirements.txt"
+        ) from None
     if data.shape != (1797, 65):
         raise ValueError(
             f"{path} holds {data.shape}, not the 1,797 digits of 64 pixels and a label that "
@@ -140,9 +149,8 @@ class DigitsSource(Source):
     (`sklearn.model_selection.train_test_split`, seed 0, written down as `DIGITS_TEST_MASK`),
     the same on every machine and scikit-learn version; 'train' is in the original dataset's
     order, so a slice such as 'train[80%:]' (287 images) is a validation set of other writers
-    than 'train[:80%]' (1,150). There is no 'validation'
-    split: it would have to be the test set or a silent choice. Pixels 0..16 are scaled to
-    0..255, made RGB and resized to S.
+    than 'train[:80%]' (1,150). There is no 'validation' split: it would have to be the test set
+    or a silent choice. Pixels 0..16 are scaled to 0..255, made RGB and resized to S.
     """
 
     def __init__(self, split: str, size: int):

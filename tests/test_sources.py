@@ -117,3 +117,27 @@ def test_digits_are_scikit_learns_with_its_stratified_split():
         assert [source[i]["label"] for i in range(len(source))] == list(
             digits.target[np.sort(indices)]
         )
+
+
+@pytest.mark.parametrize(
+    "content", [b"\x1f\x8b garbled", b"1,2,3\n4,5\n", b"", "truncated"], ids=str
+)
+def test_a_damaged_digits_file_is_one_line(tmp_path, monkeypatch, content):
+    """The file scikit-learn ships, garbled, cut short or empty: one ValueError naming it and
+    the fix, never numpy's own error."""
+    import gzip
+    import types
+
+    data = tmp_path / "sklearn" / "datasets" / "data"
+    data.mkdir(parents=True)
+    if content == "truncated":
+        whole = gzip.compress(b"0," * 64 + b"1\n" * 1797)
+        (data / "digits.csv.gz").write_bytes(whole[: len(whole) // 2])
+    else:
+        (data / "digits.csv.gz").write_bytes(
+            gzip.compress(content) if content[:1] != b"\x1f" else content
+        )
+    spec = types.SimpleNamespace(submodule_search_locations=[str(tmp_path / "sklearn")])
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(ValueError, match=r"digits.*(cannot be read|holds).*requirements\.txt"):
+        sources.digits_arrays()
