@@ -72,6 +72,27 @@ def allocator_in_use() -> str:
     return "system (glibc malloc)"
 
 
+def allocator_from_argv(argv: Sequence[str]) -> str | None:
+    """The allocator a command line asks for (`--allocator=X` or `--allocator X`, 'auto' when
+    absent), read before absl parses the flags, so that `alexnet_jax.main` can restart before it
+    imports jax. None when the line cannot be read that simply (a `--flagfile`, or a value absl
+    will refuse): the caller then decides after parsing, as before."""
+    asked = "auto"
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        name, eq, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("-") or name not in ("allocator", "flagfile"):
+            continue
+        if name == "flagfile":
+            return None
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        asked = value
+    return asked if asked in ALLOCATORS else None
+
+
 def preload_allocator(module: str, allocator: str = "auto", argv: Sequence[str] = ()) -> None:
     """Re-executes `python -m <module> <argv>` with the allocator asked for, when it is needed.
 

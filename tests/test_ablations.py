@@ -120,7 +120,8 @@ def _runner(root, *extra):
     cmd = [
         sys.executable, "-m", "experiments.paper.ablations", "--base=configs/default.py",
         "--variants=", "--seeds=1", "--steps=20", "--checkpoint_every=4", "--eval_every=10",
-        "--log_every=2", f"--workdir={root / 'runs'}", f"--out={root / 'out'}", *extra,
+        "--log_every=2", "--set=batch_size=8", f"--workdir={root / 'runs'}",
+        f"--out={root / 'out'}", *extra,
     ]  # fmt: skip
     env = dict(
         os.environ,

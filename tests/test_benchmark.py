@@ -9,6 +9,9 @@ import importlib.util
 import json
 import os
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -17,6 +20,8 @@ import pytest
 from alexnet_jax import allocator, models, parallel
 from experiments.bench import benchmark
 from experiments.bench import torch_reference as ref
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REQUIRED_KEYS = (
     "jax_train_images_per_sec",
@@ -236,6 +241,45 @@ def test_preload_allocator_system_never_reexecutes():
     assert allocator.preload_allocator(benchmark.MODULE, "system", ["--lrn-only"]) is None
     with pytest.raises(ValueError, match="allocator must be one of"):
         allocator.preload_allocator(benchmark.MODULE, "mimalloc")
+
+
+@pytest.mark.parametrize(
+    "argv, asked",
+    [
+        ([], "auto"),
+        (["--config=c.py", "--allocator=system"], "system"),
+        (["--allocator", "tcmalloc", "--workdir=w"], "tcmalloc"),
+        (["-allocator=glibc_tuned"], "glibc_tuned"),
+        (["--allocator=system", "--allocator=tcmalloc"], "tcmalloc"),  # the last one, as absl
+        (["--", "--allocator=system"], "auto"),  # past `--`: not a flag
+        (["--config.allocator=system"], "auto"),  # another flag
+        (["--flagfile=f", "--allocator=system"], None),  # the file may set it: decide later
+        (["--allocator=mimalloc"], None),  # absl refuses it after parsing
+        (["--allocator"], None),
+    ],
+)
+def test_the_allocator_is_read_from_the_command_line_before_absl(argv, asked):
+    assert allocator.allocator_from_argv(argv) == asked
+
+
+@pytest.mark.slow
+def test_main_restarts_with_the_allocator_before_it_imports_jax(tmp_path):
+    # -X importtime logs the first process's imports (the restarted one runs without -X): up to
+    # the restart, no jax. A restart after the imports would pay them twice (~3 s a run).
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+    env.pop(allocator._PRELOAD_GUARD, None)
+    run = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "alexnet_jax.main", "--allocator=glibc_tuned",
+         "--config=configs/default.py", f"--workdir={tmp_path}", "--helpshort"],
+        cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]  # absl's help exits 1
+    before = run.stderr.split("re-executing with GLIBC_TUNABLES=")[0]
+    assert "re-executing" in run.stderr and "alexnet_jax.allocator" in before
+    imported = [line.rsplit("|", 1)[-1].strip() for line in before.splitlines() if "|" in line]
+    assert not [m for m in imported if m == "jax" or m.startswith(("jax.", "flax", "optax"))]
+    assert "workdir" in run.stdout  # the restarted process parsed the flags and printed help
 
 
 def test_kernels_flag_reaches_the_timed_model():

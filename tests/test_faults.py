@@ -40,6 +40,7 @@ pytestmark = [
 ]
 BASE = (
     "--config=configs/default.py",
+    "--config.batch_size=8",  # the faults do not depend on the batch; a quarter of the work
     "--config.num_train_steps=30",
     "--config.checkpoint_every_steps=10",
     "--config.eval_every_steps=30",
@@ -85,8 +86,9 @@ def config(**overrides):
     before any training step, so they do not depend on the mesh); `overrides` by dotted name."""
     config = default_config.get_config()
     config.update_from_flattened_dict(
-        {"num_train_steps": 30, "checkpoint_every_steps": 10, "eval_every_steps": 30,
-         "log_every_steps": 10, "progress_bar": False, "test_split": "", **overrides}
+        {"batch_size": 8, "num_train_steps": 30, "checkpoint_every_steps": 10,
+         "eval_every_steps": 30, "log_every_steps": 10, "progress_bar": False, "test_split": "",
+         **overrides}
     )  # fmt: skip
     return config
 

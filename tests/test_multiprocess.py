@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DIGITS = [
     "--config=configs/default.py",
+    "--config.batch_size=8",  # two examples a device: the collectives, not the arithmetic, tested
     "--config.eval_every_steps=10",
     "--config.checkpoint_every_steps=10",
     "--config.log_every_steps=1",
@@ -77,20 +78,30 @@ def params(workdir: Path) -> list[np.ndarray]:
     return jax.tree.leaves(common.restore_params(workdir)[1])
 
 
+INTERRUPTED = [*DIGITS, "--config.num_train_steps=40", "--peer_timeout_s=10"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    launched(2, 2, INTERRUPTED, workdir)
+    return workdir
+
+
 @pytest.mark.slow
-def test_two_processes_of_two_devices_follow_one_process_of_four(tmp_path):
-    args = [*DIGITS, "--config.num_train_steps=10"]
-    launched(2, 2, args, tmp_path / "two")
-    one_process(4, args, tmp_path / "one")
+def test_two_processes_of_two_devices_follow_one_process_of_four(tmp_path, uninterrupted):
+    # The two-process run is the module's uninterrupted one (INTERRUPTED's config, 2 x 2).
+    two = uninterrupted
+    one_process(4, INTERRUPTED, tmp_path / "one")
     # Same mesh (4, 1), same batches, and the gradient sum over the replicas adds them in replica
     # order (mesh.grad_sum='ordered'), so gloo across processes and the in-process collectives
     # give the same bits.
-    for a, b in zip(params(tmp_path / "two"), params(tmp_path / "one")):
+    for a, b in zip(params(two), params(tmp_path / "one"), strict=True):
         np.testing.assert_array_equal(a, b)
     for key in ("train_loss", "grad_norm", "param_norm"):
-        assert train_curve(tmp_path / "two", key) == train_curve(tmp_path / "one", key), key
-    two = [e for e in events(tmp_path / "two") if "test_examples" in e]
-    assert two and two[-1]["test_examples"] == 360  # the whole test split, once
+        assert train_curve(two, key) == train_curve(tmp_path / "one", key), key
+    tested = [e for e in events(two) if "test_examples" in e]
+    assert tested and tested[-1]["test_examples"] == 360  # the whole test split, once
 
 
 @pytest.mark.slow
@@ -107,16 +118,6 @@ def test_one_tower_per_process_equals_two_devices_in_one_process(tmp_path):
     assert count == [64]
     for a, b in zip(params(tmp_path / "two"), params(tmp_path / "one")):
         np.testing.assert_array_equal(a, b)
-
-
-INTERRUPTED = [*DIGITS, "--config.num_train_steps=40", "--peer_timeout_s=10"]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    launched(2, 2, INTERRUPTED, workdir)
-    return workdir
 
 
 def _start_and_wait_for_step_10(workdir: Path):

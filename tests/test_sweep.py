@@ -292,7 +292,7 @@ def test_preempted_and_killed_runs_resume_and_end_bit_identical(tmp_path):
     args = [sys.executable, "-m", "experiments.sweep", "run", str(folder), "--base=cifar",
             "--variant=no_pca:augment.pca_color=False", "--seeds=1", "--steps=40",
             "--checkpoint_every=5", "--log_every=5", "--eval_every=40",
-            "--set=mesh.data=1"]  # fmt: skip
+            "--set=mesh.data=1", "--set=batch_size=8"]  # fmt: skip
     launcher = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)  # fmt: skip
     seen: dict[str, set] = {}

@@ -191,6 +191,7 @@ def _main(workdir, *overrides, **popen):
 
 
 RESUME = (
+    "--config.batch_size=8",  # a quarter of the default's work per step; resuming is the same
     "--config.num_train_steps=60",
     "--config.checkpoint_every_steps=14",  # not a multiple of log_every_steps: see _same_events
     "--config.eval_every_steps=60",
