@@ -3,6 +3,7 @@
 tests/conftest.py gives the process four CPU devices.
 """
 
+import importlib
 import re
 
 import jax
@@ -321,3 +322,35 @@ def test_the_momentum_starts_sharded_like_its_parameter_so_the_step_compiles_onc
     momentum = [leaf for leaf in jax.tree.leaves(opt_state) if leaf.shape == (2, 4)]
     assert momentum and all(m.sharding.spec == P("tower") for m in momentum)
     assert step._cache_size() == (1 if placed else 2)
+
+
+def _same_placement(abstract, state) -> None:
+    """Every leaf of `abstract` has the shape, dtype and sharding of `state`'s."""
+    pairs = zip(jax.tree.leaves(abstract), jax.tree.leaves(state), strict=True)
+    assert jax.tree.structure(abstract) == jax.tree.structure(state)
+    for a, s in pairs:
+        assert isinstance(a, jax.ShapeDtypeStruct)
+        assert (a.shape, a.dtype, a.sharding) == (s.shape, s.dtype, s.sharding), (a, s.sharding)
+
+
+@pytest.mark.parametrize(
+    "config_module, data, tower",
+    [
+        ("default", 2, 1),  # replicated parameters, data split over two devices
+        pytest.param("alexnet", 1, 2, marks=pytest.mark.slow),  # the towers on two devices
+    ],
+)
+def test_the_restore_target_is_the_initial_state_without_drawing_it(config_module, data, tower):
+    """`train.abstract_train_state` (what a resumed run restores into) names the shapes, dtypes
+    and shardings `train.create_train_state` gives, momentum included, without initialising."""
+    config = importlib.import_module(f"configs.{config_module}").get_config()
+    config.mesh.update(data=data, tower=tower)
+    mesh = parallel.make_mesh(config.mesh, config.model)
+    tx = optim.create_optimizer(config.optimizer, steps_per_epoch=1)
+    with jax.set_mesh(mesh):
+        abstract = train.abstract_train_state(config, mesh, tx, jax.random.key(0))
+        state = train.create_train_state(config, mesh, tx, jax.random.key(0))
+    _same_placement(abstract, state)
+    momentum = [x for x in jax.tree.leaves(abstract.opt_state) if x.ndim >= 2]
+    spec = P("tower") if tower == 2 else P()
+    assert momentum and all(x.sharding.spec == spec for x in momentum)

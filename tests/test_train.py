@@ -392,3 +392,27 @@ def test_the_2012_code_config_trains_and_evaluates(tmp_path):
     initial = jax.tree.map(np.asarray, train.single_device_step(config)[1].params)
     np.testing.assert_array_equal(params["conv1"]["kernel"], initial["conv1"]["kernel"])
     assert not np.array_equal(params["conv2"]["kernel"], initial["conv2"]["kernel"])
+
+
+@pytest.mark.slow
+def test_a_resumed_run_draws_no_initial_state(tmp_path, trained_run, monkeypatch):
+    """Resuming restores into `train.abstract_train_state`: `create_train_state` (which compiles
+    and runs the initialisers) is not called. A fresh run calls it once: the spy can fail."""
+    import shutil
+
+    from tests.helpers import trained_run_config
+
+    calls = []
+    create = train.create_train_state
+    monkeypatch.setattr(train, "create_train_state", lambda *a: calls.append(a) or create(*a))
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_run, workdir)
+    config = trained_run_config()
+    config.num_train_steps = 22  # two steps past the checkpoint of step 20
+    train.train_and_evaluate(config, str(workdir))
+    evaluated = [e["step"] for e in metrics.read_metrics(str(workdir)) if "eval_top1_error" in e]
+    assert evaluated[-1] == 22
+    assert calls == []
+    config.num_train_steps = 1
+    train.train_and_evaluate(config, str(tmp_path / "fresh"))
+    assert len(calls) == 1
