@@ -333,11 +333,12 @@ def _same_placement(abstract, state) -> None:
         assert (a.shape, a.dtype, a.sharding) == (s.shape, s.dtype, s.sharding), (a, s.sharding)
 
 
+@pytest.mark.slow  # an initialisation and tx.init compiled for each mesh: seconds each
 @pytest.mark.parametrize(
     "config_module, data, tower",
     [
         ("default", 2, 1),  # replicated parameters, data split over two devices
-        pytest.param("alexnet", 1, 2, marks=pytest.mark.slow),  # the towers on two devices
+        ("alexnet", 1, 2),  # the towers on two devices
     ],
 )
 def test_the_restore_target_is_the_initial_state_without_drawing_it(config_module, data, tower):
