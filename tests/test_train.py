@@ -65,31 +65,36 @@ def _restored_params(workdir):
     return step, jax.tree.map(np.asarray, state["params"])
 
 
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory):
+    """(workdir, result) of three steps of the full-size AlexNet on one device
+    (`_synthetic_alexnet`), trained once for the tests that read such a run."""
+    workdir = tmp_path_factory.mktemp("one_device") / "run"
+    return workdir, train.train_and_evaluate(_synthetic_alexnet(num_train_steps=3), str(workdir))
+
+
 @pytest.mark.slow
-def test_one_step_of_full_size_alexnet(tmp_path):
-    result = train.train_and_evaluate(_synthetic_alexnet(), str(tmp_path))
-    events = metrics.read_metrics(str(tmp_path))
+def test_one_step_of_full_size_alexnet(one_device_run):
+    workdir, result = one_device_run
+    events = metrics.read_metrics(str(workdir))
     train_events = [e for e in events if "train_loss" in e]
-    assert [e["step"] for e in train_events] == [1, 2]
+    assert [e["step"] for e in train_events] == [1, 2, 3]
     for key in ("train_loss", "train_top1_error", "learning_rate", "images_per_sec"):
         assert np.isfinite(train_events[0][key]), key
     assert train_events[0]["learning_rate"] == pytest.approx(0.01)
     assert 0.0 <= result["eval_top1_error"] <= 1.0
-    assert (tmp_path / "config.json").exists()
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert (workdir / "config.json").exists()
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.slow
-def test_two_towers_on_two_devices_follow_the_one_device_trajectory(tmp_path):
-    one = _synthetic_alexnet(num_train_steps=3)
+def test_two_towers_on_two_devices_follow_the_one_device_trajectory(tmp_path, one_device_run):
     two = _synthetic_alexnet(num_train_steps=3, **{"mesh.tower": 2})
-    train.train_and_evaluate(one, str(tmp_path / "one"))
     train.train_and_evaluate(two, str(tmp_path / "two"))
+    runs = {"one": one_device_run[0], "two": tmp_path / "two"}
     loss = {
-        name: [
-            e["train_loss"] for e in metrics.read_metrics(str(tmp_path / name)) if "train_loss" in e
-        ]
-        for name in ("one", "two")
+        name: [e["train_loss"] for e in metrics.read_metrics(str(run)) if "train_loss" in e]
+        for name, run in runs.items()
     }
     assert len(loss["one"]) == 3
     np.testing.assert_allclose(loss["two"], loss["one"], rtol=1e-5)
