@@ -89,12 +89,28 @@ def check_model(model_config: Any) -> None:
         ": 'per_term' is the paper's alpha (§3.3), 'divided_by_n' cuda-convnet's / Caffe's / "
         "PyTorch's, divided by the window's size first.",
     )
+    if m.lrn:
+        _check_lrn_size(m.lrn_size, m.lrn_kind)
     if m.name == "alexnet":
         _check_alexnet(m)
     elif m.name in CIFAR_NETS:
         _check_cifar(m)
     else:
         check_choice("model.name", m.name, MODEL_NAMES)
+
+
+def _check_lrn_size(size: Any, kind: str) -> None:
+    """The cross-map window i-n/2..i+n/2 (§3.3) is n channels wide only for odd n; the
+    within-map window (cuda-convnet's rnorm) may be even (one extra pixel above and left)."""
+    whole = isinstance(size, int) and not isinstance(size, bool) and size >= 1
+    if kind == "cross_map" and not (whole and size % 2 == 1):
+        hint = f"{size + 1}" if whole else "5 (the paper's)"
+        raise ValueError(
+            f"model.lrn_size={size!r}: the cross-map window i-n/2..i+n/2 of §3.3 is n channels "
+            f"wide only for an odd n; use an odd size such as {hint}, or model.lrn=False."
+        )
+    if not whole:
+        raise ValueError(f"model.lrn_size={size!r}: the window needs a positive integer size.")
 
 
 def _check_activation(name: str) -> None:

@@ -7,6 +7,8 @@ import optax
 import pytest
 
 from alexnet_jax import architecture, models, parallel
+from configs import alexnet as alexnet_config
+from configs import default as default_config
 from tests.helpers import digit_images, mean_cross_entropy, model_config, rel_err
 
 
@@ -100,6 +102,21 @@ def test_image_size_that_misses_6x6_is_refused(size):
 def test_invalid_model_config_is_refused(overrides, match):
     with pytest.raises(ValueError, match=match):
         _shapes(model_config(**overrides), 227)
+
+
+@pytest.mark.parametrize("network", ["alexnet", "cifar_lrn"])
+def test_an_even_cross_map_lrn_size_is_refused_when_the_model_is_created(network):
+    """Before any tracing: `create_model` (and so the run's config check) names the field; the
+    within-map window may be even, and a net without LRN does not read the field."""
+    config = alexnet_config.get_config() if network == "alexnet" else default_config.get_config()
+    for size, kind in ((4, "cross_map"), (-1, "cross_map"), (0, "within_map")):
+        config.model.update(lrn_size=size, lrn_kind=kind)
+        with pytest.raises(ValueError, match=f"model.lrn_size={size!r}"):
+            models.create_model(config.model)
+    config.model.update(lrn_size=4, lrn_kind="within_map")
+    models.create_model(config.model)
+    config.model.update(lrn_kind="cross_map", lrn=False)
+    models.create_model(config.model)
 
 
 @pytest.fixture(scope="module")
