@@ -210,29 +210,22 @@ def abstract_train_state(
     image_shape = (config.image_size,) * 2 + (3,)
     shapes = jax.eval_shape(lambda r: parallel.init_params(config.model, image_shape, r), init_rng)
     spec = NamedSharding(mesh, parallel.param_spec(config.model))
-    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=spec), shapes)
-    # Where jit puts tx.init's outputs for these inputs: its compiled program says, unrun.
-    placed = jax.jit(tx.init).lower(params).compile().output_shardings
-    opt_state = jax.tree.map(
-        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-        jax.eval_shape(tx.init, params),
-        placed,
-    )
-    step, key = jnp.zeros((), jnp.int32), jax.random.key_data(train_rng)  # tiny: made as above
+    params = jax.tree.map(lambda s: _abstract(s, spec), shapes)
+    # tx.init's outputs where jit puts them for these inputs: its compiled program says, unrun.
+    placed = jax.jit(tx.init).lower(params).compile().out_info
+    opt_state = jax.tree.map(lambda s: _abstract(s, s.sharding), placed)
     return TrainState(
-        step=jax.ShapeDtypeStruct(step.shape, step.dtype, sharding=step.sharding),
+        step=checkpoint.abstract_like(jnp.zeros((), jnp.int32)),  # tiny: made as the state's
         params=params,
-        opt_state=_map_like_params(opt_state, params, _abstract_on),
-        rng=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=key.sharding),
+        opt_state=_map_like_params(
+            opt_state, params, lambda node, shardings: jax.tree.map(_abstract, node, shardings)
+        ),
+        rng=checkpoint.abstract_like(jax.random.key_data(train_rng)),
     )
 
 
-def _abstract_on(node: Any, shardings: Any) -> Any:
-    return jax.tree.map(
-        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-        node,
-        shardings,
-    )
+def _abstract(x: Any, sharding: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
 def placed_like_params(opt_state: Any, params: Any) -> Any:
