@@ -22,7 +22,7 @@ import sys
 from alexnet_jax import allocator
 
 if __name__ == "__main__" and (_asked := allocator.allocator_from_argv(sys.argv[1:])):
-    # Before jax loads: a restart from main() would import everything twice (~3 s).
+    # Before jax loads: a restart from main() would import everything twice (seconds).
     allocator.preload_allocator("alexnet_jax.main", _asked, sys.argv[1:])
 
 import jax  # noqa: E402

@@ -204,7 +204,7 @@ def abstract_train_state(
 ) -> TrainState:
     """`create_train_state`'s result as ShapeDtypeStructs with the same shardings, computed
     without drawing a parameter: what a checkpoint is restored into. A resumed run thus neither
-    compiles nor runs the initialisers (for AlexNet on a CPU, ~6 s) and never holds a second
+    compiles nor runs the initialisers (seconds for AlexNet on a CPU) and never holds a second
     copy of the state."""
     init_rng, train_rng = jax.random.split(rng)
     image_shape = (config.image_size,) * 2 + (3,)

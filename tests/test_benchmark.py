@@ -265,7 +265,7 @@ def test_the_allocator_is_read_from_the_command_line_before_absl(argv, asked):
 @pytest.mark.slow
 def test_main_restarts_with_the_allocator_before_it_imports_jax(tmp_path):
     # -X importtime logs the first process's imports (the restarted one runs without -X): up to
-    # the restart, no jax. A restart after the imports would pay them twice (~3 s a run).
+    # the restart, no jax. A restart after the imports would pay them twice (seconds a run).
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
     env.pop(allocator._PRELOAD_GUARD, None)
     run = subprocess.run(
